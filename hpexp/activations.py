@@ -1,0 +1,70 @@
+"""Activation functions: a neuron's output a = f(z) and its derivative f'(z).
+
+Every activation has the same two methods: `value(z)` and `grad(z, a)`, where `a = value(z)` is
+passed back in so the derivative can reuse it (sigmoid' = a(1 - a) needs no second exponential).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+class Activation(Protocol):
+    def value(self, z: np.ndarray) -> np.ndarray: ...
+
+    def grad(self, z: np.ndarray, a: np.ndarray) -> np.ndarray: ...
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """sigma(z) = 1 / (1 + e^-z), written as (1 + tanh(z/2)) / 2: no overflow for large |z|."""
+    a = np.tanh(0.5 * z)
+    a += 1.0
+    a *= 0.5
+    return a
+
+
+@dataclass(frozen=True)
+class Sigmoid:
+    """The book's neuron: sigma(z), with sigma'(z) = sigma(z)(1 - sigma(z))."""
+
+    def value(self, z: np.ndarray) -> np.ndarray:
+        return sigmoid(z)
+
+    def grad(self, z: np.ndarray, a: np.ndarray) -> np.ndarray:
+        return a * (1.0 - a)
+
+
+@dataclass(frozen=True)
+class Tanh:
+    """tanh(z), with tanh'(z) = 1 - tanh(z)^2."""
+
+    def value(self, z: np.ndarray) -> np.ndarray:
+        return np.tanh(z)
+
+    def grad(self, z: np.ndarray, a: np.ndarray) -> np.ndarray:
+        return 1.0 - a * a
+
+
+@dataclass(frozen=True)
+class ReLU:
+    """max(0, z), with derivative 1 where z > 0 and 0 elsewhere (0 at z = 0, by convention)."""
+
+    def value(self, z: np.ndarray) -> np.ndarray:
+        return np.maximum(z, 0.0)
+
+    def grad(self, z: np.ndarray, a: np.ndarray) -> np.ndarray:
+        return (z > 0).astype(z.dtype)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """f(z) = z: the output layer's own activation, since the cost owns the output nonlinearity."""
+
+    def value(self, z: np.ndarray) -> np.ndarray:
+        return z
+
+    def grad(self, z: np.ndarray, a: np.ndarray) -> np.ndarray:
+        return np.ones_like(z)

@@ -1,0 +1,204 @@
+"""`run(cfg)`: one training run from a composed config to a run directory.
+
+This is the only place the NumPy core meets Hydra: it checks the config, instantiates the
+components named by the config groups, loads the data, calls `fit()` and writes the run directory.
+`compose()` builds the same config `hpexp train` would, for tests, studies and notebooks.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from threadpoolctl import threadpool_limits
+
+import hpexp
+from hpexp import data, rundir
+from hpexp.network import Network
+from hpexp.paths import config_dir
+from hpexp.train import Record, Stop, fit, rng_streams
+
+SPLITS = ("train", "val", "test")
+N_INPUTS, N_CLASSES = 784, 10
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work, found before any training."""
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+    """The config `hpexp train OVERRIDES` would run, with the group choices under `choices`."""
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = hydra_compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    choices = dict(cfg.hydra.runtime.choices)
+    del cfg["hydra"]
+    cfg.choices = {k: v for k, v in choices.items() if not k.startswith("hydra")}
+    return cfg
+
+
+@dataclass
+class Parts:
+    """The instantiated components of a run."""
+
+    activation: Any
+    cost: Any
+    init: Any
+    regularizer: Any
+    optimizer: Any
+    schedule: Any
+    stopping: Any
+
+
+def _instantiate(cfg: DictConfig, group: str) -> Any:
+    try:
+        return instantiate(cfg[group])
+    except InstantiationException as e:
+        raise ConfigError(f"{group}: {e.__cause__ or e}") from e
+
+
+def validate(cfg: DictConfig) -> Parts:
+    """Check every value and build the components; raises ConfigError before any work is done."""
+    t, sizes = cfg.train, list(cfg.network.sizes)
+    if cfg.dtype not in ("float32", "float64"):
+        raise ConfigError(f"dtype must be float32 or float64, got {cfg.dtype!r}")
+    if not (isinstance(t.epochs, int) and t.epochs >= 1):
+        raise ConfigError(f"train.epochs must be an integer >= 1, got {t.epochs!r}")
+    if not (isinstance(t.batch_size, int) and 1 <= t.batch_size <= cfg.data.n_train):
+        raise ConfigError(
+            f"train.batch_size must be an integer in [1, data.n_train={cfg.data.n_train}], "
+            f"got {t.batch_size!r}"
+        )
+    if bad := [s for s in t.monitor if s not in SPLITS]:
+        raise ConfigError(f"train.monitor has unknown split(s) {bad}; valid: {list(SPLITS)}")
+    if len(sizes) < 2 or any(not isinstance(s, int) or s < 1 for s in sizes):
+        raise ConfigError(f"network.sizes must be >= 2 positive integers, got {sizes}")
+    if sizes[0] != N_INPUTS or sizes[-1] != N_CLASSES:
+        raise ConfigError(
+            f"network.sizes {sizes} does not match MNIST: the first size must be {N_INPUTS} "
+            f"(pixels) and the last {N_CLASSES} (digits)"
+        )
+    for key, top in (("n_train", 50_000), ("n_validation", 10_000)):
+        if not (isinstance(cfg.data[key], int) and 1 <= cfg.data[key] <= top):
+            raise ConfigError(f"data.{key} must be an integer in [1, {top}], got {cfg.data[key]!r}")
+    groups = ("activation", "cost", "init", "regularizer", "optimizer", "schedule", "stopping")
+    return Parts(**{g: _instantiate(cfg, g) for g in groups})
+
+
+def load_data(cfg: DictConfig) -> dict[str, data.Split]:
+    d = cfg.data
+    needed = ["train", "val", *(s for s in cfg.train.monitor if s == "test")]
+    return data.load_splits(
+        d.dir,
+        n_train=d.n_train,
+        n_validation=d.n_validation,
+        scale=d.scale,
+        dtype=cfg.dtype,
+        splits=needed,
+    )
+
+
+def _progress(record: Record, epochs: int) -> None:
+    parts = [f"epoch {record['epoch']:>{len(str(epochs))}}/{epochs}"]
+    for split in SPLITS:
+        if f"{split}_accuracy" in record:
+            parts.append(
+                f"{split} cost {record[f'{split}_cost']:.4f} acc {100 * record[f'{split}_accuracy']:.2f}%"
+            )
+    parts.append(f"eta {record['eta']:.4g}  {record['seconds']:.2f}s")
+    print("  ".join(parts), flush=True)
+
+
+def _summary(cfg: DictConfig, result: Any, seconds: float, n_params: int) -> Record:
+    history = result.history
+    best = history[result.best_epoch - 1] if result.best_epoch else None
+    return {
+        "status": result.status,
+        "stop_reason": result.stop_reason,
+        "epochs": cfg.train.epochs,
+        "epochs_run": len(history),
+        "best_epoch": result.best_epoch,
+        "best": best,
+        "final": history[-1] if history else None,
+        "seconds": round(seconds, 3),
+        "seed": cfg.seed,
+        "n_params": n_params,
+        "choices": OmegaConf.to_container(cfg.get("choices", {})),
+        "versions": {
+            "hpexp": hpexp.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+    }
+
+
+def run(
+    cfg: DictConfig,
+    out_dir: str | Path | None = None,
+    *,
+    on_epoch: Callable[[Record], Stop | None] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train the configured network and write its run directory; returns the directory."""
+    parts = validate(cfg)
+    out = Path(out_dir or cfg.out_dir or Path("runs/train") / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    splits = load_data(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    rundir.write_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    streams = rng_streams(cfg.seed)
+    network = Network.create(
+        cfg.network.sizes, parts.activation, parts.cost, parts.init, streams["init"], cfg.dtype
+    )
+    n_params = sum(p.size for p in network.params)
+    history: list[Record] = []
+
+    def hook(record: Record) -> Stop | None:
+        history.append(record)
+        rundir.write_history(out, history)
+        if progress:
+            _progress(record, cfg.train.epochs)
+        return on_epoch(record) if on_epoch else None
+
+    started = time.perf_counter()
+    rundir.write_summary(out, {"status": "running", "seed": cfg.seed})
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            result = fit(
+                network,
+                splits["train"],
+                {s: splits[s] for s in cfg.train.monitor},
+                optimizer=parts.optimizer,
+                epochs=cfg.train.epochs,
+                batch_size=cfg.train.batch_size,
+                rng=streams["shuffle"],
+                regularizer=parts.regularizer,
+                schedule=parts.schedule,
+                stopping=parts.stopping,
+                on_epoch=hook,
+                restore_best=cfg.train.restore_best,
+            )
+    except BaseException as e:
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        rundir.write_summary(
+            out,
+            {
+                "status": status,
+                "stop_reason": repr(e),
+                "epochs_run": len(history),
+                "seed": cfg.seed,
+            },
+        )
+        raise
+    rundir.write_summary(out, _summary(cfg, result, time.perf_counter() - started, n_params))
+    if cfg.train.save_weights:
+        rundir.write_weights(out, network.params)
+    return out

@@ -1,0 +1,80 @@
+"""The run directory: the one format every training run writes, whoever started it.
+
+    config.yaml    the resolved config, with the chosen option of every config group
+    history.csv    one row per epoch (rewritten after every epoch, so a killed run keeps its curve)
+    summary.json   status, stop reason, best epoch and its record, final record, seconds, versions
+    weights.npz    optional: the final parameters
+
+Every file is written atomically (a temporary file in the same folder, then os.replace), so a
+reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Record = dict[str, Any]
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def history_csv(history: Sequence[Record]) -> str:
+    columns = list(dict.fromkeys(key for record in history for key in record))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return out.getvalue()
+
+
+def write_history(run_dir: Path, history: Sequence[Record]) -> None:
+    write_atomic(Path(run_dir) / "history.csv", history_csv(history))
+
+
+def write_summary(run_dir: Path, summary: Record) -> None:
+    write_atomic(Path(run_dir) / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+
+
+def write_weights(run_dir: Path, params: Sequence[np.ndarray]) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, *params)
+    write_atomic(Path(run_dir) / "weights.npz", buffer.getvalue())
+
+
+def read_history(run_dir: Path) -> list[Record]:
+    path = Path(run_dir) / "history.csv"
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return [
+            {k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v != ""}
+            for row in csv.DictReader(f)
+        ]
+
+
+def read_summary(run_dir: Path) -> Record:
+    path = Path(run_dir) / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else {"status": "unknown"}
+
+
+def is_run_dir(path: Path) -> bool:
+    return (Path(path) / "config.yaml").exists() and (Path(path) / "summary.json").exists()
