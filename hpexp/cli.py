@@ -16,6 +16,10 @@ USAGE = """usage: hpexp COMMAND [ARGS]
 commands:
   train [OVERRIDES]   train a network (Hydra overrides, e.g. network=mlp100 optimizer.eta=0.1; -m for grids)
   data fetch|verify|where   download, check or locate MNIST
+  gradcheck [OVERRIDES]     compare backpropagation with finite differences for a config
+  study NAME [OVERRIDES]    run an Optuna study from studies/NAME.yaml
+  report ...          write reports on runs and studies to reports/
+  book list|run|report      reproduce the book's experiments
 
 `hpexp COMMAND --help` shows the options of a command."""
 
@@ -71,7 +75,25 @@ def data_command(argv: Sequence[str]) -> None:
         print(data.find_data_dir(download=False))
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], None]] = {"train": train, "data": data_command}
+def _delegate(module: str) -> Callable[[Sequence[str]], None]:
+    """A subcommand whose argument parsing lives in its own module's `main(argv)`."""
+
+    def command(argv: Sequence[str]) -> None:
+        import importlib
+
+        importlib.import_module(f"hpexp.{module}").main(argv)
+
+    return command
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], None]] = {
+    "train": train,
+    "data": data_command,
+    "gradcheck": _delegate("gradcheck"),
+    "study": _delegate("study"),
+    "report": _delegate("report"),
+    "book": _delegate("book"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
