@@ -19,7 +19,7 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from threadpoolctl import threadpool_limits
 
 import hpexp
@@ -41,8 +41,9 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictCo
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = hydra_compose(config_name, overrides=list(overrides), return_hydra_config=True)
     choices = dict(cfg.hydra.runtime.choices)
-    del cfg["hydra"]
-    cfg.choices = {k: v for k, v in choices.items() if not k.startswith("hydra")}
+    with open_dict(cfg):
+        del cfg["hydra"]
+        cfg.choices = {k: v for k, v in choices.items() if not k.startswith("hydra")}
     return cfg
 
 
@@ -171,7 +172,9 @@ def run(
     started = time.perf_counter()
     rundir.write_summary(out, {"status": "running", "seed": cfg.seed})
     try:
-        with threadpool_limits(limits=1, user_api="blas"):
+        # One BLAS thread: the products are small, so threads cost more than they give. Overflow
+        # warnings are silenced because divergence is detected and reported by fit() itself.
+        with threadpool_limits(limits=1, user_api="blas"), np.errstate(over="ignore", invalid="ignore"):
             result = fit(
                 network,
                 splits["train"],

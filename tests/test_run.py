@@ -1,0 +1,123 @@
+"""run(): config in, run directory out; bad input rejected before any work; divergence kept."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import SMALL
+from omegaconf import OmegaConf
+
+from hpexp import data, rundir
+from hpexp.run import ConfigError, compose, run
+
+
+@pytest.fixture
+def no_data(monkeypatch):
+    """Fail loudly if anything tries to load data: errors must come before any work."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("data was loaded before the config was checked")
+
+    monkeypatch.setattr(data, "load_splits", refuse)
+
+
+def test_compose_records_group_choices():
+    cfg = compose(["network=mlp100", "cost=quadratic"])
+    assert cfg.choices.network == "mlp100"
+    assert cfg.choices.cost == "quadratic"
+    assert list(cfg.network.sizes) == [784, 100, 10]
+
+
+def test_unknown_option_lists_the_valid_ones():
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="mlp30"):
+        compose(["network=mlp31"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.eta=0", "optimizer.eta must be > 0"),
+        ("optimizer.eta=-1", "optimizer.eta must be > 0"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("train.batch_size=501", "data.n_train=500"),
+        ("data.n_train=0", "data.n_train"),
+        ("data.n_train=50001", "data.n_train"),
+        ("data.n_validation=10001", "data.n_validation"),
+        ("network.sizes=[784,30,9]", "does not match MNIST"),
+        ("network.sizes=[700,30,10]", "does not match MNIST"),
+        ("train.epochs=0", "train.epochs"),
+        ("train.monitor=[train,valid]", "valid"),
+        ("dtype=float16", "dtype"),
+        ("regularizer=l2", None),
+    ],
+)
+def test_bad_values_fail_before_any_work(override, message, no_data, tmp_path):
+    cfg = compose([*SMALL, override])
+    if message is None:  # a valid override: it gets as far as loading data
+        with pytest.raises(AssertionError, match="data was loaded"):
+            run(cfg, tmp_path, progress=False)
+        return
+    with pytest.raises(ConfigError, match=message):
+        run(cfg, tmp_path, progress=False)
+    assert not (tmp_path / "history.csv").exists()
+
+
+def test_run_directory_format(mnist_dir, tmp_path):
+    cfg = compose([*SMALL, "train.save_weights=true", "seed=3"])
+    out = run(cfg, tmp_path / "run", progress=False)
+    saved = OmegaConf.load(out / "config.yaml")
+    assert saved.seed == 3 and saved.choices.cost == "cross_entropy"
+    history = rundir.read_history(out)
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert {"train_cost", "train_accuracy", "val_cost", "val_accuracy", "eta", "weight_norm"} <= set(
+        history[0]
+    )
+    assert not any(k.startswith("test_") for k in history[0])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_run"] == 2
+    best = max(history, key=lambda r: r["val_accuracy"])
+    assert summary["best_epoch"] == best["epoch"]
+    weights = np.load(out / "weights.npz")
+    assert [weights[k].shape for k in weights.files] == [(784, 30), (1, 30), (30, 10), (1, 10)]
+
+
+def test_same_seed_same_history_other_seed_differs(mnist_dir, tmp_path):
+    runs = [
+        run(compose([*SMALL, f"seed={s}"]), tmp_path / str(i), progress=False)
+        for i, s in enumerate([5, 5, 6])
+    ]
+    acc = [[r["val_cost"] for r in rundir.read_history(d)] for d in runs]
+    assert acc[0] == acc[1] and acc[0] != acc[2]
+
+
+def test_test_split_only_when_monitored(mnist_dir, tmp_path):
+    out = run(compose([*SMALL, "train.monitor=[train,val,test]"]), tmp_path, progress=False)
+    assert "test_accuracy" in rundir.read_history(out)[0]
+
+
+def test_divergence_ends_the_run_and_keeps_history(mnist_dir, tmp_path):
+    deep_relu = ["activation=relu", "init=large", "network.sizes=[784,100,100,10]"]
+    cfg = compose([*SMALL, *deep_relu, "optimizer.eta=1e3", "train.epochs=5"])
+    out = run(cfg, tmp_path, progress=False)
+    summary = rundir.read_summary(out)
+    assert summary["status"] == "diverged"
+    assert "not finite" in summary["stop_reason"]
+    assert len(rundir.read_history(out)) == summary["epochs_run"] >= 1
+
+
+def test_learns_on_a_real_mnist_subset(mnist_dir, tmp_path):
+    """Learning check: 784-30-10 on 5,000 real images for 3 epochs beats 85% on 1,000 held out."""
+    cfg = compose(["data.n_train=5000", "data.n_validation=1000", "train.epochs=3"])
+    out = run(cfg, tmp_path, progress=False)
+    history = rundir.read_history(out)
+    assert history[-1]["val_accuracy"] > 0.85
+    assert history[-1]["train_cost"] < history[0]["train_cost"]
+
+
+def test_float64_runs(mnist_dir, tmp_path):
+    out = run(compose([*SMALL, "dtype=float64"]), tmp_path, progress=False)
+    assert rundir.read_summary(out)["status"] == "completed"
