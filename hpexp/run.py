@@ -95,9 +95,19 @@ def validate(cfg: DictConfig) -> Parts:
     return Parts(**{g: _instantiate(cfg, g) for g in groups})
 
 
-def load_data(cfg: DictConfig) -> dict[str, data.Split]:
+class SealedSplitError(ConfigError):
+    """The config asks for the test split where it must not be read (a hyperparameter search)."""
+
+
+def load_data(cfg: DictConfig, *, allow_test: bool = True) -> dict[str, data.Split]:
+    """The splits the run needs; with `allow_test=False` asking for the test split is an error."""
     d = cfg.data
     needed = ["train", "val", *(s for s in cfg.train.monitor if s == "test")]
+    if "test" in needed and not allow_test:
+        raise SealedSplitError(
+            "the test split is sealed here (a search reads validation only): "
+            "remove `test` from train.monitor; score the test set with `hpexp study NAME --finalize`"
+        )
     return data.load_splits(
         d.dir,
         n_train=d.n_train,
@@ -148,11 +158,15 @@ def run(
     *,
     on_epoch: Callable[[Record], Stop | None] | None = None,
     progress: bool = True,
+    allow_test: bool = True,
 ) -> Path:
-    """Train the configured network and write its run directory; returns the directory."""
+    """Train the configured network and write its run directory; returns the directory.
+
+    Studies pass `allow_test=False`, so no trial of a search can read the test split.
+    """
     parts = validate(cfg)
     out = Path(out_dir or cfg.out_dir or Path("runs/train") / time.strftime("%Y-%m-%d_%H-%M-%S"))
-    splits = load_data(cfg)
+    splits = load_data(cfg, allow_test=allow_test)
     out.mkdir(parents=True, exist_ok=True)
     rundir.write_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     streams = rng_streams(cfg.seed)
