@@ -1,0 +1,198 @@
+"""Convolutional layers (chapter 6): 2-D convolution, max and L2 pooling, and network3's conv-pool.
+
+Images are batch-major, x of shape (m, channels, height, width). Convolution is "valid" (no
+padding) with stride 1 and is computed as one matrix product over image patches (im2col through
+`sliding_window_view`). Like every deep-learning library we compute cross-correlation; network3's
+Theano convolution flips the kernel, which only mirrors the learned filters.
+Pooling is over non-overlapping p x p regions, dropping any remainder at the border.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from hpexp.activations import Activation
+
+
+def patches(x: np.ndarray, kh: int, kw: int) -> np.ndarray:
+    """(m, c, H, W) -> (m, oh, ow, c * kh * kw): every kh x kw patch as a row, oh = H - kh + 1."""
+    windows = sliding_window_view(x, (kh, kw), axis=(-2, -1))  # (m, c, oh, ow, kh, kw)
+    m, c, oh, ow = windows.shape[:4]
+    return windows.transpose(0, 2, 3, 1, 4, 5).reshape(m, oh, ow, c * kh * kw)
+
+
+def unpatch(dcols: np.ndarray, shape: tuple[int, ...], kh: int, kw: int) -> np.ndarray:
+    """The adjoint of `patches`: add each patch's gradient back onto the pixels it came from."""
+    m, c, height, width = shape
+    oh, ow = height - kh + 1, width - kw + 1
+    d = dcols.reshape(m, oh, ow, c, kh, kw)
+    dx = np.zeros(shape, dcols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dx[:, :, i : i + oh, j : j + ow] += d[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+    return dx
+
+
+class Conv2D:
+    """z[f] = sum_c x[c] * w[f, c] (valid cross-correlation), w of shape (filters, c, kh, kw).
+
+    No bias and no activation: network3 adds both after pooling (see ConvPool)."""
+
+    def __init__(self, w: np.ndarray) -> None:
+        self.w, self.gw = w, np.zeros_like(w)
+
+    @property
+    def params(self) -> list[np.ndarray]:
+        return [self.w]
+
+    @property
+    def grads(self) -> list[np.ndarray]:
+        return [self.gw]
+
+    def bind(self, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
+        (self.w,), (self.gw,) = params, grads
+
+    def _matrix(self) -> np.ndarray:
+        return self.w.reshape(self.w.shape[0], -1).T  # (c * kh * kw, filters)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        cols = patches(x, *self.w.shape[-2:])
+        return (cols @ self._matrix()).transpose(0, 3, 1, 2)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.shape = x.shape
+        self.cols = patches(x, *self.w.shape[-2:])
+        return (self.cols @ self._matrix()).transpose(0, 3, 1, 2)
+
+    def backward(self, delta: np.ndarray, propagate: bool = True) -> np.ndarray | None:
+        """dC/dw = patches^T delta; dC/dx = unpatch(delta w^T)."""
+        d = delta.transpose(0, 2, 3, 1).reshape(-1, self.w.shape[0])  # (m * oh * ow, filters)
+        cols = self.cols.reshape(-1, self.cols.shape[-1])
+        self.gw[...] = (cols.T @ d).T.reshape(self.w.shape)
+        if not propagate:
+            return None
+        return unpatch(d @ self._matrix().T, self.shape, *self.w.shape[-2:])
+
+
+def _regions(x: np.ndarray, p: int) -> np.ndarray:
+    """(m, f, H, W) -> (m, f, H//p, W//p, p, p), dropping the border remainder."""
+    m, f, height, width = x.shape
+    h, w = height // p, width // p
+    return x[:, :, : h * p, : w * p].reshape(m, f, h, p, w, p).transpose(0, 1, 2, 4, 3, 5)
+
+
+def _spread(d: np.ndarray, shape: tuple[int, ...], p: int) -> np.ndarray:
+    """(m, f, h, w, p, p) gradients per region element -> (m, f, H, W), zeros on the border."""
+    m, f, h, w = d.shape[:4]
+    dx = np.zeros(shape, d.dtype)
+    dx[:, :, : h * p, : w * p] = d.transpose(0, 1, 2, 4, 3, 5).reshape(m, f, h * p, w * p)
+    return dx
+
+
+class MaxPool:
+    """The largest value of each p x p region; its gradient flows to that element only."""
+
+    params: list[np.ndarray] = []
+    grads: list[np.ndarray] = []
+
+    def __init__(self, size: int = 2) -> None:
+        self.size = size
+
+    def bind(self, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
+        pass
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return _regions(x, self.size).max(axis=(-2, -1))
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        regions = _regions(x, self.size)
+        out = regions.max(axis=(-2, -1))
+        self.shape, self.mask = x.shape, regions == out[..., None, None]
+        return out
+
+    def backward(self, delta: np.ndarray, propagate: bool = True) -> np.ndarray | None:
+        return _spread(self.mask * delta[..., None, None], self.shape, self.size)
+
+
+class L2Pool:
+    """sqrt(sum of squares) over each p x p region; d out / d x = x / out."""
+
+    params: list[np.ndarray] = []
+    grads: list[np.ndarray] = []
+
+    def __init__(self, size: int = 2) -> None:
+        self.size = size
+
+    def bind(self, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
+        pass
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return np.sqrt(np.sum(_regions(x, self.size) ** 2, axis=(-2, -1)))
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.regions = _regions(x, self.size)
+        self.out = np.sqrt(np.sum(self.regions**2, axis=(-2, -1)))
+        self.shape = x.shape
+        return self.out
+
+    def backward(self, delta: np.ndarray, propagate: bool = True) -> np.ndarray | None:
+        safe = np.where(self.out > 0, self.out, 1.0)  # an all-zero region has no gradient
+        return _spread(self.regions * (delta / safe)[..., None, None], self.shape, self.size)
+
+
+class ConvPool:
+    """network3's ConvPoolLayer: a = f(pool(conv(x)) + b), with one bias per feature map."""
+
+    def __init__(self, w: np.ndarray, b: np.ndarray, activation: Activation, pool: MaxPool | L2Pool) -> None:
+        self.conv, self.pool, self.activation = Conv2D(w), pool, activation
+        self.b, self.gb = b, np.zeros_like(b)  # b of shape (filters, 1, 1)
+
+    @property
+    def params(self) -> list[np.ndarray]:
+        return [self.conv.w, self.b]
+
+    @property
+    def grads(self) -> list[np.ndarray]:
+        return [self.conv.gw, self.gb]
+
+    @property
+    def w(self) -> np.ndarray:
+        return self.conv.w
+
+    def bind(self, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
+        self.conv.bind(params[:1], grads[:1])
+        (self.b,), (self.gb,) = params[1:], grads[1:]
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return self.activation.value(self.pool.infer(self.conv.infer(x)) + self.b)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.z = self.pool.forward(self.conv.forward(x)) + self.b
+        self.a = self.activation.value(self.z)
+        return self.a
+
+    def backward(self, delta: np.ndarray, propagate: bool = True) -> np.ndarray | None:
+        dz = delta * self.activation.grad(self.z, self.a)
+        self.gb[...] = dz.sum(axis=(0, 2, 3)).reshape(self.gb.shape)
+        return self.conv.backward(self.pool.backward(dz), propagate)
+
+
+class Flatten:
+    """(m, c, h, w) -> (m, c * h * w) in C order (channel, row, column), as network3 flattens."""
+
+    params: list[np.ndarray] = []
+    grads: list[np.ndarray] = []
+
+    def bind(self, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
+        pass
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return x.reshape(x.shape[0], -1)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, delta: np.ndarray, propagate: bool = True) -> np.ndarray | None:
+        return delta.reshape(self.shape)
