@@ -13,6 +13,8 @@ from hpexp.costs import Cost
 from hpexp.init import Initializer
 from hpexp.layers import Dense
 
+Masks = Sequence[np.ndarray | float | None]
+
 
 class Network:
     """Layers plus cost. All parameters live in one flat buffer (and all gradients in another),
@@ -82,17 +84,41 @@ class Network:
     def weight_grads(self) -> list[np.ndarray]:
         return [layer.gw for layer in self.layers]
 
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        """The output layer's weighted input z^L, without keeping anything for backward."""
-        for layer in self.layers:
+    def logits(self, x: np.ndarray, masks: Masks | None = None) -> np.ndarray:
+        """The output layer's weighted input z^L, without keeping anything for backward.
+
+        `masks[i]`, if given and not None, multiplies layer i's input: network3-style dropout scales
+        by the keep probability at evaluation, and gradient checks pass a fixed dropout mask."""
+        for i, layer in enumerate(self.layers):
+            if masks is not None and masks[i] is not None:
+                x = x * masks[i]
             x = layer.infer(x)
         return x
 
-    def backprop(self, x: np.ndarray, y: np.ndarray) -> None:
-        """Fill every layer's gradients of the mean cost over the mini-batch (x, y)."""
+    def backprop(self, x: np.ndarray, y: np.ndarray, masks: Masks | None = None) -> None:
+        """Fill every layer's gradients of the mean cost over the mini-batch (x, y).
+
+        With dropout `masks` (one multiplier per layer input, or None), layer i sees x_i * mask_i,
+        so the error passed down to the layer below is multiplied by the same mask."""
+        if masks is not None:
+            return self._backprop_masked(x, y, masks)
         for layer in self.layers:
             x = layer.forward(x)
         delta = self.cost.delta(x, y)
         delta *= 1.0 / len(y)
         for i in range(len(self.layers) - 1, -1, -1):
             delta = self.layers[i].backward(delta, propagate=i > 0)
+
+    def _backprop_masked(self, x: np.ndarray, y: np.ndarray, masks: Masks) -> None:
+        for layer, mask in zip(self.layers, masks, strict=True):
+            x = layer.forward(x if mask is None else x * mask)
+        delta = self.cost.delta(x, y)
+        delta *= 1.0 / len(y)
+        for i in range(len(self.layers) - 1, -1, -1):
+            delta = self.layers[i].backward(delta, propagate=i > 0)
+            if delta is not None and masks[i] is not None:
+                delta *= masks[i]
+
+    def input_shapes(self, m: int) -> list[tuple[int, ...]]:
+        """The shape of every layer's input for a mini-batch of m examples (dropout mask shapes)."""
+        return [(*layer.w.shape[:-2], m, layer.w.shape[-2]) for layer in self.layers]

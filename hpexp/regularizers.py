@@ -1,47 +1,136 @@
-"""Regularizers that add a penalty on the weights to the cost (biases are never regularized).
+"""Regularization: what changes training, but not the model being evaluated, to make it generalize.
 
-Each has `value(w, n)`, the penalty of one weight array for a training set of n examples, and
-`grad(w, n)`, its gradient, which the training loop adds to the weight gradient before the
-optimizer's step. With plain SGD, L2 is then exactly the book's weight decay w <- (1 - eta lmbda/n) w.
+One class, `Regularizer`, holds every technique the book discusses as a field, and each option of
+`conf/regularizer/` is a preset of it (as sgd.yaml and momentum.yaml are presets of `SGD`). So any
+combination is one override away, e.g. `regularizer=dropout regularizer.lmbda=5` (dropout plus L2).
+It acts on training in three places, always with the same signatures:
+
+  penalty     `value(w, n)` is added to the cost and `grad(w, n)` to the weight gradient before each
+              step (weights only, never biases). With lmbda and l1_ratio = r it is the elastic net
+                  lmbda/n * [(1 - r)/2 * sum w^2 + r * sum |w|],
+              so r = 0 is the book's L2 (network2: weight decay eta*lmbda/n per step, n = training-set
+              size) and r = 1 is L1, whose step eta*lmbda/n * sgn(w) has sgn(0) = 0.
+  dropout     `masks(shapes, rng)` multiplies each layer's input during one training mini-batch:
+              p drops hidden units, p_input drops input pixels. Inverted dropout (the default) keeps
+              a unit with probability 1-p and scales it by 1/(1-p), so evaluation uses the network
+              unchanged; network3's convention (inverted: false) keeps without rescaling and at
+              evaluation scales each layer's input by 1-p (`eval_masks`), as the book's chapter 6 did.
+  max_norm    `constrain(w)` after each step rescales every unit's incoming weight vector (a column
+              of w) to norm <= max_norm: projected gradient descent, the usual companion of dropout.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
 
-
-class Regularizer(Protocol):
-    def value(self, w: np.ndarray, n: int) -> np.ndarray: ...
-
-    def grad(self, w: np.ndarray, n: int) -> np.ndarray: ...
+Masks = list[np.ndarray | float | None]
 
 
-@dataclass(frozen=True)
-class NoPenalty:
-    """No regularization."""
+@dataclass(frozen=True, repr=False)
+class Regularizer:
+    """Penalty (L2, L1, elastic net), dropout and a max-norm constraint; all off by default."""
 
-    def value(self, w: np.ndarray, n: int) -> np.ndarray:
-        return np.zeros(w.shape[:-2])
-
-    def grad(self, w: np.ndarray, n: int) -> np.ndarray:
-        return np.zeros_like(w)
-
-
-@dataclass(frozen=True)
-class L2:
-    """Penalty (lmbda / 2n) sum w^2, gradient (lmbda / n) w (network2's convention)."""
-
-    lmbda: float
+    lmbda: float = 0.0
+    l1_ratio: float = 0.0
+    p: float = 0.0
+    p_input: float = 0.0
+    inverted: bool = True
+    max_norm: float | None = None
 
     def __post_init__(self) -> None:
         if not self.lmbda >= 0:
             raise ValueError(f"regularizer.lmbda must be >= 0, got {self.lmbda}")
+        if not 0.0 <= self.l1_ratio <= 1.0:
+            raise ValueError(f"regularizer.l1_ratio must be in [0, 1] (0: L2, 1: L1), got {self.l1_ratio}")
+        for name in ("p", "p_input"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(
+                    f"regularizer.{name} (dropout probability) must be in [0, 1), got {getattr(self, name)}"
+                )
+        if self.max_norm is not None and not self.max_norm > 0:
+            raise ValueError(f"regularizer.max_norm must be > 0 or null (off), got {self.max_norm}")
+
+    def __repr__(self) -> str:
+        """Only what differs from no regularization, e.g. `Regularizer(lmbda=5.0, p=0.5)`."""
+        changed = [
+            f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if getattr(self, f.name) != f.default
+        ]
+        return f"Regularizer({', '.join(changed)})"
+
+    # --- which parts are on: the training loop skips the others entirely ---
+
+    @property
+    def penalized(self) -> bool:
+        return self.lmbda != 0.0
+
+    @property
+    def dropout(self) -> bool:
+        return self.p > 0.0 or self.p_input > 0.0
+
+    # --- penalty ---
 
     def value(self, w: np.ndarray, n: int) -> np.ndarray:
-        return 0.5 * self.lmbda / n * np.sum(w * w, axis=(-2, -1))
+        """lmbda/n * [(1 - r)/2 sum w^2 + r sum |w|] over one weight array (per population member)."""
+        r, axes = self.l1_ratio, (-2, -1)
+        total = np.zeros(w.shape[:-2])
+        if r < 1.0:
+            total = total + 0.5 * (1.0 - r) * np.sum(w * w, axis=axes)
+        if r > 0.0:
+            total = total + r * np.sum(np.abs(w), axis=axes)
+        return self.lmbda / n * total
 
     def grad(self, w: np.ndarray, n: int) -> np.ndarray:
-        return (self.lmbda / n) * w
+        """lmbda/n * [(1 - r) w + r sgn(w)], with sgn(0) = 0."""
+        r = self.l1_ratio
+        if r == 0.0:
+            return (self.lmbda / n) * w
+        g = np.sign(w) * (self.lmbda * r / n)
+        if r < 1.0:
+            g += (self.lmbda * (1.0 - r) / n) * w
+        return g
+
+    # --- dropout ---
+
+    def _drop(self, layer: int) -> float:
+        return self.p_input if layer == 0 else self.p
+
+    def masks(self, shapes: Sequence[tuple[int, ...]], rng: np.random.Generator, dtype: np.dtype) -> Masks:
+        """One training mini-batch's multipliers of each layer's input (shape (..., m, n_in)), or None."""
+        out: Masks = []
+        for layer, shape in enumerate(shapes):
+            p = self._drop(layer)
+            if p == 0.0:
+                out.append(None)
+                continue
+            keep = rng.random(shape, dtype=np.float32) >= p  # P(keep) = 1 - p
+            scale = 1.0 / (1.0 - p) if self.inverted else 1.0
+            out.append(np.multiply(keep, scale, dtype=dtype))
+        return out
+
+    def eval_masks(self, n_layers: int) -> Masks | None:
+        """Evaluation multipliers: none for inverted dropout, the keep probability 1-p for network3's."""
+        if self.inverted or not self.dropout:
+            return None
+        return [None if self._drop(i) == 0.0 else 1.0 - self._drop(i) for i in range(n_layers)]
+
+    # --- max-norm ---
+
+    def constrain(self, w: np.ndarray) -> None:
+        """Rescale in place each column of w (a unit's incoming weights) whose norm exceeds max_norm."""
+        if self.max_norm is None:
+            return
+        norms = np.sqrt(np.sum(w * w, axis=-2, keepdims=True))
+        w *= np.minimum(1.0, self.max_norm / np.maximum(norms, np.finfo(w.dtype).tiny))
+
+
+def NoPenalty() -> Regularizer:  # noqa: N802 - reads like the class it used to be
+    """No regularization."""
+    return Regularizer()
+
+
+def L2(lmbda: float) -> Regularizer:  # noqa: N802
+    """The book's L2 (network2): penalty lmbda/(2n) sum w^2, weight decay eta*lmbda/n per step."""
+    return Regularizer(lmbda=lmbda)

@@ -26,6 +26,7 @@ import hpexp
 from hpexp import data, rundir
 from hpexp.network import Network
 from hpexp.paths import config_dir
+from hpexp.stopping import Never
 from hpexp.train import Record, Stop, fit, rng_streams
 
 SPLITS = ("train", "val", "test")
@@ -58,13 +59,38 @@ class Parts:
     optimizer: Any
     schedule: Any
     stopping: Any
+    expansion: Any
 
 
 def _instantiate(cfg: DictConfig, group: str) -> Any:
+    node = OmegaConf.select(cfg, group)
+    if not (isinstance(node, DictConfig) and "_target_" in node):
+        options = sorted(p.stem for p in (config_dir() / group.replace(".", "/")).glob("*.yaml"))
+        raise ConfigError(
+            f"{group} must be chosen with {group.replace('.', '/')}=NAME, one of {options}; got {node!r}"
+        )
     try:
-        return instantiate(cfg[group])
+        return instantiate(node)
     except InstantiationException as e:
         raise ConfigError(f"{group}: {e.__cause__ or e}") from e
+
+
+def _check_monitored(cfg: DictConfig, parts: Parts) -> None:
+    """The stopping rule and the schedule read record keys such as val_accuracy: monitor them."""
+    for group in ("stopping", "schedule"):
+        for key in getattr(parts, group).requires:
+            if key.split("_")[0] not in cfg.train.monitor:
+                raise ConfigError(
+                    f"{group} reads {key!r}, but train.monitor={list(cfg.train.monitor)} does not "
+                    f"evaluate that split; add it to train.monitor"
+                )
+
+
+def restore_best(cfg: DictConfig, parts: Parts) -> bool:
+    """train.restore_best, where null means: restore when an early-stopping rule is configured."""
+    if cfg.train.restore_best is None:
+        return not isinstance(parts.stopping, Never)
+    return bool(cfg.train.restore_best)
 
 
 def validate(cfg: DictConfig) -> Parts:
@@ -92,7 +118,9 @@ def validate(cfg: DictConfig) -> Parts:
         if not (isinstance(cfg.data[key], int) and 1 <= cfg.data[key] <= top):
             raise ConfigError(f"data.{key} must be an integer in [1, {top}], got {cfg.data[key]!r}")
     groups = ("activation", "cost", "init", "regularizer", "optimizer", "schedule", "stopping")
-    return Parts(**{g: _instantiate(cfg, g) for g in groups})
+    parts = Parts(**{g: _instantiate(cfg, g) for g in groups}, expansion=_instantiate(cfg, "data.expand"))
+    _check_monitored(cfg, parts)
+    return parts
 
 
 class SealedSplitError(ConfigError):
@@ -129,15 +157,19 @@ def _progress(record: Record, epochs: int) -> None:
     print("  ".join(parts), flush=True)
 
 
-def _summary(cfg: DictConfig, result: Any, seconds: float, n_params: int) -> Record:
+def _summary(cfg: DictConfig, parts: Parts, result: Any, seconds: float, n_params: int) -> Record:
     history = result.history
     best = history[result.best_epoch - 1] if result.best_epoch else None
     return {
         "status": result.status,
         "stop_reason": result.stop_reason,
+        "stopping": repr(parts.stopping),
+        "schedule": repr(parts.schedule),
         "epochs": cfg.train.epochs,
         "epochs_run": len(history),
+        "stopped_epoch": len(history),
         "best_epoch": result.best_epoch,
+        "restored_epoch": result.restored_epoch,
         "best": best,
         "final": history[-1] if history else None,
         "seconds": round(seconds, 3),
@@ -201,7 +233,10 @@ def run(
                 schedule=parts.schedule,
                 stopping=parts.stopping,
                 on_epoch=hook,
-                restore_best=cfg.train.restore_best,
+                restore_best=restore_best(cfg, parts),
+                expansion=parts.expansion,
+                dropout_rng=streams["dropout"],
+                augment_rng=streams["augment"],
             )
     except BaseException as e:
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
@@ -215,7 +250,7 @@ def run(
             },
         )
         raise
-    rundir.write_summary(out, _summary(cfg, result, time.perf_counter() - started, n_params))
+    rundir.write_summary(out, _summary(cfg, parts, result, time.perf_counter() - started, n_params))
     if cfg.train.save_weights:
         rundir.write_weights(out, network.params)
     return out
