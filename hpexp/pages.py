@@ -188,81 +188,77 @@ def runs_page(df: pd.DataFrame, by: str | list[str] | None = None, title: str = 
 
 def study_page(study: Any, title: str | None = None) -> Page:
     """Study report: trials, optimization history, curves, importances, slices, eta x lmbda map,
-    the best trial's learning curves and the finalized result (final.json) where present."""
+    the best trial's learning curves and the finalized result (final.json, final/) where present."""
     from hpexp import plots, report
 
     study_obj = report.open_study(study)
     trials = report.load_trials(study_obj)
     page = Page(title or f"Study {study_obj.study_name}")
+    objective = str(study_obj.user_attrs.get("objective", "objective"))
+    maximize = study_obj.direction.name == "MAXIMIZE"
     states = trials["state"].value_counts()
     page.add("p", f"{len(trials)} trials: " + ", ".join(f"{n} {s.lower()}" for s, n in states.items()) + ".")
     done = trials[trials["state"] == "COMPLETE"]
-    if len(done):
-        best = done.loc[done["value"].idxmax()]
-        params = ", ".join(
-            f"{c.removeprefix('params_')}={_value(best[c])}" for c in trials if c.startswith("params_")
-        )
-        page.add("p", f"Best trial {best['number']}: validation accuracy {best['value']:.4f} with {params}.")
+    best = done.loc[done["value"].idxmax() if maximize else done["value"].idxmin()] if len(done) else None
+    params = [c for c in trials if c.startswith("params_")]
+    if best is not None:
+        chosen = ", ".join(f"{c.removeprefix('params_')}={_value(best[c])}" for c in params)
+        page.add("p", f"Best trial {best['number']}: {objective} {best['value']:.4f} with {chosen}.")
     page.add("h2", "Search")
-    page.figure(
-        "optimization_history",
-        plots.png(plots.plot_optimization_history(trials).figure),
-        "Validation accuracy per trial; pruned trials at their last report, faded",
-    )
+    history = plots.plot_optimization_history(trials, None, objective, maximize)
+    caption = f"{objective} per trial; pruned trials at their last report, faded"
+    page.figure("optimization_history", plots.png(history.figure), caption)
     curves = report.load_trial_curves(study_obj)
     if len(curves):
-        page.figure(
-            "trial_curves",
-            plots.png(plots.plot_trial_curves(curves).figure),
-            "Every trial's validation curve; pruned trials faded",
-        )
+        fig = plots.plot_trial_curves(curves, None, objective).figure
+        page.figure("trial_curves", plots.png(fig), "Every trial's reported curve; pruned trials faded")
     importances = report.param_importances(study_obj)
     if len(importances):
-        page.figure(
-            "importances",
-            plots.png(plots.plot_param_importances(importances).figure),
-            "Parameter importances (Optuna's default evaluator, PED-ANOVA)",
-        )
-    params = [c for c in trials if c.startswith("params_")]
-    if params and len(done):
-        page.figure(
-            "slices",
-            plots.png(plots.plot_slices(trials, params)[0].figure),
-            "Validation accuracy against each parameter (completed trials)",
-        )
+        fig = plots.plot_param_importances(importances).figure
+        page.figure("importances", plots.png(fig), "Parameter importances (Optuna's default, PED-ANOVA)")
+    if params and best is not None:
+        fig = plots.plot_slices(trials, params, None, objective)[0].figure
+        page.figure("slices", plots.png(fig), f"{objective} against each parameter (completed trials)")
     eta = [c for c in params if c.endswith("eta")]
     lmbda = [c for c in params if c.endswith("lmbda")]
-    if eta and lmbda and len(done):
-        page.figure(
-            "eta_lmbda",
-            plots.png(plots.plot_param_map(trials, eta[0], lmbda[0]).figure),
-            "Validation accuracy over eta x lmbda (interpolated between completed trials)",
-        )
+    if eta and lmbda and best is not None:
+        fig = plots.plot_param_map(trials, eta[0], lmbda[0], None, objective).figure
+        caption = f"{objective} over eta x lmbda: completed trials, linear interpolation between them"
+        page.figure("eta_lmbda", plots.png(fig), caption)
     page.add("h2", "Trials")
-    shown = trials.drop(columns=["run_dir"]).sort_values("value", ascending=False, na_position="last")
+    shown = trials.drop(columns=["run_dir"]).sort_values("value", ascending=not maximize, na_position="last")
     page.table("trials", trials, shown.round(4))
     folder = None if report._is_study(study) else report.study_dir(study)
     folder = folder.parent if folder is not None and folder.is_file() else folder
-    _best_run(page, study_obj, trials, folder)
-    if folder is not None and (final := folder / "final.json").is_file():
-        page.add("h2", "Finalized on the test set (final.json)")
-        page.add("pre", json.dumps(json.loads(final.read_text()), indent=2))
+    if best is not None:
+        _best_run(page, study_obj, int(best["number"]), folder)
+    if folder is not None:
+        _final(page, folder)
     return page
 
 
-def _best_run(page: Page, study: Any, trials: pd.DataFrame, folder: Path | None) -> None:
+def _best_run(page: Page, study: Any, number: int, folder: Path | None) -> None:
     from hpexp import plots, report
 
     try:
         runs = report._load_study_runs(study, folder)
     except report.ReportError:
         return
-    done = trials[trials["state"] == "COMPLETE"]
-    if not len(done):
-        return
-    number = int(done.loc[done["value"].idxmax(), "number"])
     best = runs[runs["trial"] == number]
     if len(best):
         page.add("h2", f"Best trial {number}: learning curves")
         fig = plots.plot_learning_curves(report.label_configs(best, []), "accuracy").figure
         page.figure("best_trial_curves", plots.png(fig), f"Trial {number}: accuracy per epoch")
+
+
+def _final(page: Page, folder: Path) -> None:
+    from hpexp import report
+
+    if (final := folder / "final.json").is_file():
+        page.add("h2", "Finalized on the test set")
+        page.add("pre", json.dumps(json.loads(final.read_text()), indent=2))
+    if (folder / "final").is_dir():
+        finals = report.label_configs(report.load_runs(folder / "final"), [])
+        table = report.summarize(finals)
+        page.add("p", "The finalized seeds' run directories (final/), summarized like any runs:")
+        page.table("final", table, report.format_summary(table))

@@ -83,8 +83,10 @@ def plot_gap(df: pd.DataFrame, ax: Axes | None = None) -> Axes:
         if not math.isnan(best):
             y = np.interp(best, part["epoch"], part["mean"])
             ax.plot([best], [y], "o", color=colors[config], ms=7, mfc="white", label="_best")
-        stopped = mine[(mine["epochs_run"] < mine.get("train.epochs", np.inf)) & ~mine["incomplete"]]
-        for epoch in stopped["epochs_run"]:
+        last = df[df["config"] == config].groupby("run")["epoch"].max()
+        planned = mine.set_index("run")["train.epochs"] if "train.epochs" in mine else last
+        ended = ~mine.set_index("run")["incomplete"] if "incomplete" in mine else last > 0
+        for epoch in last[(last < planned.reindex(last.index)) & ended.reindex(last.index)]:
             y = np.interp(epoch, part["epoch"], part["mean"])
             ax.plot([epoch], [y], "x", color=colors[config], ms=8, mew=2, label="_stop")
     ax.plot([], [], "o", color="grey", mfc="white", label="best validation epoch")
@@ -157,7 +159,9 @@ def plot_accuracy_vs_n_train(runs: pd.DataFrame, ax: Axes | None = None) -> Axes
 # --- studies ----------------------------------------------------------------------------------
 
 
-def plot_optimization_history(trials: pd.DataFrame, ax: Axes | None = None) -> Axes:
+def plot_optimization_history(
+    trials: pd.DataFrame, ax: Axes | None = None, objective: str = "val_accuracy", maximize: bool = True
+) -> Axes:
     """Objective per trial (completed trials), the best so far, and pruned trials' last value faded."""
     ax = _ax(ax)
     done = trials[trials["state"] == "COMPLETE"].sort_values("number")
@@ -166,14 +170,20 @@ def plot_optimization_history(trials: pd.DataFrame, ax: Axes | None = None) -> A
         pruned["number"], pruned["last_value"], color="grey", alpha=0.35, s=14, label="pruned (last report)"
     )
     ax.scatter(done["number"], done["value"], color="C0", s=18, label="completed")
-    ax.step(done["number"], done["value"].cummax(), where="post", color="C3", label="best so far")
-    ax.set(xlabel="trial", ylabel="validation accuracy", title="Optimization history")
+    ax.step(
+        done["number"],
+        (done["value"].cummax() if maximize else done["value"].cummin()),
+        where="post",
+        color="C3",
+        label="best so far",
+    )
+    ax.set(xlabel="trial", ylabel=objective, title="Optimization history")
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
     return ax
 
 
-def plot_trial_curves(curves: pd.DataFrame, ax: Axes | None = None) -> Axes:
+def plot_trial_curves(curves: pd.DataFrame, ax: Axes | None = None, objective: str = "val_accuracy") -> Axes:
     """Every trial's reported validation curve; pruned trials faded grey."""
     ax = _ax(ax)
     for (number, state), part in curves.groupby(["number", "state"]):
@@ -187,9 +197,7 @@ def plot_trial_curves(curves: pd.DataFrame, ax: Axes | None = None) -> Axes:
             label="_trial",
         )
     ax.plot([], [], color="grey", alpha=0.3, label="pruned")
-    ax.set(
-        xlabel="epoch (reported step)", ylabel="validation accuracy", title="Validation curve of every trial"
-    )
+    ax.set(xlabel="epoch (reported step)", ylabel=objective, title="Reported curve of every trial")
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
     return ax
@@ -209,7 +217,9 @@ def _log_scale(values: pd.Series) -> bool:
     return len(v) > 0 and bool((v > 0).all()) and v.max() / v.min() >= 100
 
 
-def plot_slices(trials: pd.DataFrame, params: Sequence[str] | None = None, axes=None) -> np.ndarray:
+def plot_slices(
+    trials: pd.DataFrame, params: Sequence[str] | None = None, axes=None, objective: str = "val_accuracy"
+) -> np.ndarray:
     """Validation accuracy against each parameter (completed trials), coloured by trial number."""
     done = trials[trials["state"] == "COMPLETE"]
     params = list(params or [c for c in trials if c.startswith("params_")])
@@ -224,11 +234,13 @@ def plot_slices(trials: pd.DataFrame, params: Sequence[str] | None = None, axes=
             ax.set_xscale("log")
         ax.set(xlabel=param.removeprefix("params_"))
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("validation accuracy")
+    axes[0].set_ylabel(objective)
     return np.asarray(axes)
 
 
-def plot_param_map(trials: pd.DataFrame, x: str, y: str, ax: Axes | None = None) -> Axes:
+def plot_param_map(
+    trials: pd.DataFrame, x: str, y: str, ax: Axes | None = None, objective: str = "val_accuracy"
+) -> Axes:
     """Validation accuracy over two parameters (e.g. eta x lmbda), in log10 coordinates where the
     values span decades: completed trials as points, filled contours of a linear interpolation on
     their Delaunay triangulation (matplotlib's own; no scipy)."""
@@ -239,7 +251,7 @@ def plot_param_map(trials: pd.DataFrame, x: str, y: str, ax: Axes | None = None)
     px, py = (np.log10(v) if log else v for v, log in zip((xs, ys), logs, strict=True))
     try:
         filled = ax.tricontourf(px, py, done["value"].to_numpy(), levels=12, cmap="viridis", alpha=0.8)
-        plt.colorbar(filled, ax=ax, label="validation accuracy")
+        plt.colorbar(filled, ax=ax, label=objective)
     except (ValueError, RuntimeError):  # fewer than 3 points or all on a line: points only
         pass
     ax.scatter(px, py, c=done["value"], cmap="viridis", edgecolor="black", s=26, zorder=3)
@@ -248,5 +260,5 @@ def plot_param_map(trials: pd.DataFrame, x: str, y: str, ax: Axes | None = None)
         if log:
             axis.set_major_formatter(power)
         axis.set_label_text(name.removeprefix("params_") + (" (log scale)" if log else ""))
-    ax.set_title("Validation accuracy map")
+    ax.set_title(f"{objective} over {x.removeprefix('params_')} x {y.removeprefix('params_')}")
     return ax
