@@ -27,6 +27,7 @@ commands:
 def train(argv: Sequence[str]) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from omegaconf import DictConfig, open_dict
 
     from hpexp.data import DataError
@@ -43,6 +44,8 @@ def train(argv: Sequence[str]) -> None:
             print(f"hpexp train: error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
         print(f"run directory: {out}")
+        multirun = hydra_cfg.mode == RunMode.MULTIRUN and not cfg.out_dir
+        print(f"report: hpexp report {hydra_cfg.sweep.dir if multirun else out}")  # the whole sweep
 
     sys.argv = ["hpexp train", *argv]
     hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(main)()
