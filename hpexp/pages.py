@@ -68,7 +68,7 @@ def markdown(page: Page) -> str:
 
 
 CSS = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-img{max-width:100%;height:auto;border:1px solid #ddd}figcaption{color:#555;font-size:90%}
+figure{margin:1em 0}img{max-width:100%;height:auto;border:1px solid #ddd}figcaption{color:#555;font-size:90%}
 table{border-collapse:collapse;font-size:90%;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px}
 th{background:#f3f3f3}pre{background:#f6f6f6;padding:.6em;overflow:auto}"""
 
@@ -130,8 +130,9 @@ def runs_page(df: pd.DataFrame, by: str | list[str] | None = None, title: str = 
     page.add(
         "p",
         f"{df['run'].nunique()} runs in {len(configs)} configurations, compared by {keys}. "
-        "Accuracy is a fraction; ± is the 95% confidence half-width over the runs of a "
-        "configuration (Student's t, n-1 degrees of freedom).",
+        "The summary gives accuracies in %, mean ± the 95% confidence half-width over the runs of a "
+        "configuration (Student's t, n-1 degrees of freedom; blank for one run), all at each run's "
+        "best validation epoch except final_val; the runs table and the CSVs give fractions.",
     )
     if notes := report.check_runs(df):
         page.add("h2", "Notes")

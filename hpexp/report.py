@@ -17,6 +17,7 @@ import argparse
 import glob
 import math
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -495,5 +496,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         default = Path(args.runs[0]).name if len(args.runs) == 1 else "runs"
         name = _folder_name(args.name or default)
         page = pages.runs_page(load_runs(args.runs), args.by, title=f"Report: {name}")
+    page.blocks.insert(0, ("p", "Made with: hpexp report " + " ".join(argv or sys.argv[2:])))
     out = pages.write_page(page, args.out / name)
     print(f"report: {out / 'README.md'}\n        {out / 'report.html'}")
