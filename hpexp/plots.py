@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import pyplot as plt
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure, SubFigure
 from matplotlib.ticker import FuncFormatter
 
 from hpexp.report import SPLITS, epoch_stats, label_configs, run_metrics
@@ -24,11 +24,12 @@ STYLES = {"train": "--", "val": "-", "test": ":"}
 NAMES = {"train": "training", "val": "validation", "test": "test"}
 
 
-def png(fig: Figure) -> bytes:
+def png(fig: Figure | SubFigure) -> bytes:
     """The figure as PNG bytes (90 dpi: sharp enough on screen, small in a report); closes it."""
+    figure = fig.get_figure(root=True) if isinstance(fig, SubFigure) else fig
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
     return buffer.getvalue()
 
 
