@@ -256,6 +256,7 @@ def plot_param_map(
     except (ValueError, RuntimeError):  # fewer than 3 points or all on a line: points only
         pass
     ax.scatter(px, py, c=done["value"], cmap="viridis", edgecolor="black", s=26, zorder=3)
+    ax.margins(0.06)  # keep the outermost trials' points inside the frame
     power = FuncFormatter(lambda v, _: f"{10**v:.3g}")
     for axis, log, name in ((ax.xaxis, logs[0], x), (ax.yaxis, logs[1], y)):
         if log:
