@@ -65,21 +65,23 @@ def _gaussian_blur_matrix(sigma: float) -> np.ndarray:
 
 
 def bilinear(images: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Sample images (n, 28, 28) at real coordinates (n, 28, 28), zero outside the picture."""
-    padded = np.pad(images, ((0, 0), (1, 1), (1, 1)))  # a zero border catches coordinates just outside
-    r = np.clip(rows + 1, 0, SIDE + 1 - 1e-6)
-    c = np.clip(cols + 1, 0, SIDE + 1 - 1e-6)
-    r0, c0 = np.floor(r).astype(np.intp), np.floor(c).astype(np.intp)
-    fr, fc = (r - r0).astype(images.dtype), (c - c0).astype(images.dtype)
-    flat = padded.reshape(len(images), -1)
-    width = SIDE + 2
+    """Sample images (n, 28, 28) at real coordinates (broadcastable to (n, 28, 28)), zero outside."""
+    n, width = len(images), SIDE + 2
+    flat = np.pad(images, ((0, 0), (1, 1), (1, 1))).reshape(-1)  # a zero border for points outside
+    # Coordinates in the padded picture, clipped onto its zero border; each image's offset in `flat`.
+    r = np.clip(np.broadcast_to(rows, images.shape) + 1, 0, SIDE + 1).astype(images.dtype)
+    c = np.clip(np.broadcast_to(cols, images.shape) + 1, 0, SIDE + 1).astype(images.dtype)
+    r0, c0 = np.floor(r), np.floor(c)
+    fr, fc = r - r0, c - c0
+    index = (r0.astype(np.intp) * width + c0.astype(np.intp)).reshape(n, -1)
+    index += (np.arange(n) * width * width)[:, None]
+    last = flat.size - 1  # neighbours past the last border pixel have weight 0: any valid index works
 
-    def at(dr: int, dc: int) -> np.ndarray:
-        index = ((r0 + dr) * width + c0 + dc).reshape(len(images), -1)
-        return np.take_along_axis(flat, np.minimum(index, flat.shape[1] - 1), axis=1).reshape(r.shape)
+    def at(offset: int) -> np.ndarray:
+        return flat.take(np.minimum(index + offset, last)).reshape(images.shape)
 
-    top = at(0, 0) * (1 - fc) + at(0, 1) * fc
-    bottom = at(1, 0) * (1 - fc) + at(1, 1) * fc
+    top = at(0) * (1 - fc) + at(1) * fc
+    bottom = at(width) * (1 - fc) + at(width + 1) * fc
     return top * (1 - fr) + bottom * fr
 
 

@@ -1,0 +1,78 @@
+"""SGD with and without (Nesterov) momentum, against the formulas written out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import group_options, load_option
+
+from hpexp.optimizers import SGD
+
+
+def gradients(steps, shape=(4, 3), seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=shape) for _ in range(steps)]
+
+
+def run(optimizer, w0, grads, eta):
+    w, trajectory = w0.copy(), []
+    for g in grads:
+        optimizer.step([w], [g.copy()], eta)
+        trajectory.append(w.copy())
+    return trajectory
+
+
+def test_momentum_zero_equals_plain_sgd_step_for_step():
+    w0, grads = np.ones((4, 3)), gradients(6)
+    plain, w = [], w0.copy()
+    for g in grads:
+        w = w - 0.3 * g
+        plain.append(w)
+    for got, want in zip(run(SGD(eta=0.3, momentum=0.0), w0, grads, 0.3), plain, strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_momentum_follows_the_velocity_formula(nesterov):
+    w0, grads, mu, eta = np.ones((4, 3)), gradients(6, seed=1), 0.9, 0.1
+    v, w, want = np.zeros_like(w0), w0.copy(), []
+    for g in grads:
+        v = mu * v - eta * g
+        w = w + (mu * v - eta * g if nesterov else v)
+        want.append(w)
+    got = run(SGD(eta=eta, momentum=mu, nesterov=nesterov), w0, grads, eta)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_momentum_is_a_population_of_independent_rates():
+    """eta of shape (K, 1, 1) steps each member with its own rate."""
+    w0, grads = np.ones((2, 4, 3)), gradients(3, shape=(2, 4, 3))
+    eta = np.array([0.1, 0.2]).reshape(2, 1, 1)
+    got = run(SGD(eta=0.1, momentum=0.5), w0, grads, eta)[-1]
+    for k in range(2):
+        alone = run(SGD(eta=0.1, momentum=0.5), w0[k], [g[k] for g in grads], float(eta[k, 0, 0]))[-1]
+        np.testing.assert_allclose(got[k], alone)
+
+
+@pytest.mark.parametrize("option", group_options("optimizer"))
+def test_presets_are_the_one_sgd_class(option):
+    optimizer = load_option("optimizer", option)
+    assert type(optimizer) is SGD
+    assert {"sgd": 0.0, "momentum": 0.9, "nesterov": 0.9}.get(
+        option, optimizer.momentum
+    ) == optimizer.momentum
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
+        ({"momentum": -0.1}, "momentum"),
+        ({"eta": 0.0}, "eta must be > 0"),
+        ({"nesterov": True}, "nesterov needs"),
+    ],
+)
+def test_bad_values_are_rejected(fields, message):
+    with pytest.raises(ValueError, match=message):
+        SGD(**{"eta": 0.1, **fields})
