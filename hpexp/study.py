@@ -323,6 +323,12 @@ def _rdb_url(spec: DictConfig) -> str:
             f"storage {mask(spec.storage)} has a password in it: it would be saved with the spec. "
             f"Put it in ${PASSWORD_ENV}, or in a file named by ${PASSWORD_FILE_ENV} or storage_password_file"
         )
+    if url.drivername in ("postgres", "postgresql"):  # SQLAlchemy 2.1 means psycopg 3 by it
+        import importlib.util
+
+        url = url.set(
+            drivername="postgresql+psycopg" if importlib.util.find_spec("psycopg") else "postgresql+psycopg2"
+        )
     if (password := _password(spec)) is not None:
         url = url.set(password=password)
     return url.render_as_string(hide_password=False)

@@ -1,0 +1,322 @@
+"""Studies end to end on a tiny network and a small MNIST subset: budget, pruning, guards, resume."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
+from hpexp import data, rundir, study
+from hpexp.run import ConfigError, SealedSplitError, compose, run
+
+TINY = [
+    "network=linear",
+    "data.n_train=500",
+    "data.n_validation=200",
+    "train.epochs=3",
+    "train.batch_size=50",
+]
+
+
+def write_spec(folder: Path, name: str = "tiny", **changes) -> Path:
+    spec = {
+        "base": TINY,
+        "search": {"optimizer.eta": {"type": "float", "low": 0.05, "high": 2.0, "log": True}},
+        "baseline": {"optimizer.eta": 0.5},
+        "objective": {"metric": "val_accuracy", "direction": "maximize"},
+        "sampler": {"name": "random", "seed": 0},
+        "pruner": {"name": "none"},
+        "n_trials": 6,
+        "workers": 1,
+    } | changes
+    path = folder / f"{name}.yaml"
+    OmegaConf.save(OmegaConf.create(spec), path)
+    return path
+
+
+def trials_of(spec, runs: Path) -> list[optuna.trial.FrozenTrial]:
+    return study._load(spec, runs, study.parse_space(spec.search), 0, create=False).get_trials()
+
+
+def states(trials) -> dict[str, int]:
+    return {
+        s.name: sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)
+    }
+
+
+def test_six_trial_study_end_to_end_then_finalize(mnist_dir, tmp_path, capsys):
+    spec = study.load_spec(str(write_spec(tmp_path)))
+    study.search(spec, tmp_path)
+    trials = trials_of(spec, tmp_path)
+    assert states(trials) == {"COMPLETE": 6}
+    assert trials[0].params == {"optimizer.eta": 0.5} and trials[0].user_attrs["baseline"]
+    for t in trials:
+        out = Path(t.user_attrs["run_dir"])
+        assert out == (tmp_path / "studies" / "tiny" / "trials" / f"{t.number:04d}").resolve()
+        assert rundir.read_summary(out)["status"] == t.user_attrs["status"] == "completed"
+        history = rundir.read_history(out)
+        assert [r["epoch"] for r in history] == [1, 2, 3] and "train_accuracy" in history[0]
+        assert t.value == max(r["val_accuracy"] for r in history)
+        assert t.intermediate_values == {r["epoch"]: r["val_accuracy"] for r in history}
+        assert history[t.user_attrs["best_epoch"] - 1]["val_accuracy"] == t.value
+    printed = capsys.readouterr().out
+    assert "best trial #" in printed and "hpexp report --study tiny" in printed
+    result = study.finalize(spec, tmp_path, seeds=2)
+    folder = tmp_path / "studies" / "tiny"
+    assert [r["seed"] for r in result["seeds"]] == [1, 2]
+    assert all(0.5 < r["test_accuracy"] <= 1 for r in result["seeds"])
+    assert (folder / "final.json").exists()
+    assert (folder / "final.csv").read_text().splitlines()[-2].startswith("mean,")
+
+
+def test_aggressive_pruner_prunes(mnist_dir, tmp_path):
+    path = write_spec(
+        tmp_path,
+        base=[*TINY[:-2], "train.epochs=4", "train.batch_size=50"],
+        search={"optimizer.eta": {"type": "float", "low": 0.001, "high": 1.0, "log": True}},
+        pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+        n_trials=8,
+    )
+    spec = study.load_spec(str(path))
+    study.search(spec, tmp_path, quiet=True)
+    trials = trials_of(spec, tmp_path)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned and len(trials) == 8
+    for t in pruned:
+        summary = rundir.read_summary(Path(t.user_attrs["run_dir"]))
+        assert summary["status"] == "pruned" and "MedianPruner" in summary["stop_reason"]
+        assert summary["epochs_run"] < 4
+
+
+def test_conditional_parameter_only_when_its_guard_holds():
+    space = study.parse_space(
+        {
+            "regularizer": {"type": "categorical", "choices": ["none", "l2"]},
+            "regularizer.lmbda": {
+                "type": "float",
+                "low": 0.1,
+                "high": 10,
+                "log": True,
+                "when": {"regularizer": "l2"},
+            },
+        }
+    )
+    base = compose(TINY)
+    s = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(12):
+        trial = s.ask()
+        overrides = study.sample(trial, space, base)
+        cfg = compose([*TINY, *overrides])
+        l2 = trial.params["regularizer"] == "l2"
+        assert ("regularizer.lmbda" in trial.params) == l2
+        assert cfg.choices.regularizer == trial.params["regularizer"]
+        if l2:
+            assert cfg.regularizer.lmbda == trial.params["regularizer.lmbda"]
+        seen.add(l2)
+        s.tell(trial, 0.0)
+    assert seen == {True, False}
+
+
+def test_two_workers_make_exactly_n_trials(mnist_dir, tmp_path):
+    spec = study.load_spec(str(write_spec(tmp_path, n_trials=7, workers=2)))
+    study.search(spec, tmp_path, quiet=True)
+    trials = trials_of(spec, tmp_path)
+    assert len(trials) == 7 and states(trials) == {"COMPLETE": 7}
+    assert len({t.user_attrs["pid"] for t in trials}) == 2
+
+
+def test_killed_worker_trial_is_failed_and_retried(mnist_dir, tmp_path):
+    base = [
+        "network=mlp30",
+        "data.n_train=1000",
+        "data.n_validation=200",
+        "train.batch_size=10",
+        "train.epochs=12",
+    ]
+    path = write_spec(tmp_path, base=base, n_trials=3)
+    spec = study.load_spec(str(path))
+    cmd = [sys.executable, "-m", "hpexp.cli", "study", str(path), "--runs", str(tmp_path)]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    victim = None
+    for _ in range(600):  # wait until a trial is past its first epoch, then kill its worker
+        time.sleep(0.05)
+        if (tmp_path / "studies" / "tiny" / "journal.log").exists():
+            running = [t for t in trials_of(spec, tmp_path) if t.state == TrialState.RUNNING and t.last_step]
+            if running:
+                victim = running[0]
+                os.kill(victim.user_attrs["pid"], signal.SIGKILL)
+                break
+    assert victim is not None, "no trial reached its first epoch"
+    _, err = first.communicate(timeout=120)
+    assert "ended abnormally" in err
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"failed trial(s) [{victim.number}]" in rerun.stdout
+    trials = trials_of(spec, tmp_path)
+    stale = trials[victim.number]
+    assert stale.state == TrialState.FAIL and "died" in stale.user_attrs["fail_reason"]
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
+    assert len(retry) == 1 and retry[0].params == victim.params
+    assert states(trials) == {"COMPLETE": 3, "FAIL": 1}
+
+
+def test_diverging_trial_fails_with_reason_and_study_goes_on(mnist_dir, tmp_path):
+    path = write_spec(
+        tmp_path,
+        base=[*TINY, "cost=quadratic"],
+        search={"optimizer.eta": {"type": "categorical", "choices": [0.5, 1.0e30]}},
+        baseline={"optimizer.eta": 1.0e30},
+        n_trials=3,
+    )
+    spec = study.load_spec(str(path))
+    study.search(spec, tmp_path, quiet=True)
+    trials = trials_of(spec, tmp_path)
+    assert trials[0].state == TrialState.FAIL and len(trials) == 3
+    assert trials[0].user_attrs["status"] == "diverged"
+    assert "not finite" in trials[0].user_attrs["fail_reason"]
+    assert all(t.state == TrialState.COMPLETE for t in trials if t.params["optimizer.eta"] == 0.5)
+
+
+def test_search_never_loads_the_test_split(mnist_dir, tmp_path, monkeypatch):
+    asked: list[list[str]] = []
+    load = data.load_splits
+
+    def spy(*args, splits=data.SPLITS, **kwargs):
+        asked.append(list(splits))
+        return load(*args, splits=splits, **kwargs)
+
+    monkeypatch.setattr(data, "load_splits", spy)
+    path = write_spec(tmp_path, base=[*TINY, "train.monitor=[train,val,test]"], n_trials=2)
+    spec = study.load_spec(str(path))
+    study.prepare(spec, tmp_path)
+    assert study.work(OmegaConf.to_container(spec), tmp_path) == 2  # in this process, under the spy
+    assert asked and all("test" not in splits for splits in asked)
+    for t in trials_of(spec, tmp_path):
+        assert t.state == TrialState.COMPLETE
+        assert "test_accuracy" not in rundir.read_history(Path(t.user_attrs["run_dir"]))[0]
+    study.finalize(spec, tmp_path, seeds=1)
+    assert sum("test" in splits for splits in asked) == 1
+    with pytest.raises(SealedSplitError, match="sealed"):
+        run(compose([*TINY, "train.monitor=[train,val,test]"]), tmp_path / "r", allow_test=False)
+
+
+BAD = [
+    ({"search": {"optimizer.etaa": {"type": "float", "low": 0.1, "high": 1}}}, "not a config key"),
+    ({"search": {"optimizer.eta": {"type": "float", "low": 1, "high": 1}}}, "low must be < high"),
+    ({"search": {"optimizer.eta": {"type": "float", "low": 0, "high": 1, "log": True}}}, "log scale"),
+    ({"search": {"optimizer.eta": {"type": "categorical", "choices": []}}}, "non-empty"),
+    ({"search": {"optimizer.eta": {"type": "real", "low": 0, "high": 1}}}, "type must be"),
+    ({"search": {"regularizer": {"type": "categorical", "choices": ["l3"]}}}, "its options"),
+    ({"baseline": {"train.epochs": 3}}, "not in the search space"),
+    ({"n_trials": 0}, "n_trials"),
+    ({"pruner": {"name": "oracle"}}, "pruner.name"),
+    ({"storage": "postgresql://nobody@127.0.0.1:9/nothing"}, "cannot reach storage"),
+    ({"storage": "postgresql://me:hunter2@127.0.0.1:9/db"}, "has a password in it"),
+]
+
+
+@pytest.mark.parametrize(("changes", "message"), BAD, ids=[m for _, m in BAD])
+def test_bad_input_is_a_clear_error_before_any_trial(tmp_path, changes, message):
+    spec = study.load_spec(str(write_spec(tmp_path, **changes)))
+    with pytest.raises(ConfigError, match=message) as error:
+        study.search(spec, tmp_path)
+    assert "hunter2" not in str(error.value)
+    assert not (tmp_path / "studies" / "tiny" / "trials").exists()
+
+
+def test_mask_hides_passwords():
+    assert study.mask("postgresql://u:s3cret@h/db") == "postgresql://u:***@h/db"
+    assert study.mask("postgresql://h/db?password=s3cret&x=1") == "postgresql://h/db?password=***&x=1"
+
+
+def test_mean_ci_worked_example():
+    mean, half = study.mean_ci([0.96, 0.97, 0.98])
+    assert mean == pytest.approx(0.97) and half == pytest.approx(4.303 * 0.01 / 3**0.5)
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """$HPEXP_TEST_POSTGRES_URL (CI starts a server), else a throwaway local server, else skip."""
+    if url := os.environ.get("HPEXP_TEST_POSTGRES_URL"):
+        yield url
+        return
+    pytest.importorskip("psycopg2", reason="psycopg2 is not installed (pip install -e '.[postgres]')")
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+    initdb = shutil.which("initdb") or (str(bins[-1] / "initdb") if bins else None)
+    if initdb is None:
+        pytest.skip("no PostgreSQL server: set HPEXP_TEST_POSTGRES_URL or install postgresql")
+    pg_ctl = str(Path(initdb).with_name("pg_ctl"))
+    # Not under pytest's tmp folder: that is private to its owner, and the server may run as postgres.
+    folder, port = Path(tempfile.mkdtemp(prefix="hpexp-pg-")), _free_port()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        if not shutil.which("runuser"):
+            pytest.skip("running as root without runuser: cannot start PostgreSQL")
+        shutil.chown(folder, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data_dir = folder / "data"
+    try:
+        subprocess.run(
+            [*as_user, initdb, "-D", str(data_dir), "-U", "hpexp", "--auth=trust"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        options = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder}"
+        subprocess.run(  # the server would hold a pipe open: it logs to a file instead
+            [*as_user, pg_ctl, "-D", str(data_dir), "-o", options, "-l", str(folder / "log"), "-w", "start"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
+    except (subprocess.SubprocessError, OSError) as e:
+        pytest.skip(f"could not start a local PostgreSQL ({e})")
+    try:
+        import psycopg2
+
+        connection = psycopg2.connect(host="127.0.0.1", port=port, user="hpexp", dbname="postgres")
+        connection.autocommit = True
+        connection.cursor().execute("CREATE DATABASE hpexp_test")
+        connection.close()
+        yield f"postgresql://hpexp@127.0.0.1:{port}/hpexp_test"
+    finally:
+        subprocess.run(
+            [*as_user, pg_ctl, "-D", str(data_dir), "-m", "immediate", "stop"], capture_output=True
+        )
+
+
+@pytest.mark.postgres
+def test_two_workers_against_postgresql(mnist_dir, tmp_path, postgres_url, monkeypatch):
+    if password := os.environ.get("HPEXP_TEST_POSTGRES_PASSWORD"):
+        monkeypatch.setenv(study.PASSWORD_ENV, password)
+    name = f"pg_{os.getpid()}_{int(time.time())}"
+    spec = study.load_spec(str(write_spec(tmp_path, name=name, n_trials=5, workers=2, storage=postgres_url)))
+    study.search(spec, tmp_path, quiet=True)
+    trials = trials_of(spec, tmp_path)
+    assert len(trials) == 5 and states(trials) == {"COMPLETE": 5}
+    assert not (tmp_path / "studies" / name / "journal.log").exists()
+    with contextlib.suppress(KeyError):
+        optuna.delete_study(study_name=name, storage=study.open_storage(spec, tmp_path))
