@@ -1,0 +1,390 @@
+"""The book registry: every experiment of Nielsen's chapters 1, 3 and 5 as a preset, run and compared.
+
+A preset is `conf/experiment/book/<id>.yaml`, a `@package _global_` config selected by
+`hpexp train +experiment=book/<id>`. Its `book:` block holds the book's metadata and what to compare:
+
+    book:
+      chapter, section, demonstrates, source, note   where the experiment is and what it shows
+      value, metric, selection, tolerance            the book's headline number and how it was read
+      run, epoch, log                                (optional) which run / epoch; compare in log10
+      runner                                         (optional) a function like hpexp.run.run
+      seeds                                          (optional) 1 for deterministic experiments
+      runs: [{name, overrides: [...]}, ...]          (optional) several runs, e.g. a sweep over eta
+      checks: [{run, metric, selection, value, tolerance, epoch, log, note}, ...]   more numbers
+      plots: [{name, y, x, runs, xlim, ylim, logx, logy, also}, ...]               the book's figures
+
+A check takes one number per seed from a run's history (`selection` of `metric`), and compares
+the mean over seeds with the book's value: reproduced when |mean - value| <= tolerance (in log10
+units when `log`). Values are in the history's units: accuracies are fractions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from hpexp import rundir
+from hpexp.paths import config_dir
+
+Record = dict[str, Any]
+REQUIRED = (
+    "chapter",
+    "section",
+    "demonstrates",
+    "source",
+    "value",
+    "metric",
+    "selection",
+    "tolerance",
+    "note",
+)
+SELECTIONS = ("peak", "min", "final", "first", "epoch", "epoch_of_min", "epoch_of_max", "best_val")
+RUNS_DIR, REPORTS_DIR = Path("runs/book"), Path("reports/book")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One number of the book and how to read ours: `selection` of `metric` in run `run`'s history."""
+
+    metric: str
+    selection: str
+    value: float | None
+    tolerance: float | None
+    run: str = ""
+    epoch: int | None = None
+    log: bool = False
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        what = (
+            f"{self.metric} at epoch {self.epoch}"
+            if self.selection == "epoch"
+            else (f"{self.selection} {self.metric}")
+        )
+        return f"{self.run}: {what}" if self.run else what
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A preset: its metadata, its runs (name -> overrides) and its checks (the first is the headline)."""
+
+    id: str
+    meta: dict[str, Any]
+    runs: dict[str, list[str]]
+    checks: list[Check]
+    plots: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def chapter(self) -> int:
+        return int(self.meta["chapter"])
+
+    @property
+    def runner(self) -> str:
+        return str(self.meta.get("runner") or "hpexp.run.run")
+
+    def seeds(self, requested: int) -> int:
+        return int(self.meta.get("seeds") or requested)
+
+
+def presets_dir() -> Path:
+    return config_dir() / "experiment" / "book"
+
+
+def _check(item: dict[str, Any], defaults: dict[str, Any]) -> Check:
+    merged = {k: defaults.get(k) for k in ("metric", "selection", "epoch", "tolerance", "log")} | item
+    if merged["selection"] not in SELECTIONS:
+        raise ValueError(f"unknown selection {merged['selection']!r}; valid: {', '.join(SELECTIONS)}")
+    if merged["selection"] == "epoch" and merged.get("epoch") is None:
+        raise ValueError("selection 'epoch' needs an `epoch`")
+    given = {k: v for k, v in merged.items() if k in Check.__dataclass_fields__ and v is not None}
+    return Check(**{"value": None, "tolerance": None} | given)
+
+
+def load(experiment_id: str) -> Experiment:
+    """Read one preset's `book:` block (without composing the whole config)."""
+    path = presets_dir() / f"{experiment_id}.yaml"
+    if not path.exists():
+        raise ValueError(f"no book experiment {experiment_id!r}; `hpexp book list` shows them")
+    try:
+        meta = OmegaConf.to_container(OmegaConf.load(path).get("book") or {}, resolve=True)
+    except Exception as e:  # a YAML syntax error: name the file
+        raise ValueError(f"{path}: {e}") from None
+    assert isinstance(meta, dict)
+    if missing := [k for k in REQUIRED if k not in meta]:
+        raise ValueError(f"{path}: book block lacks {', '.join(missing)}")
+    runs = {r["name"]: list(r.get("overrides", [])) for r in meta.get("runs") or []} or {"": []}
+    headline = {k: meta.get(k) for k in ("run", "epoch", "value")} | {"run": meta.get("run") or ""}
+    checks = [_check(c, meta) for c in [headline, *(meta.get("checks") or [])]]
+    for c in checks:
+        if c.run not in runs:
+            raise ValueError(f"{path}: check names run {c.run!r}; runs are {list(runs)}")
+    return Experiment(experiment_id, meta, runs, checks, list(meta.get("plots") or []))
+
+
+def registry(chapter: int | None = None) -> list[Experiment]:
+    """Every preset, ordered by chapter then id."""
+    experiments = [load(p.stem) for p in sorted(presets_dir().glob("*.yaml"))]
+    experiments.sort(key=lambda e: (e.chapter, e.id))
+    return [e for e in experiments if chapter is None or e.chapter == chapter]
+
+
+# --- reading our numbers -------------------------------------------------------------------------
+
+
+def select(history: Sequence[Record], check: Check) -> float:
+    """Our number for `check` from one run's history (NaN when the metric is missing)."""
+    rows = [r for r in history if check.metric in r]
+    if not rows:
+        return math.nan
+    values = [float(r[check.metric]) for r in rows]
+    s = check.selection
+    if s == "epoch":
+        return next((float(r[check.metric]) for r in rows if r["epoch"] == check.epoch), math.nan)
+    if s in ("peak", "min", "epoch_of_min", "epoch_of_max"):
+        finite = [(v, r["epoch"]) for v, r in zip(values, rows, strict=True) if math.isfinite(v)]
+        if not finite:
+            return math.nan
+        low = min(finite, key=lambda t: t[0])
+        high = max(finite, key=lambda t: t[0])
+        return {"peak": high[0], "min": low[0], "epoch_of_min": low[1], "epoch_of_max": high[1]}[s]
+    if s == "best_val":
+        scored = [r for r in rows if math.isfinite(r.get("val_accuracy", math.nan))]
+        return float(max(scored, key=lambda r: r["val_accuracy"])[check.metric]) if scored else math.nan
+    return values[0] if s == "first" else values[-1]
+
+
+def run_dirs(experiment: Experiment, run: str, runs_dir: Path = RUNS_DIR) -> list[Path]:
+    """The finished run directories of one run of an experiment, one per seed."""
+    base = runs_dir / experiment.id
+    dirs = sorted(base.glob(f"seed*/{run}".rstrip("/")), key=lambda p: int(p.relative_to(base).parts[0][4:]))
+    return [d for d in dirs if rundir.read_summary(d).get("status") in ("completed", "diverged")]
+
+
+def compare(experiment: Experiment, check: Check, runs_dir: Path = RUNS_DIR) -> dict[str, Any]:
+    """The check's row: the book's value, ours per seed, mean, std, difference, reproduced or not."""
+    ours = [select(rundir.read_history(d), check) for d in run_dirs(experiment, check.run, runs_dir)]
+    mean = statistics.fmean(ours) if ours else math.nan
+    std = statistics.stdev(ours) if len(ours) > 1 else 0.0 if ours else math.nan
+    diff, ok = math.nan, None
+    if check.value is not None and ours:
+        if check.log:
+            diff = math.log10(mean / check.value) if mean > 0 else math.nan
+        else:
+            diff = mean - check.value
+        ok = bool(abs(diff) <= (check.tolerance or 0.0) + 1e-12)
+    return {
+        "id": experiment.id,
+        "chapter": experiment.chapter,
+        "check": check.label,
+        "book": check.value,
+        "seeds": ours,
+        "mean": mean,
+        "std": std,
+        "diff": diff,
+        "tolerance": check.tolerance,
+        "log": check.log,
+        "reproduced": ok,
+        "metric": check.metric,
+        "selection": check.selection,
+        "note": check.note,
+    }
+
+
+# --- running -------------------------------------------------------------------------------------
+
+
+def compose_run(experiment: Experiment, run: str, seed: int, extra: Sequence[str] = ()) -> Any:
+    from hpexp.run import compose
+
+    return compose([f"+experiment=book/{experiment.id}", *experiment.runs[run], f"seed={seed}", *extra])
+
+
+def estimate_seconds(cfg: Any) -> float:
+    """A rough duration of one run, for the time-left display: per-step overhead plus the multiply-adds
+    of training (x3 for backward) and of the per-epoch evaluation of the monitored splits."""
+    if cfg.book.get("seconds") is not None:
+        return float(cfg.book.seconds)
+    sizes = list(cfg.network.sizes)
+    macs = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
+    n = cfg.data.n_train
+    n_eval = sum({"train": n, "val": cfg.data.n_validation, "test": 10_000}[s] for s in cfg.train.monitor)
+    every = cfg.train.get("eval_every") or 1
+    steps = math.ceil(n / cfg.train.batch_size)
+    return cfg.train.epochs * (steps * 4e-5 + n * macs * 1.2e-9 + n_eval * macs * 0.6e-9 / every) + 1.0
+
+
+def _fmt(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class Progress:
+    """Prints what runs and how long is left; the estimate is rescaled by the runs done so far."""
+
+    def __init__(self, total: float, count: int, every: float = 20.0) -> None:
+        self.total, self.count, self.every = total, count, every
+        self.done_estimate = self.done_seconds = 0.0
+        self.started, self.last, self.index = time.perf_counter(), 0.0, 0
+
+    def _left(self, current: float) -> float:
+        ratio = self.done_seconds / self.done_estimate if self.done_estimate > 30 else 1.0
+        return max(0.0, self.total - self.done_estimate - current) * ratio
+
+    def start(self, label: str, estimate: float) -> Callable[[Record], None]:
+        self.index += 1
+        self.label, self.estimate, self.run_started = label, estimate, time.perf_counter()
+        print(
+            f"[{self.index}/{self.count}] {label} (~{_fmt(estimate)}; left ~{_fmt(self._left(0))})",
+            flush=True,
+        )
+
+        def on_epoch(record: Record) -> None:
+            now = time.perf_counter()
+            if now - self.last >= self.every:
+                self.last = now
+                epochs = int(record.get("epochs") or 0)
+                fraction = min(1.0, (now - self.run_started) / max(estimate, 1e-9))
+                print(
+                    f"    {label} epoch {record.get('epoch')}{f'/{epochs}' if epochs else ''}; "
+                    f"elapsed {_fmt(now - self.started)}, left ~{_fmt(self._left(fraction * estimate))}",
+                    flush=True,
+                )
+
+        return on_epoch
+
+    def finish(self, status: str) -> None:
+        seconds = time.perf_counter() - self.run_started
+        self.done_estimate += self.estimate
+        self.done_seconds += seconds
+        print(
+            f"    {status} in {_fmt(seconds)}; elapsed {_fmt(time.perf_counter() - self.started)}, "
+            f"left ~{_fmt(self._left(0))}",
+            flush=True,
+        )
+
+
+def _is_done(out: Path, cfg: Any) -> bool:
+    if rundir.read_summary(out).get("status") not in ("completed", "diverged"):
+        return False
+    previous = OmegaConf.load(out / "config.yaml")
+    keep = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "out_dir"}
+    return keep == {k: v for k, v in OmegaConf.to_container(previous).items() if k != "out_dir"}
+
+
+def run_experiments(
+    experiments: Sequence[Experiment],
+    seeds: int = 3,
+    runs_dir: Path = RUNS_DIR,
+    extra: Sequence[str] = (),
+    force: bool = False,
+) -> list[str]:
+    """Run every (experiment, run, seed) not already done with the same config; returns skip messages."""
+    from hydra.utils import get_method
+
+    from hpexp.book_runners import Skip
+
+    plan = []
+    for e in experiments:
+        for k in range(e.seeds(seeds)):
+            for name in e.runs:
+                cfg = compose_run(e, name, k, extra)
+                out = runs_dir / e.id / f"seed{k}" / name
+                if force or not _is_done(out, cfg):
+                    plan.append((e, name, k, cfg, out))
+    progress = Progress(sum(estimate_seconds(p[3]) for p in plan), len(plan))
+    skipped: list[str] = []
+    for e, name, k, cfg, out in plan:
+        label = f"{e.id}{f'/{name}' if name else ''} seed{k}"
+        hook = progress.start(label, estimate_seconds(cfg))
+        try:
+            get_method(e.runner)(
+                cfg, out, on_epoch=lambda r, h=hook, n=cfg.train.epochs: h(r | {"epochs": n}), progress=False
+            )
+            progress.finish(rundir.read_summary(out).get("status", "done"))
+        except Skip as why:
+            skipped.append(f"{label}: skipped, {why}")
+            progress.finish("skipped")
+            print(f"    {skipped[-1]}", file=sys.stderr)
+    return skipped
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def _pct(check: Check | dict[str, Any], value: float | None) -> str:
+    metric = check.metric if isinstance(check, Check) else check["metric"]
+    selection = check.selection if isinstance(check, Check) else check["selection"]
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if metric.endswith("accuracy") and not selection.startswith("epoch_of"):
+        return f"{100 * value:.2f}%"
+    return f"{value:.4g}"
+
+
+def list_command(chapter: int | None, runs_dir: Path) -> None:
+    rows = [("id", "ch", "book", "ours", "what")]
+    for e in registry(chapter):
+        head = e.checks[0]
+        row = compare(e, head, runs_dir)
+        ours = "-" if not row["seeds"] else f"{_pct(head, row['mean'])} (n={len(row['seeds'])})"
+        book = _pct(head, head.value) if head.value is not None else f"figure: {e.meta.get('figure', '-')}"
+        rows.append((e.id, str(e.chapter), book, ours, head.label))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[4])
+
+
+def _select(args: argparse.Namespace) -> list[Experiment]:
+    if args.all or args.chapter is not None:
+        chosen = registry(args.chapter)
+        return [e for e in chosen if not args.ids or e.id in args.ids] if not args.all else chosen
+    if not args.ids:
+        raise ValueError("name experiments (see `hpexp book list`), or use --all or --chapter N")
+    return [load(i) for i in args.ids]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="hpexp book", description="Reproduce the book's experiments")
+    parser.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="default: runs/book")
+    parser.add_argument("--reports-dir", type=Path, default=REPORTS_DIR, help="default: reports/book")
+    sub = parser.add_subparsers(dest="action", required=True)
+    listing = sub.add_parser("list", help="every experiment with the book's number and our last result")
+    listing.add_argument("--chapter", type=int, default=None)
+    run = sub.add_parser("run", help="run experiments with several seeds, then write their reports")
+    run.add_argument("ids", nargs="*", help="experiment ids (see `hpexp book list`)")
+    run.add_argument("--seeds", type=int, default=3, help="seeds per run (default 3)")
+    run.add_argument("--all", action="store_true", help="every experiment")
+    run.add_argument("--chapter", type=int, default=None, help="every experiment of a chapter")
+    run.add_argument("--force", action="store_true", help="rerun runs that are already done")
+    run.add_argument("--override", action="append", default=[], help="extra Hydra override for every run")
+    report = sub.add_parser("report", help="write reports/book/ from the runs so far")
+    report.add_argument("ids", nargs="*", help="experiments to write pages for (default: all)")
+    args = parser.parse_args(argv)
+    if args.action == "list":
+        list_command(args.chapter, args.runs_dir)
+        return
+    from hpexp import book_report
+
+    if args.action == "run":
+        if args.seeds < 1:
+            raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+        chosen = _select(args)
+        skipped = run_experiments(chosen, args.seeds, args.runs_dir, args.override, args.force)
+        pages = [e.id for e in chosen]
+    else:
+        skipped, pages = [], list(args.ids) or [e.id for e in registry()]
+    written = book_report.write(pages, args.runs_dir, args.reports_dir)
+    print(f"report: {written}")
+    for line in skipped:
+        print(line, file=sys.stderr)

@@ -1,0 +1,196 @@
+"""The book's experiments that are not one `run()`: the single-neuron toys, chapter 5's speed of
+learning, and the chapter 1 baselines (random guessing, average darkness, an SVM).
+
+Each runner has `run()`'s signature, `(cfg, out_dir, *, on_epoch=None, progress=False) -> Path`, and
+writes the same run directory (config.yaml, history.csv, summary.json), so reports read them alike.
+A preset names its runner in `book.runner`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from threadpoolctl import threadpool_limits
+
+from hpexp import data, rundir
+
+Record = dict[str, Any]
+Hook = Callable[[Record], Any] | None
+
+
+class Skip(Exception):
+    """The experiment cannot run here (e.g. an optional dependency is missing); not a failure."""
+
+
+def _write(cfg: DictConfig, out_dir: str | Path, history: list[Record], started: float, **extra: Any) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rundir.write_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    rundir.write_history(out, history)
+    summary = {
+        "status": "completed",
+        "stop_reason": "done",
+        "epochs_run": len(history),
+        "final": history[-1] if history else None,
+        "seconds": round(time.perf_counter() - started, 3),
+        "seed": cfg.seed,
+        **extra,
+    }
+    rundir.write_summary(out, summary)
+    return out
+
+
+# --- chapter 3: one sigmoid neuron learning x = 1 -> y = 0 ----------------------------------------
+
+
+def toy_neuron(
+    cfg: DictConfig, out_dir: str | Path, *, on_epoch: Hook = None, progress: bool = False
+) -> Path:
+    """Gradient descent on one sigmoid neuron, a = sigma(w x + b), with the book's toy example.
+
+    dC/dz is (a - y) sigma'(z) for the quadratic cost and a - y for the cross-entropy, so a saturated
+    neuron (a near 1) learns slowly only under the quadratic cost. Record `epoch` k is after k steps.
+    """
+    started, toy, eta = time.perf_counter(), cfg.toy, float(cfg.optimizer.eta)
+    w, b, x, y = float(toy.w), float(toy.b), float(toy.x), float(toy.y)
+    quadratic = cfg.choices.cost == "quadratic"
+    history = []
+    for step in range(int(toy.steps) + 1):
+        a = 1.0 / (1.0 + np.exp(-(w * x + b)))
+        cost = 0.5 * (a - y) ** 2 if quadratic else -(y * np.log(a) + (1 - y) * np.log(1 - a))
+        history.append({"epoch": step, "output": a, "cost": cost, "w": w, "b": b})
+        delta = (a - y) * a * (1 - a) if quadratic else a - y
+        w, b = w - eta * delta * x, b - eta * delta
+    return _write(cfg, out_dir, history, started)
+
+
+# --- chapter 5: the speed of learning of each hidden layer ---------------------------------------
+
+
+def _speeds(network: Any, split: data.Split) -> tuple[Record, list[list[float]]]:
+    """||dC/db^l|| for each hidden layer l, the gradient of the mean cost over the whole split."""
+    network.backprop(split.x, split.y)
+    hidden = [layer.gb.ravel() for layer in network.layers[:-1]]
+    return {f"speed_{i + 1}": float(np.linalg.norm(g)) for i, g in enumerate(hidden)}, [
+        g.tolist() for g in hidden
+    ]
+
+
+def speed_of_learning(
+    cfg: DictConfig, out_dir: str | Path, *, on_epoch: Hook = None, progress: bool = False
+) -> Path:
+    """Train as `run()` would, recording `speed_l` = ||dC/db^l|| over the training set per hidden layer.
+
+    Record `epoch` 0 is the initialization; record k is after k epochs, i.e. before update k+1 in the
+    book's full-batch runs (generate_gradient.py measures before each update). The initial per-neuron
+    dC/db (the book's bar picture) goes to gradients.json.
+    """
+    from hpexp.network import Network
+    from hpexp.run import load_data, validate
+    from hpexp.train import evaluate, fit, rng_streams
+
+    started, parts = time.perf_counter(), validate(cfg)
+    splits = load_data(cfg)
+    streams = rng_streams(cfg.seed)
+    network = Network.create(
+        list(cfg.network.sizes), parts.activation, parts.cost, parts.init, streams["init"], cfg.dtype
+    )
+    train, monitor = splits["train"], {s: splits[s] for s in cfg.train.monitor}
+    speeds, gradients = _speeds(network, train)
+    first: Record = {"epoch": 0}
+    for name, split in monitor.items():
+        loss, accuracy = evaluate(network, split)
+        first |= {f"{name}_loss": float(loss), f"{name}_accuracy": float(accuracy)}
+    history = [first | speeds]
+
+    def hook(record: Record) -> None:
+        history.append(record | _speeds(network, train)[0])
+        if on_epoch:
+            on_epoch(record)
+
+    with threadpool_limits(limits=1, user_api="blas"), np.errstate(over="ignore", invalid="ignore"):
+        result = fit(
+            network,
+            train,
+            monitor,
+            optimizer=parts.optimizer,
+            epochs=cfg.train.epochs,
+            batch_size=cfg.train.batch_size,
+            rng=streams["shuffle"],
+            regularizer=parts.regularizer,
+            schedule=parts.schedule,
+            stopping=parts.stopping,
+            on_epoch=hook,
+        )
+    out = _write(cfg, out_dir, history, started, status=result.status, stop_reason=result.stop_reason)
+    rundir.write_atomic(out / "gradients.json", json.dumps({"initial_db": gradients}) + "\n")
+    return out
+
+
+# --- chapter 1 baselines -------------------------------------------------------------------------
+
+
+def _splits(cfg: DictConfig) -> dict[str, data.Split]:
+    names = ["train", *[s for s in cfg.train.monitor if s != "train"]]
+    return data.load_splits(
+        cfg.data.dir,
+        n_train=cfg.data.n_train,
+        n_validation=cfg.data.n_validation,
+        scale=cfg.data.scale,
+        dtype="float64",
+        splits=names,
+    )
+
+
+def _baseline(
+    cfg: DictConfig,
+    out_dir: str | Path,
+    predict: Callable[[np.ndarray], np.ndarray],
+    splits: dict[str, data.Split],
+    started: float,
+) -> Path:
+    record: Record = {"epoch": 1}
+    for name in cfg.train.monitor:
+        record[f"{name}_accuracy"] = float(np.mean(predict(splits[name].x) == splits[name].y))
+    return _write(cfg, out_dir, [record], started)
+
+
+def random_guess(
+    cfg: DictConfig, out_dir: str | Path, *, on_epoch: Hook = None, progress: bool = False
+) -> Path:
+    """Guess a digit uniformly at random: about 10%."""
+    started, splits = time.perf_counter(), _splits(cfg)
+    rng = np.random.default_rng(cfg.seed)
+    return _baseline(cfg, out_dir, lambda x: rng.integers(0, 10, len(x)), splits, started)
+
+
+def average_darkness(
+    cfg: DictConfig, out_dir: str | Path, *, on_epoch: Hook = None, progress: bool = False
+) -> Path:
+    """The book's mnist_average_darkness.py: darkness = the sum of an image's pixels; predict the
+    digit whose mean training darkness is nearest (2,225 of 10,000 test images)."""
+    started, splits = time.perf_counter(), _splits(cfg)
+    train = splits["train"]
+    darkness = train.x.sum(axis=1)
+    means = np.array([darkness[train.y == d].mean() for d in range(10)])
+    return _baseline(
+        cfg, out_dir, lambda x: np.abs(x.sum(axis=1)[:, None] - means).argmin(axis=1), splits, started
+    )
+
+
+def svm(cfg: DictConfig, out_dir: str | Path, *, on_epoch: Hook = None, progress: bool = False) -> Path:
+    """The book's mnist_svm.py: scikit-learn's SVC with the defaults of its time (RBF, C = 1,
+    gamma = 1/784, which is gamma='auto' since scikit-learn 0.22 changed the default)."""
+    try:
+        from sklearn.svm import SVC
+    except ImportError:
+        raise Skip("scikit-learn is not installed; `pip install 'hpexp[svm]'` adds it") from None
+    started, splits = time.perf_counter(), _splits(cfg)
+    model = SVC(gamma="auto").fit(splits["train"].x, splits["train"].y)
+    return _baseline(cfg, out_dir, model.predict, splits, started)
