@@ -130,6 +130,19 @@ def test_conditional_parameter_only_when_its_guard_holds():
     assert seen == {True, False}
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["optimizer.eta=0.25", "regularizer=l2", "regularizer.lmbda=3.5", "train.monitor=[train,val]"],
+        ["regularizer=none", "train.batch_size=20", "network=mlp30"],
+    ],
+)
+def test_compose_trial_equals_compose(overrides):
+    assert study.compose_trial([*TINY, *overrides]) == compose([*TINY, *overrides])
+    with pytest.raises(Exception, match="etaa"):
+        study.compose_trial([*TINY, "optimizer.etaa=1"])
+
+
 def test_two_workers_make_exactly_n_trials(mnist_dir, tmp_path):
     spec = study.load_spec(str(write_spec(tmp_path, n_trials=7, workers=2)))
     study.search(spec, tmp_path, quiet=True)

@@ -1,0 +1,132 @@
+"""Study speed: throughput with 1 vs 2 workers, and the per-trial cost of storage and composition.
+
+Targets (issue 4): 2 workers reach at least 1.7x the trial-epochs per second of 1 worker; the
+storage and Hydra-composition work of one trial is under 5% of a 1-epoch trial on the full data.
+Both figures are ratios measured in one run of this script, on the real MNIST ($HPEXP_DATA_DIR):
+
+    nice -n 10 python benchmarks/bench_study.py [--trials 8] [--epochs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+from omegaconf import OmegaConf
+
+from hpexp import rundir, study
+from hpexp.run import compose, run
+
+BASE = ["network=mlp30", "regularizer=l2", "train.batch_size=10"]
+SEARCH = {
+    "optimizer.eta": {"type": "float", "low": 0.1, "high": 1.0, "log": True},
+    "regularizer.lmbda": {"type": "float", "low": 1.0, "high": 10.0, "log": True},
+}
+
+
+def spec_for(folder: Path, workers: int, trials: int, epochs: int) -> object:
+    spec = {
+        "base": [*BASE, f"train.epochs={epochs}"],
+        "search": SEARCH,
+        "objective": {"metric": "val_accuracy", "direction": "maximize"},
+        "sampler": {"name": "random", "seed": 0},
+        "pruner": {"name": "none"},  # every trial runs all its epochs: equal work for 1 and 2 workers
+        "n_trials": trials,
+        "workers": workers,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"bench_{workers}.yaml"
+    OmegaConf.save(OmegaConf.create(spec), path)
+    return study.load_spec(str(path))
+
+
+def throughput(folder: Path, workers: int, trials: int, epochs: int) -> float:
+    """Trial-epochs per second of wall time for a whole study, worker start-up included."""
+    spec = spec_for(folder, workers, trials, epochs)
+    started = time.perf_counter()
+    s = study.search(spec, folder, quiet=True)
+    seconds = time.perf_counter() - started
+    done = [t for t in s.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == trials, f"{len(done)} of {trials} trials completed"
+    return sum(t.user_attrs["epochs_run"] for t in done) / seconds
+
+
+def storage_seconds(folder: Path, n: int = 20) -> float:
+    """Median seconds of the storage work one 1-epoch trial does on the Journal file."""
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    storage = JournalStorage(JournalFileBackend(str(folder / "overhead.log")))
+    s = optuna.create_study(storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
+    params = study.parse_space(SEARCH)
+    base = compose(BASE)
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        s.enqueue_trial({})
+        trial = optuna.Trial(s, s._pop_waiting_trial_id())
+        for key in ("host", "pid", "pid_start", "worker", "run_dir", "overrides"):
+            trial.set_user_attr(key, key)
+        study.sample(trial, params, base)
+        trial.report(0.9, 1)
+        trial.should_prune()
+        for key in ("status", "stop_reason", "best_epoch", "epochs_run", "seconds"):
+            trial.set_user_attr(key, key)
+        s.tell(trial, 0.9)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def compose_seconds(n: int = 10) -> float:
+    """Median seconds of a trial's composition (study.compose_trial, as workers call it)."""
+    study.compose_trial(BASE)
+    times = []
+    for i in range(n):
+        started = time.perf_counter()
+        study.compose_trial(
+            [*BASE, f"optimizer.eta={0.1 + i / 100!r}", "regularizer.lmbda=5.0", "train.epochs=1"]
+        )
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def trial_seconds(folder: Path, n: int = 3) -> float:
+    """Median seconds of run() for a 1-epoch trial on the full data (data loading included)."""
+    cfg = compose([*BASE, "train.epochs=1", "train.monitor=[train,val]"])
+    times = []
+    for i in range(n):
+        started = time.perf_counter()
+        out = run(cfg, folder / f"trial_{i}", progress=False, allow_test=False)
+        times.append(time.perf_counter() - started)
+        assert rundir.read_summary(out)["status"] == "completed"
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=2)
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        one = throughput(folder / "one", 1, args.trials, args.epochs)
+        two = throughput(folder / "two", 2, args.trials, args.epochs)
+        print(f"throughput ({args.trials} trials x {args.epochs} full-data epochs, mlp30, batch 10):")
+        print(f"  1 worker  {one:.3f} trial-epochs/s")
+        print(f"  2 workers {two:.3f} trial-epochs/s")
+        print(f"  ratio {two / one:.2f}x (target >= 1.7)")
+        store, comp, trial = storage_seconds(folder), compose_seconds(), trial_seconds(folder)
+        print("per-trial overhead against a 1-epoch full-data trial:")
+        print(
+            f"  storage (Journal) {1000 * store:.1f} ms, Hydra compose {1000 * comp:.1f} ms, "
+            f"trial {trial:.3f} s"
+        )
+        print(f"  overhead {100 * (store + comp) / trial:.1f}% (target < 5%)")
+
+
+if __name__ == "__main__":
+    main()
