@@ -14,6 +14,11 @@ The budget is exact whatever the number of workers: the coordinator enqueues `n_
 (the spec's `baseline` first) and workers only pop waiting trials, which Optuna hands out once.
 A trial whose worker died (same host, process gone; or an RDB heartbeat gone stale) is failed and
 enqueued again with the same parameters, so a restarted study ends with `n_trials` finished trials.
+Many machines share one PostgreSQL database (Optuna's RDB storage, with heartbeats): start the study
+on one machine, `hpexp study NAME --storage postgresql://USER@HOST/DB` with the password in
+$HPEXP_DB_PASSWORD (or a file named by $HPEXP_DB_PASSWORD_FILE), then on each other machine the same
+command with `--join`; every machine runs `workers` processes and writes its trials' run
+directories locally (the trial's `host` and `run_dir` user attributes say where).
 This is the only module that imports Optuna.
 """
 
@@ -115,8 +120,8 @@ class Param:
 
     name: str
     type: str
-    low: float | None = None
-    high: float | None = None
+    low: float = 0.0
+    high: float = 0.0
     log: bool = False
     step: float | None = None
     choices: tuple[Any, ...] = ()
@@ -139,7 +144,7 @@ def load_spec(name: str, overrides: Sequence[str] = ()) -> DictConfig:
             spec = hydra_compose(stem, overrides=list(overrides))
     except HydraException as e:
         raise ConfigError(f"study spec {stem}: {e}") from e
-    defaults = {
+    defaults: dict[str, Any] = {
         "name": stem,
         "base": [],
         "baseline": None,
@@ -192,7 +197,9 @@ def _param(name: str, e: dict[str, Any]) -> Param:
         if not isinstance(choices, list) or not choices:
             raise ConfigError(f"{where}: categorical needs a non-empty `choices` list, got {choices!r}")
         return Param(name, kind, choices=tuple(choices), when=when)
-    low, high, log, step = e.get("low"), e.get("high"), bool(e.get("log", False)), e.get("step")
+    low: Any = e.get("low")
+    high: Any = e.get("high")
+    log, step = bool(e.get("log", False)), e.get("step")
     number = int if kind == "int" else (int, float)
     if not all(isinstance(v, number) and not isinstance(v, bool) for v in (low, high)):
         raise ConfigError(f"{where}: {kind} needs numeric `low` and `high`, got low={low!r} high={high!r}")
@@ -202,7 +209,7 @@ def _param(name: str, e: dict[str, Any]) -> Param:
         raise ConfigError(f"{where}: log scale needs low > 0, got low={low}")
     if step is not None and (log or not step > 0):
         raise ConfigError(f"{where}: step must be > 0 and cannot be combined with log, got step={step}")
-    return Param(name, kind, low, high, log, step, when=when)
+    return Param(name, kind, float(low), float(high), log, step, when=when)
 
 
 @functools.lru_cache(maxsize=1)
@@ -242,7 +249,7 @@ def check_spec(spec: DictConfig) -> tuple[list[Param], DictConfig]:
     assert isinstance(baseline, dict)
     if missing := set(baseline) - {p.name for p in params}:
         raise ConfigError(f"baseline sets {sorted(missing)}, which are not in the search space")
-    validate(compose([*spec.base, *(_override(k, v) for k, v in baseline.items())]))
+    validate(compose([*spec.base, *(_override(str(k), v) for k, v in baseline.items())]))
     return params, base
 
 
@@ -435,7 +442,7 @@ def fail_stale(study: optuna.Study) -> list[int]:
 
 def make_sampler(spec: DictConfig, params: Sequence[Param], worker: int = 0) -> optuna.samplers.BaseSampler:
     """The spec's sampler, seeded with seed + `worker` (distinct per worker and per restart)."""
-    args = {k: v for k, v in OmegaConf.to_container(spec.sampler).items() if k != "name"}  # type: ignore[union-attr]
+    args = {str(k): v for k, v in OmegaConf.to_container(spec.sampler).items() if k != "name"}  # type: ignore[union-attr]
     if spec.sampler.name == "grid":
         args["search_space"] = {p.name: _grid(p) for p in params}
     if args.get("seed") is not None:
@@ -456,7 +463,7 @@ def _grid(p: Param) -> list[Any]:
 
 
 def make_pruner(spec: DictConfig) -> optuna.pruners.BasePruner:
-    args = {k: v for k, v in OmegaConf.to_container(spec.pruner).items() if k != "name"}  # type: ignore[union-attr]
+    args = {str(k): v for k, v in OmegaConf.to_container(spec.pruner).items() if k != "name"}  # type: ignore[union-attr]
     try:
         return getattr(optuna.pruners, PRUNERS[spec.pruner.name])(**args)
     except (TypeError, ValueError) as e:
@@ -704,6 +711,7 @@ def _one_blas_thread() -> Iterator[None]:
 def _watch(study: optuna.Study, workers: list[Any], spec: DictConfig, quiet: bool) -> None:
     seen: set[int] = set()
     tty = sys.stdout.isatty() and not quiet
+    last = time.monotonic()
     while True:
         alive = any(w.is_alive() for w in workers)
         trials = study.get_trials(deepcopy=False)
@@ -714,6 +722,9 @@ def _watch(study: optuna.Study, workers: list[Any], spec: DictConfig, quiet: boo
                     print(("\r\033[K" if tty else "") + _trial_line(t, trials, spec, seen), flush=True)
         if tty:
             print("\r\033[K" + _status_line(trials, spec), end="", flush=True)
+        elif not quiet and time.monotonic() - last >= 60:  # a log file gets the running epochs once a minute
+            print(_status_line(trials, spec), flush=True)
+            last = time.monotonic()
         if not alive:
             break
         time.sleep(0.5)
