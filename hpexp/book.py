@@ -211,7 +211,8 @@ def compose_run(experiment: Experiment, run: str, seed: int, extra: Sequence[str
 
 def estimate_seconds(cfg: Any) -> float:
     """A rough duration of one run, for the time-left display: per-step overhead plus the multiply-adds
-    of training (x3 for backward) and of the per-epoch evaluation of the monitored splits."""
+    of training and of the evaluation of the monitored splits (constants fitted on this engine: a
+    50,000-image epoch of 784-30-10 with the test set monitored takes about 0.35 s on one core)."""
     if cfg.book.get("seconds") is not None:
         return float(cfg.book.seconds)
     sizes = list(cfg.network.sizes)
@@ -220,7 +221,7 @@ def estimate_seconds(cfg: Any) -> float:
     n_eval = sum({"train": n, "val": cfg.data.n_validation, "test": 10_000}[s] for s in cfg.train.monitor)
     every = cfg.train.get("eval_every") or 1
     steps = math.ceil(n / cfg.train.batch_size)
-    return cfg.train.epochs * (steps * 4e-5 + n * macs * 1.2e-9 + n_eval * macs * 0.6e-9 / every) + 1.0
+    return cfg.train.epochs * (steps * 5e-5 + n * macs * 1e-10 + n_eval * macs * 5e-11 / every) + 1.0
 
 
 def _fmt(seconds: float) -> str:
@@ -289,7 +290,8 @@ def run_experiments(
     extra: Sequence[str] = (),
     force: bool = False,
 ) -> list[str]:
-    """Run every (experiment, run, seed) not already done with the same config; returns skip messages."""
+    """Run every (experiment, run, seed) not already done with the same config; returns the messages
+    of runs skipped (a missing optional dependency) or failed, which do not stop the others."""
     from hydra.utils import get_method
 
     from hpexp.book_runners import Skip
@@ -315,7 +317,12 @@ def run_experiments(
         except Skip as why:
             skipped.append(f"{label}: skipped, {why}")
             progress.finish("skipped")
-            print(f"    {skipped[-1]}", file=sys.stderr)
+        except Exception as e:  # one broken run must not end hours of others; reported at the end
+            skipped.append(f"{label}: failed, {type(e).__name__}: {e}")
+            progress.finish("failed")
+        else:
+            continue
+        print(f"    {skipped[-1]}", file=sys.stderr)
     return skipped
 
 
@@ -346,12 +353,11 @@ def list_command(chapter: int | None, runs_dir: Path) -> None:
 
 
 def _select(args: argparse.Namespace) -> list[Experiment]:
-    if args.all or args.chapter is not None:
-        chosen = registry(args.chapter)
-        return [e for e in chosen if not args.ids or e.id in args.ids] if not args.all else chosen
-    if not args.ids:
+    if args.ids:
+        return [e for e in map(load, args.ids) if args.chapter is None or e.chapter == args.chapter]
+    if not (args.all or args.chapter is not None):
         raise ValueError("name experiments (see `hpexp book list`), or use --all or --chapter N")
-    return [load(i) for i in args.ids]
+    return registry(None if args.all else args.chapter)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -388,3 +394,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"report: {written}")
     for line in skipped:
         print(line, file=sys.stderr)
+    if any(": failed, " in line for line in skipped):
+        raise SystemExit(1)

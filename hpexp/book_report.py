@@ -150,6 +150,15 @@ def plot_gradient_bars(ax: Any, experiment: book.Experiment, runs_dir: Path, spe
     return ax
 
 
+def _fit_y(ax: Any, low: float, high: float) -> None:
+    """Scale y to what is visible in [low, high] (matplotlib scales to all the data)."""
+    ys = [y for line in ax.lines for x, y in zip(*line.get_data(), strict=False) if low <= x <= high]
+    ys = [y for y in ys if math.isfinite(y)]
+    if ys:
+        pad = 0.05 * (max(ys) - min(ys)) or 0.05 * abs(max(ys)) or 0.1
+        ax.set_ylim(min(ys) - pad, max(ys) + pad)
+
+
 def figure(
     experiment: book.Experiment, df: pd.DataFrame, runs_dir: Path, spec: dict[str, Any], path: Path
 ) -> None:
@@ -168,6 +177,8 @@ def figure(
         ax.set_yscale("log")
     if spec.get("xlim"):
         ax.set_xlim(*spec["xlim"])
+        if not spec.get("ylim"):
+            _fit_y(ax, *spec["xlim"])
     if spec.get("ylim"):
         ax.set_ylim(*spec["ylim"])
     if ax.get_legend_handles_labels()[0]:
