@@ -105,7 +105,7 @@ class Network:
         for layer in self.layers:
             x = layer.forward(x)
         delta = self.cost.delta(x, y)
-        delta *= 1.0 / len(y)
+        delta *= 1.0 / y.shape[-1]
         for i in range(len(self.layers) - 1, -1, -1):
             delta = self.layers[i].backward(delta, propagate=i > 0)
 
@@ -113,7 +113,7 @@ class Network:
         for layer, mask in zip(self.layers, masks, strict=True):
             x = layer.forward(x if mask is None else x * mask)
         delta = self.cost.delta(x, y)
-        delta *= 1.0 / len(y)
+        delta *= 1.0 / y.shape[-1]
         for i in range(len(self.layers) - 1, -1, -1):
             delta = self.layers[i].backward(delta, propagate=i > 0)
             if delta is not None and masks[i] is not None:

@@ -25,17 +25,20 @@ class SGD:
     momentum: float = 0.0
     nesterov: bool = False
     _velocity: list[np.ndarray] = field(default_factory=list, init=False, repr=False)
+    _plain: bool = field(default=True, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.eta > 0:
+        # np.all: in a population (hpexp.population) a field may hold one value per member.
+        if not np.all(np.asarray(self.eta) > 0):
             raise ValueError(f"optimizer.eta must be > 0, got {self.eta}")
-        if not 0.0 <= self.momentum < 1.0:
+        if not np.all((np.asarray(self.momentum) >= 0) & (np.asarray(self.momentum) < 1)):
             raise ValueError(f"optimizer.momentum must be in [0, 1), got {self.momentum}")
-        if self.nesterov and self.momentum == 0.0:
+        if self.nesterov and np.any(np.asarray(self.momentum) == 0.0):
             raise ValueError("optimizer.nesterov needs optimizer.momentum > 0")
+        self._plain = bool(np.all(np.asarray(self.momentum) == 0.0))
 
     def step(self, params: Sequence[np.ndarray], grads: Sequence[np.ndarray], eta: float) -> None:
-        if self.momentum == 0.0:
+        if self._plain:
             for p, g in zip(params, grads, strict=True):
                 g *= eta  # the gradient buffer is rewritten by the next backward: scale it in place
                 p -= g

@@ -41,22 +41,26 @@ class Regularizer:
     max_norm: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.lmbda >= 0:
+        # np.all / np.any: in a population (hpexp.population) a field may hold one value per member.
+        if not np.all(np.asarray(self.lmbda) >= 0):
             raise ValueError(f"regularizer.lmbda must be >= 0, got {self.lmbda}")
-        if not 0.0 <= self.l1_ratio <= 1.0:
+        if not np.all((np.asarray(self.l1_ratio) >= 0) & (np.asarray(self.l1_ratio) <= 1)):
             raise ValueError(f"regularizer.l1_ratio must be in [0, 1] (0: L2, 1: L1), got {self.l1_ratio}")
         for name in ("p", "p_input"):
-            if not 0.0 <= getattr(self, name) < 1.0:
+            value = np.asarray(getattr(self, name))
+            if not np.all((value >= 0) & (value < 1)):
                 raise ValueError(
                     f"regularizer.{name} (dropout probability) must be in [0, 1), got {getattr(self, name)}"
                 )
-        if self.max_norm is not None and not self.max_norm > 0:
+        if self.max_norm is not None and not np.all(np.asarray(self.max_norm) > 0):
             raise ValueError(f"regularizer.max_norm must be > 0 or null (off), got {self.max_norm}")
 
     def __repr__(self) -> str:
         """Only what differs from no regularization, e.g. `Regularizer(lmbda=5.0, p=0.5)`."""
         changed = [
-            f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if getattr(self, f.name) != f.default
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in fields(self)
+            if np.any(np.asarray(getattr(self, f.name) != f.default))
         ]
         return f"Regularizer({', '.join(changed)})"
 
@@ -64,31 +68,31 @@ class Regularizer:
 
     @property
     def penalized(self) -> bool:
-        return self.lmbda != 0.0
+        return bool(np.any(np.asarray(self.lmbda) != 0.0))
 
     @property
     def dropout(self) -> bool:
-        return self.p > 0.0 or self.p_input > 0.0
+        return bool(np.any(np.asarray(self.p) > 0.0) or np.any(np.asarray(self.p_input) > 0.0))
 
     # --- penalty ---
 
     def value(self, w: np.ndarray, n: int) -> np.ndarray:
         """lmbda/n * [(1 - r)/2 sum w^2 + r sum |w|] over one weight array (per population member)."""
         r, axes = self.l1_ratio, (-2, -1)
-        total = np.zeros(w.shape[:-2])
-        if r < 1.0:
-            total = total + 0.5 * (1.0 - r) * np.sum(w * w, axis=axes)
-        if r > 0.0:
-            total = total + r * np.sum(np.abs(w), axis=axes)
-        return self.lmbda / n * total
+        total = np.zeros((*w.shape[:-2], 1, 1))  # keepdims, so per-member (K, 1, 1) fields broadcast
+        if np.any(np.asarray(r) < 1.0):
+            total = total + 0.5 * (1.0 - r) * np.sum(w * w, axis=axes, keepdims=True)
+        if np.any(np.asarray(r) > 0.0):
+            total = total + r * np.sum(np.abs(w), axis=axes, keepdims=True)
+        return (self.lmbda / n * total).reshape(w.shape[:-2])
 
     def grad(self, w: np.ndarray, n: int) -> np.ndarray:
         """lmbda/n * [(1 - r) w + r sgn(w)], with sgn(0) = 0."""
         r = self.l1_ratio
-        if r == 0.0:
+        if np.all(np.asarray(r) == 0.0):
             return (self.lmbda / n) * w
         g = np.sign(w) * (self.lmbda * r / n)
-        if r < 1.0:
+        if np.any(np.asarray(r) < 1.0):
             g += (self.lmbda * (1.0 - r) / n) * w
         return g
 
@@ -102,7 +106,7 @@ class Regularizer:
         out: Masks = []
         for layer, shape in enumerate(shapes):
             p = self._drop(layer)
-            if p == 0.0:
+            if np.all(np.asarray(p) == 0.0):
                 out.append(None)
                 continue
             keep = rng.random(shape, dtype=np.float32) >= p  # P(keep) = 1 - p
@@ -114,7 +118,8 @@ class Regularizer:
         """Evaluation multipliers: none for inverted dropout, the keep probability 1-p for network3's."""
         if self.inverted or not self.dropout:
             return None
-        return [None if self._drop(i) == 0.0 else 1.0 - self._drop(i) for i in range(n_layers)]
+        drops = [self._drop(i) for i in range(n_layers)]
+        return [None if np.all(np.asarray(p) == 0.0) else 1.0 - p for p in drops]
 
     # --- max-norm ---
 

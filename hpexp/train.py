@@ -13,8 +13,8 @@ hang off it); the stopping rule and the schedule may end training too.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -23,6 +23,7 @@ from hpexp.augment import NoExpansion
 from hpexp.data import Split
 from hpexp.network import Masks, Network
 from hpexp.optimizers import SGD
+from hpexp.population import member_params, select, stack_fields
 from hpexp.regularizers import Regularizer
 from hpexp.schedules import Constant, Schedule
 from hpexp.stopping import Never, Rule
@@ -47,6 +48,7 @@ class Result:
     stop_reason: str
     best_epoch: int | None
     restored_epoch: int | None = None  # the epoch whose weights the network holds, if restored
+    params: list[np.ndarray] = field(default_factory=list)  # the member's final parameters (copies)
 
 
 class Expansion(Protocol):
@@ -81,26 +83,19 @@ def weight_norm(network: Network) -> np.ndarray:
     return np.sqrt(sum(np.sum(w * w, axis=(-2, -1)) for w in network.weights))
 
 
-def _record(
-    epoch: int,
-    network: Network,
-    splits: Mapping[str, Split],
-    extra: Record,
-    pen: np.ndarray,
-    masks: Masks | None,
-) -> Record:
-    record: Record = {"epoch": epoch}
-    for name, split in splits.items():
-        loss, accuracy = evaluate(network, split, masks)
-        record[f"{name}_loss"] = float(loss)
-        record[f"{name}_cost"] = float(loss + pen)
-        record[f"{name}_accuracy"] = float(accuracy)
-    return record | extra
-
-
-def _finite(network: Network, record: Record) -> bool:
-    costs = [v for k, v in record.items() if k.endswith("_cost")]
-    return bool(np.isfinite(costs).all()) and all(np.isfinite(w).all() for w in network.weights)
+def _batches(
+    x: np.ndarray, y: np.ndarray, order: np.ndarray | None, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Mini-batches of (x, y) in order: slices when the data are already ordered, else gathered by
+    `order` batch by batch (cheaper than permuting the whole set; a 2-D order gives each member of a
+    population its own batch, shape (K, m, ...))."""
+    if order is None:
+        for start in range(0, len(y), batch_size):
+            yield x[start : start + batch_size], y[start : start + batch_size]
+        return
+    for start in range(0, order.shape[-1], batch_size):
+        index = order[..., start : start + batch_size]
+        yield x.take(index, axis=0), y.take(index)
 
 
 def train_epoch(
@@ -110,30 +105,31 @@ def train_epoch(
     x: np.ndarray,
     y: np.ndarray,
     batch_size: int,
-    eta: float,
+    eta: float | np.ndarray,
     rng: np.random.Generator | None = None,
+    order: np.ndarray | None = None,
 ) -> None:
-    """One pass over (x, y), already in this epoch's order, in mini-batches of `batch_size`.
+    """One pass over (x, y) in mini-batches of `batch_size`, in `order` if given (else as stored).
 
     Per mini-batch: backprop (through dropout masks drawn from `rng`, if dropout is on), add the
-    penalty's gradient to the weights' (n = len(y), the book's training-set size), step, and apply
-    the max-norm constraint. Parts that are off cost nothing: the plain loop is the book's.
+    penalty's gradient to the weights' (n = training-set size, the book's convention), step, and
+    apply the max-norm constraint. Parts that are off cost nothing: the plain loop is the book's.
     """
-    n = len(y)
+    n = len(y) if order is None else order.shape[-1]
     params, grads = [network.flat_params], [network.flat_grads]
+    batches = _batches(x, y, order, batch_size)
     if not (regularizer.penalized or regularizer.dropout or regularizer.max_norm is not None):
-        for start in range(0, n, batch_size):
-            network.backprop(x[start : start + batch_size], y[start : start + batch_size])
+        for xb, yb in batches:
+            network.backprop(xb, yb)
             optimizer.step(params, grads, eta)
         return
     if regularizer.dropout and rng is None:
         raise ValueError("dropout needs a random generator for its masks (the 'dropout' stream)")
     weights, weight_grads = network.weights, network.weight_grads
-    for start in range(0, n, batch_size):
-        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+    for xb, yb in batches:
         masks = None
         if regularizer.dropout:
-            masks = regularizer.masks(network.input_shapes(len(yb)), rng, x.dtype)  # type: ignore[arg-type]
+            masks = regularizer.masks(network.input_shapes(yb.shape[-1]), rng, x.dtype)  # type: ignore[arg-type]
         network.backprop(xb, yb, masks)
         if regularizer.penalized:
             for w, g in zip(weights, weight_grads, strict=True):
@@ -144,8 +140,17 @@ def train_epoch(
                 regularizer.constrain(w)
 
 
-def _is_better(record: Record, best: Record | None) -> bool:
-    return best is None or record["val_accuracy"] > best["val_accuracy"]
+@dataclass
+class Member:
+    """What one network of a population trains with: its own hyperparameters, rules and hook."""
+
+    optimizer: SGD
+    epochs: int
+    regularizer: Regularizer = field(default_factory=Regularizer)
+    schedule: Schedule = field(default_factory=Constant)
+    stopping: Rule = field(default_factory=Never)
+    on_epoch: Callable[[Record], Stop | None] | None = None
+    restore_best: bool = False
 
 
 def fit(
@@ -166,7 +171,7 @@ def fit(
     dropout_rng: np.random.Generator | None = None,
     augment_rng: np.random.Generator | None = None,
 ) -> Result:
-    """Train `network` on `train`, evaluating the `monitor` splits after every epoch.
+    """Train one `network` on `train`, evaluating the `monitor` splits after every epoch.
 
     The training set is first expanded once (`expansion.expand`, e.g. the book's 5x one-pixel
     shifts); every epoch then takes a fresh permutation from `rng`, and `expansion.augment` may
@@ -175,44 +180,140 @@ def fit(
     Training ends after `epochs`, when the hook, the stopping rule or the schedule says so, or when a
     cost or weight stops being finite (status `diverged`, history kept). With `restore_best`, the
     weights of the epoch with the best validation accuracy (the earliest, on ties) are put back.
+    This is `fit_population` with one member.
     """
-    regularizer = regularizer or Regularizer()
-    schedule, stopping = schedule or Constant(), stopping or Never()
+    member = Member(
+        optimizer,
+        epochs,
+        regularizer or Regularizer(),
+        schedule or Constant(),
+        stopping or Never(),
+        on_epoch,
+        restore_best,
+    )
+    (result,) = fit_population(
+        network,
+        train,
+        monitor,
+        [member],
+        batch_size=batch_size,
+        rng=rng,
+        expansion=expansion,
+        dropout_rng=dropout_rng,
+        augment_rng=augment_rng,
+    )
+    return result
+
+
+def _stacked(
+    members: Sequence[Member], active: Sequence[int], population: bool, dtype: Any
+) -> tuple[SGD, Regularizer]:
+    """The optimizer and regularizer of the active members as one object each (see population)."""
+    if not population:
+        return members[active[0]].optimizer, members[active[0]].regularizer
+    optimizer = stack_fields([members[k].optimizer for k in active], (1,), dtype)  # flat (K, P)
+    regularizer = stack_fields([members[k].regularizer for k in active], (1, 1), dtype)  # (K, n, n)
+    return optimizer, regularizer
+
+
+def _row(value: np.ndarray, row: int | None) -> float:
+    return float(value if row is None else value[row])
+
+
+def fit_population(
+    network: Network,
+    train: Split,
+    monitor: Mapping[str, Split],
+    members: Sequence[Member],
+    *,
+    batch_size: int,
+    rng: np.random.Generator | Sequence[np.random.Generator],
+    expansion: Expansion | None = None,
+    dropout_rng: np.random.Generator | None = None,
+    augment_rng: np.random.Generator | None = None,
+) -> list[Result]:
+    """The one training loop: K members (a population network with a leading axis K, see
+    hpexp.population, or a plain network for K = 1) trained side by side, epoch by epoch.
+
+    Each member keeps its own history, best epoch, stopping rule, schedule and hook, exactly as if
+    trained alone. One generator `rng` gives every member the same mini-batch order (common random
+    numbers); a sequence of K generators gives each its own. A member that stops (rule, hook,
+    epochs, divergence) is taken out of the population at the end of that epoch, so it neither
+    changes nor costs anything afterwards; its final (or best, with restore_best) parameters are in
+    its Result. `seconds` in a member's records is its share of the population's epoch time.
+    """
+    population = network.flat_params.ndim == 2
+    if (network.flat_params.shape[0] if population else 1) != len(members):
+        raise ValueError(f"{len(members)} members for a network of shape {network.flat_params.shape}")
+    dtype = network.flat_params.dtype
     expansion = expansion or NoExpansion()
+    shuffle_rng = rng if isinstance(rng, np.random.Generator) else None
     if dropout_rng is None or augment_rng is None:
-        spawned = rng.spawn(2)
+        spawned = (shuffle_rng or rng[0]).spawn(2)  # type: ignore[index]
         dropout_rng, augment_rng = dropout_rng or spawned[0], augment_rng or spawned[1]
     x, y = expansion.expand(train.x, train.y)
-    eval_masks = regularizer.eval_masks(len(network.layers))
-    history: list[Record] = []
-    best_epoch, best_params = None, None
-    status, reason = "completed", f"reached {epochs} epochs"
-    for epoch in range(1, epochs + 1):
+    histories: list[list[Record]] = [[] for _ in members]
+    best: list[int | None] = [None] * len(members)
+    best_params: list[np.ndarray | None] = [None] * len(members)
+    results: list[Result | None] = [None] * len(members)
+    active = list(range(len(members)))
+    optimizer, regularizer = _stacked(members, active, population, dtype)
+    for epoch in range(1, max(m.epochs for m in members) + 1):
         start = time.perf_counter()
-        eta = schedule.eta(optimizer.eta, history)
-        order = rng.permutation(len(y))
-        x_epoch = expansion.augment(x[order], augment_rng)
-        train_epoch(network, optimizer, regularizer, x_epoch, y[order], batch_size, eta, dropout_rng)
-        pen = penalty(network, regularizer, len(y))
-        extra = {"eta": eta, "weight_norm": float(weight_norm(network))}
-        record = _record(epoch, network, monitor, extra, pen, eval_masks)
-        record["seconds"] = time.perf_counter() - start
-        history.append(record)
-        diverged = not _finite(network, record)
-        if not diverged and "val_accuracy" in record:
-            if _is_better(record, history[best_epoch - 1] if best_epoch else None):
-                best_epoch = epoch
-                best_params = network.flat_params.copy() if restore_best else None
-        stop = on_epoch(record) if on_epoch else None
-        if diverged:
-            stop = Stop(f"cost or weights not finite at epoch {epoch}", "diverged")
-        elif stop is None and (why := stopping.check(history) or schedule.check(history)):
-            stop = Stop(why)
-        if stop:
-            status, reason = stop.status, stop.reason
-            break
-    restored = None
-    if best_params is not None and status != "diverged":
-        network.flat_params[...] = best_params
-        restored = best_epoch
-    return Result(history, status, reason, best_epoch, restored)
+        etas = [members[k].schedule.eta(members[k].optimizer.eta, histories[k]) for k in active]
+        eta = np.asarray(etas, dtype).reshape(-1, 1) if population else etas[0]
+        if shuffle_rng is not None:
+            order = shuffle_rng.permutation(len(y))
+        else:
+            order = np.stack([rng[k].permutation(len(y)) for k in active])  # type: ignore[index]
+        x_epoch = expansion.augment(x, augment_rng)
+        train_epoch(network, optimizer, regularizer, x_epoch, y, batch_size, eta, dropout_rng, order)
+        evaluated = {
+            name: evaluate(network, split, regularizer.eval_masks(len(network.layers)))
+            for name, split in monitor.items()
+        }
+        pen, norms = penalty(network, regularizer, len(y)), weight_norm(network)
+        seconds = (time.perf_counter() - start) / len(active)
+        stopped = []
+        for row, k in enumerate(active):
+            r = row if population else None
+            record: Record = {"epoch": epoch}
+            for name, (loss, accuracy) in evaluated.items():
+                record[f"{name}_loss"] = _row(loss, r)
+                record[f"{name}_cost"] = _row(loss + pen, r)
+                record[f"{name}_accuracy"] = _row(accuracy, r)
+            record |= {"eta": etas[row], "weight_norm": _row(norms, r), "seconds": seconds}
+            history, member = histories[k], members[k]
+            history.append(record)
+            params = network.flat_params if r is None else network.flat_params[r]
+            finite = bool(np.isfinite([v for key, v in record.items() if key.endswith("_cost")]).all())
+            diverged = not (finite and np.isfinite(params).all())
+            if not diverged and "val_accuracy" in record:
+                if best[k] is None or record["val_accuracy"] > history[best[k] - 1]["val_accuracy"]:
+                    best[k] = epoch
+                    best_params[k] = params.copy() if member.restore_best else None
+            stop = member.on_epoch(record) if member.on_epoch else None
+            if diverged:
+                stop = Stop(f"cost or weights not finite at epoch {epoch}", "diverged")
+            elif stop is None and (why := member.stopping.check(history) or member.schedule.check(history)):
+                stop = Stop(why)
+            elif stop is None and epoch == member.epochs:
+                stop = Stop(f"reached {member.epochs} epochs")
+            if stop:
+                restore = best_params[k] is not None and stop.status != "diverged"
+                if restore:
+                    params[...] = best_params[k]
+                final = member_params(network, r)
+                results[k] = Result(
+                    history, stop.status, stop.reason, best[k], best[k] if restore else None, final
+                )
+                stopped.append(row)
+        if stopped:
+            keep = [row for row in range(len(active)) if row not in stopped]
+            if not keep:
+                break
+            velocity = [v[keep] for v in optimizer._velocity]
+            network, active = select(network, keep), [active[row] for row in keep]
+            optimizer, regularizer = _stacked(members, active, population, dtype)
+            optimizer._velocity = velocity
+    return [r for r in results if r is not None]
