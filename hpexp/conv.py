@@ -9,10 +9,15 @@ Pooling is over non-overlapping p x p regions, dropping any remainder at the bor
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from hpexp.activations import Activation
+from hpexp.init import Fan, Initializer
 
 
 def patches(x: np.ndarray, kh: int, kw: int) -> np.ndarray:
@@ -53,17 +58,21 @@ class Conv2D:
     def bind(self, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
         (self.w,), (self.gw,) = params, grads
 
-    def _matrix(self) -> np.ndarray:
-        return self.w.reshape(self.w.shape[0], -1).T  # (c * kh * kw, filters)
+    def matrix(self) -> np.ndarray:
+        """The filters as a (c * kh * kw, filters) view: a column per filter."""
+        return self.w.reshape(self.w.shape[0], -1).T
+
+    def grad_matrix(self) -> np.ndarray:
+        return self.gw.reshape(self.gw.shape[0], -1).T
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         cols = patches(x, *self.w.shape[-2:])
-        return (cols @ self._matrix()).transpose(0, 3, 1, 2)
+        return (cols @ self.matrix()).transpose(0, 3, 1, 2)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self.shape = x.shape
         self.cols = patches(x, *self.w.shape[-2:])
-        return (self.cols @ self._matrix()).transpose(0, 3, 1, 2)
+        return (self.cols @ self.matrix()).transpose(0, 3, 1, 2)
 
     def backward(self, delta: np.ndarray, propagate: bool = True) -> np.ndarray | None:
         """dC/dw = patches^T delta; dC/dx = unpatch(delta w^T)."""
@@ -72,7 +81,7 @@ class Conv2D:
         self.gw[...] = (cols.T @ d).T.reshape(self.w.shape)
         if not propagate:
             return None
-        return unpatch(d @ self._matrix().T, self.shape, *self.w.shape[-2:])
+        return unpatch(d @ self.matrix().T, self.shape, *self.w.shape[-2:])
 
 
 def _regions(x: np.ndarray, p: int) -> np.ndarray:
@@ -196,3 +205,100 @@ class Flatten:
 
     def backward(self, delta: np.ndarray, propagate: bool = True) -> np.ndarray | None:
         return delta.reshape(self.shape)
+
+
+class ConvStack:
+    """Conv-pool layers between flat rows: (m, n) -> reshape to (m, c, h, w) -> layers -> (m, n_out).
+
+    The network sees the stack as one layer, so a dropout mask (one per layer input) can fall on
+    the pixels (p_input) or on the flattened features feeding the first dense layer, never between
+    conv layers: network3's conv layers ignore dropout."""
+
+    def __init__(self, layers: Sequence[ConvPool], in_shape: tuple[int, ...]) -> None:
+        self.layers, self.in_shape = list(layers), tuple(in_shape)
+        self.n_in = math.prod(self.in_shape)
+        self._counts = [len(layer.params) for layer in self.layers]
+
+    @property
+    def params(self) -> list[np.ndarray]:
+        return [p for layer in self.layers for p in layer.params]
+
+    @property
+    def grads(self) -> list[np.ndarray]:
+        return [g for layer in self.layers for g in layer.grads]
+
+    @property
+    def weights(self) -> list[np.ndarray]:
+        """Each layer's filters as a (c * kh * kw, filters) view: a column per filter, like Dense's w."""
+        return [layer.conv.matrix() for layer in self.layers]
+
+    @property
+    def weight_grads(self) -> list[np.ndarray]:
+        return [layer.conv.grad_matrix() for layer in self.layers]
+
+    def bind(self, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
+        start = 0
+        for layer, count in zip(self.layers, self._counts, strict=True):
+            layer.bind(params[start : start + count], grads[start : start + count])
+            start += count
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        x = x.reshape(len(x), *self.in_shape)
+        for layer in self.layers:
+            x = layer.infer(x)
+        return x.reshape(len(x), -1)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = x.reshape(len(x), *self.in_shape)
+        for layer in self.layers:
+            x = layer.forward(x)
+        self.out_shape = x.shape
+        return x.reshape(len(x), -1)
+
+    def backward(self, delta: np.ndarray, propagate: bool = True) -> np.ndarray | None:
+        delta = delta.reshape(self.out_shape)
+        for i in range(len(self.layers) - 1, -1, -1):
+            delta = self.layers[i].backward(delta, propagate=propagate or i > 0)
+        return None if delta is None else delta.reshape(len(delta), -1)
+
+
+@dataclass(frozen=True)
+class ConvPoolSpec:
+    """network3's ConvPoolLayer in config: `filters` maps of size x size (valid, stride 1), then
+    `pool` x `pool` pooling (`pooling`: max or l2), then a bias per map and the activation."""
+
+    filters: int
+    size: int = 5
+    pool: int = 2
+    pooling: str = "max"
+
+    def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if self.pooling not in POOLS:
+            raise ValueError(f"pooling must be one of {sorted(POOLS)}, got {self.pooling!r}")
+        if not all(isinstance(v, int) and v >= 1 for v in (self.filters, self.size, self.pool)):
+            raise ValueError("filters, size and pool must be integers >= 1")
+        _, height, width = in_shape
+        h, w = (height - self.size + 1) // self.pool, (width - self.size + 1) // self.pool
+        if h < 1 or w < 1:
+            raise ValueError(
+                f"{self.size}x{self.size} filters pooled {self.pool}x{self.pool} do not fit {in_shape}"
+            )
+        return (self.filters, h, w)
+
+    def build(
+        self,
+        in_shape: tuple[int, ...],
+        activation: Activation,
+        init: Initializer,
+        rng: np.random.Generator,
+        dtype: str,
+    ) -> ConvPool:
+        channels, k = in_shape[0], self.size
+        # network3 (after the Theano LeNet tutorial) counts a filter's outputs per pooled unit.
+        fan = Fan(channels * k * k, self.filters * k * k / self.pool**2)
+        w = init.weights((self.filters, channels, k, k), rng, fan).astype(dtype)
+        b = init.biases((self.filters, 1, 1), rng, fan).astype(dtype)
+        return ConvPool(w, b, activation, POOLS[self.pooling](self.pool))
+
+
+POOLS: dict[str, type[MaxPool] | type[L2Pool]] = {"max": MaxPool, "l2": L2Pool}

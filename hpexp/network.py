@@ -1,31 +1,106 @@
 """A feed-forward network: a stack of layers ending in a linear output layer, and the cost that owns
 the output nonlinearity (sigmoid or softmax), as in the book's network2.py.
+
+A network is described by layer specs, one per layer as network3 lists them (conv-pool, fully
+connected, output), each a frozen dataclass named in config by `_target_`:
+
+    input: [1, 28, 28]      # how each (784-pixel) row is seen by the first layer
+    layers:
+      - {_target_: hpexp.conv.ConvPoolSpec, filters: 20, size: 5, pool: 2}
+      - {_target_: hpexp.network.DenseSpec, units: 100}
+      - {_target_: hpexp.network.DenseSpec, units: 10}      # the output layer: linear, the cost owns softmax
+
+`sizes: [784, 30, 10]` is the shorthand (read in hpexp.run.network_specs) for dense layers only (input [784], DenseSpec(30), DenseSpec(10)).
+Every layer of the Network maps flat rows to flat rows: consecutive conv-pool specs become one
+`ConvStack` (reshape, conv-pools, flatten), so dropout, which masks each layer's input, sees the
+inputs of the fully-connected layers only, and never a conv layer's, as in network3.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
 from hpexp.activations import Activation, Identity
+from hpexp.conv import ConvPoolSpec, ConvStack
 from hpexp.costs import Cost
-from hpexp.init import Initializer
+from hpexp.init import Fan, Initializer
 from hpexp.layers import Dense
 
 Masks = Sequence[np.ndarray | float | None]
+Shape = tuple[int, ...]
+
+
+class LayerSpec(Protocol):
+    def out_shape(self, in_shape: Shape) -> Shape: ...
+
+    def build(
+        self, in_shape: Shape, activation: Activation, init: Initializer, rng: np.random.Generator, dtype: str
+    ) -> Any: ...
+
+
+@dataclass(frozen=True)
+class DenseSpec:
+    """A fully-connected layer of `units` neurons on the flattened input (the output layer if last)."""
+
+    units: int
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        if not (isinstance(self.units, int) and self.units >= 1):
+            raise ValueError(f"a dense layer needs units >= 1, got {self.units!r}")
+        return (self.units,)
+
+    def build(
+        self,
+        in_shape: Shape,
+        activation: Activation,
+        init: Initializer,
+        rng: np.random.Generator,
+        dtype: str,
+        *,
+        output: bool = False,
+        lead: Shape = (),
+    ) -> Dense:
+        n_in, fan = math.prod(in_shape), Fan(math.prod(in_shape), self.units, output)
+        w = init.weights((*lead, n_in, self.units), rng, fan).astype(dtype)
+        b = init.biases((*lead, 1, self.units), rng, fan).astype(dtype)
+        return Dense(w, b, Identity() if output else activation)
+
+
+def shapes(input_shape: Shape, specs: Sequence[LayerSpec]) -> list[Shape]:
+    """The shape of one example after the input and after each layer; ValueError if one cannot fit."""
+    out = [tuple(input_shape)]
+    for i, spec in enumerate(specs):
+        if isinstance(spec, ConvPoolSpec) and len(out[-1]) != 3:
+            raise ValueError(
+                f"layer {i + 1} ({spec!r}) needs (channels, height, width) input, got {out[-1]}: "
+                f"set network.input (e.g. [1, 28, 28]) and put conv layers before dense ones"
+            )
+        try:
+            out.append(spec.out_shape(out[-1]))
+        except ValueError as e:
+            raise ValueError(f"layer {i + 1} ({spec!r}): {e}") from None
+    if not specs or not isinstance(specs[-1], DenseSpec):
+        raise ValueError("the last layer must be dense (the output layer, before the cost's softmax/sigmoid)")
+    return out
 
 
 class Network:
     """Layers plus cost. All parameters live in one flat buffer (and all gradients in another),
     each layer holding views into them, so the optimizer updates everything in one vector step."""
 
-    def __init__(self, layers: Sequence[Dense], cost: Cost) -> None:
+    def __init__(self, layers: Sequence[Dense | ConvStack], cost: Cost) -> None:
         self.layers, self.cost = list(layers), cost
         arrays = [layer.params for layer in self.layers]
-        lead = arrays[0][0].shape[:-2]
+        # A population axis is the leading axes of the (dense) output layer's weights beyond the matrix.
+        lead = self.layers[-1].w.shape[:-2]
+        self.lead = lead
         sizes = [int(np.prod(a.shape[len(lead) :])) for pair in arrays for a in pair]
-        dtype = arrays[0][0].dtype
+        dtype = arrays[-1][0].dtype
         self.flat_params = np.empty((*lead, sum(sizes)), dtype)
         self.flat_grads = np.zeros_like(self.flat_params)
         offsets = np.cumsum([0, *sizes])
@@ -59,12 +134,41 @@ class Network:
     ) -> Network:
         """Draw the weights of a `sizes[0]-sizes[1]-...-sizes[-1]` network (K members if `population`)."""
         lead = () if population is None else (population,)
-        layers = []
-        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-            w = init.weights((*lead, n_in, n_out), rng).astype(dtype)
-            b = init.biases((*lead, 1, n_out), rng).astype(dtype)
-            last = i == len(sizes) - 2
-            layers.append(Dense(w, b, Identity() if last else activation))
+        specs = [DenseSpec(n) for n in sizes[1:]]
+        layers = [
+            spec.build((n_in,), activation, init, rng, dtype, output=i == len(specs) - 1, lead=lead)
+            for i, (n_in, spec) in enumerate(zip(sizes[:-1], specs, strict=True))
+        ]
+        return cls(layers, cost)
+
+    @classmethod
+    def build(
+        cls,
+        input_shape: Shape,
+        specs: Sequence[LayerSpec],
+        activation: Activation,
+        cost: Cost,
+        init: Initializer,
+        rng: np.random.Generator,
+        dtype: str = "float32",
+    ) -> Network:
+        """Draw the weights of the layers `specs` describe, in order, on inputs of `input_shape`.
+
+        Consecutive conv-pool layers become one ConvStack taking and returning flat rows."""
+        in_shapes = shapes(input_shape, specs)
+        layers: list[Dense | ConvStack] = []
+        convs: list[Any] = []
+        stack_in = in_shapes[0]
+        for i, spec in enumerate(specs):
+            if isinstance(spec, ConvPoolSpec):
+                if not convs:
+                    stack_in = in_shapes[i]
+                convs.append(spec.build(in_shapes[i], activation, init, rng, dtype))
+                continue
+            if convs:
+                layers.append(ConvStack(convs, stack_in))
+                convs = []
+            layers.append(spec.build(in_shapes[i], activation, init, rng, dtype, output=i == len(specs) - 1))
         return cls(layers, cost)
 
     @property
@@ -77,12 +181,16 @@ class Network:
 
     @property
     def weights(self) -> list[np.ndarray]:
-        """The arrays a regularizer acts on: weights only, never biases (the book's convention)."""
-        return [layer.w for layer in self.layers]
+        """The arrays a regularizer acts on: weights only, never biases (the book's convention).
+
+        Each is a matrix (n_in, n_out) whose columns are the units' incoming weights; conv filters
+        appear as views (channels * kh * kw, filters) of their parameters, so a penalty, its gradient
+        and a max-norm constraint act on them in place."""
+        return [w for layer in self.layers for w in _weights(layer)]
 
     @property
     def weight_grads(self) -> list[np.ndarray]:
-        return [layer.gw for layer in self.layers]
+        return [g for layer in self.layers for g in _weights(layer, grads=True)]
 
     def logits(self, x: np.ndarray, masks: Masks | None = None) -> np.ndarray:
         """The output layer's weighted input z^L, without keeping anything for backward.
@@ -120,5 +228,16 @@ class Network:
                 delta *= masks[i]
 
     def input_shapes(self, m: int) -> list[tuple[int, ...]]:
-        """The shape of every layer's input for a mini-batch of m examples (dropout mask shapes)."""
-        return [(*layer.w.shape[:-2], m, layer.w.shape[-2]) for layer in self.layers]
+        """The shape of every layer's input for a mini-batch of m examples (dropout mask shapes):
+        flat rows (..., m, n_in) for dense layers and conv stacks alike."""
+        return [(*self.lead, m, _n_in(layer)) for layer in self.layers]
+
+
+def _n_in(layer: Dense | ConvStack) -> int:
+    return layer.n_in if isinstance(layer, ConvStack) else layer.w.shape[-2]
+
+
+def _weights(layer: Dense | ConvStack, grads: bool = False) -> list[np.ndarray]:
+    if isinstance(layer, ConvStack):
+        return layer.weight_grads if grads else layer.weights
+    return [layer.gw if grads else layer.w]

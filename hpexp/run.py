@@ -7,6 +7,7 @@ components named by the config groups, loads the data, calls `fit()` and writes 
 
 from __future__ import annotations
 
+import math
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ from threadpoolctl import threadpool_limits
 
 import hpexp
 from hpexp import data, rundir
-from hpexp.network import Network
+from hpexp.network import DenseSpec, LayerSpec, Network, Shape, shapes
 from hpexp.paths import config_dir
 from hpexp.stopping import Never
 from hpexp.train import Record, Stop, fit, rng_streams
@@ -93,9 +94,48 @@ def restore_best(cfg: DictConfig, parts: Parts) -> bool:
     return bool(cfg.train.restore_best)
 
 
+def network_specs(cfg: DictConfig) -> tuple[Shape, list[LayerSpec]]:
+    """(input shape, layer specs) of `network`: `input` + `layers`, or the shorthand `sizes`."""
+    net = cfg.network
+    if net.get("layers") is not None:
+        try:
+            return tuple(net.get("input") or (N_INPUTS,)), [instantiate(layer) for layer in net.layers]
+        except InstantiationException as e:
+            raise ConfigError(f"network.layers: {e.__cause__ or e}") from e
+    sizes = list(net.sizes)
+    if len(sizes) < 2 or any(not isinstance(s, int) or s < 1 for s in sizes):
+        raise ConfigError(f"network.sizes must be >= 2 positive integers, got {sizes}")
+    return (sizes[0],), [DenseSpec(n) for n in sizes[1:]]
+
+
+def build_network(
+    cfg: DictConfig, parts: Parts, rng: np.random.Generator, dtype: str | None = None
+) -> Network:
+    """The configured network with freshly drawn weights."""
+    input_shape, specs = network_specs(cfg)
+    return Network.build(
+        input_shape, specs, parts.activation, parts.cost, parts.init, rng, dtype or cfg.dtype
+    )
+
+
+def _check_network(cfg: DictConfig) -> None:
+    """The layers fit together, take the 784 pixels and end in the 10 digits."""
+    input_shape, specs = network_specs(cfg)
+    try:
+        out = shapes(input_shape, specs)
+    except ValueError as e:
+        raise ConfigError(f"network: {e}") from None
+    described = cfg.network.sizes if cfg.network.get("layers") is None else f"input {list(input_shape)}"
+    if math.prod(out[0]) != N_INPUTS or out[-1] != (N_CLASSES,):
+        raise ConfigError(
+            f"network {described} -> {list(out[-1])} does not match MNIST: the input must have "
+            f"{N_INPUTS} values (pixels) and the last layer {N_CLASSES} units (digits)"
+        )
+
+
 def validate(cfg: DictConfig) -> Parts:
     """Check every value and build the components; raises ConfigError before any work is done."""
-    t, sizes = cfg.train, list(cfg.network.sizes)
+    t = cfg.train
     if cfg.dtype not in ("float32", "float64"):
         raise ConfigError(f"dtype must be float32 or float64, got {cfg.dtype!r}")
     if not (isinstance(t.epochs, int) and t.epochs >= 1):
@@ -107,13 +147,7 @@ def validate(cfg: DictConfig) -> Parts:
         )
     if bad := [s for s in t.monitor if s not in SPLITS]:
         raise ConfigError(f"train.monitor has unknown split(s) {bad}; valid: {list(SPLITS)}")
-    if len(sizes) < 2 or any(not isinstance(s, int) or s < 1 for s in sizes):
-        raise ConfigError(f"network.sizes must be >= 2 positive integers, got {sizes}")
-    if sizes[0] != N_INPUTS or sizes[-1] != N_CLASSES:
-        raise ConfigError(
-            f"network.sizes {sizes} does not match MNIST: the first size must be {N_INPUTS} "
-            f"(pixels) and the last {N_CLASSES} (digits)"
-        )
+    _check_network(cfg)
     for key, top in (("n_train", 50_000), ("n_validation", 10_000)):
         if not (isinstance(cfg.data[key], int) and 1 <= cfg.data[key] <= top):
             raise ConfigError(f"data.{key} must be an integer in [1, {top}], got {cfg.data[key]!r}")
@@ -202,9 +236,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     rundir.write_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     streams = rng_streams(cfg.seed)
-    network = Network.create(
-        cfg.network.sizes, parts.activation, parts.cost, parts.init, streams["init"], cfg.dtype
-    )
+    network = build_network(cfg, parts, streams["init"])
     n_params = sum(p.size for p in network.params)
     history: list[Record] = []
 
