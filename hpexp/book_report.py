@@ -102,14 +102,22 @@ def plot_points(ax: Any, experiment: book.Experiment, runs_dir: Path, spec: dict
     """The selected metric against a config value (training-set size, eta), ours against the book's."""
     metric, selection = spec["y"][0], spec.get("selection", "final")
     scale = _percent(metric)
+    colors = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"])
     for other in [experiment.id, *spec.get("also", [])]:
+        color = next(colors)
         e = experiment if other == experiment.id else book.load(other)
         df = points(e, runs_dir, spec["x"], metric, selection)
         kind = "SVM" if "svm" in e.id else "network"
         if not df.empty:
             stats = df.groupby("x")["y"].agg(["mean", "std"]).fillna(0.0) * scale
             ax.errorbar(
-                stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=f"ours ({kind})"
+                stats.index,
+                stats["mean"],
+                yerr=stats["std"],
+                marker="o",
+                capsize=3,
+                color=color,
+                label=f"ours ({kind})",
             )
         xs = {name: _run_x(e, name, spec["x"]) for name in e.runs}
         marks = [
@@ -119,9 +127,14 @@ def plot_points(ax: Any, experiment: book.Experiment, runs_dir: Path, spec: dict
         ]
         if marks:
             ax.plot(
-                *zip(*sorted(marks), strict=True), marker="s", ls="--", mfc="none", label=f"book ({kind})"
+                *zip(*sorted(marks), strict=True),
+                marker="s",
+                ls="--",
+                mfc="none",
+                color=color,
+                label=f"book ({kind})",
             )
-    ax.set_xlabel(spec["x"])
+    ax.set_xlabel(spec.get("xlabel", spec["x"]))
     return ax
 
 
