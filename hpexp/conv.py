@@ -116,12 +116,18 @@ class MaxPool:
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         regions = _regions(x, self.size)
-        out = regions.max(axis=(-2, -1))
-        self.shape, self.mask = x.shape, regions == out[..., None, None]
-        return out
+        flat = regions.reshape(*regions.shape[:4], -1)
+        # One winner per region (the first maximum): in a tied region (a blank part of a digit gives
+        # many) the max moves with any single element, so routing the gradient to all of them would
+        # multiply it by the number of ties.
+        self.winner = flat.argmax(axis=-1)
+        self.shape = x.shape
+        return np.take_along_axis(flat, self.winner[..., None], axis=-1)[..., 0]
 
     def backward(self, delta: np.ndarray, propagate: bool = True) -> np.ndarray | None:
-        return _spread(self.mask * delta[..., None, None], self.shape, self.size)
+        p = self.size
+        d = (np.arange(p * p) == self.winner[..., None]) * delta[..., None]
+        return _spread(d.reshape(*d.shape[:4], p, p), self.shape, p)
 
 
 class L2Pool:

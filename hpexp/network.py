@@ -10,7 +10,8 @@ connected, output), each a frozen dataclass named in config by `_target_`:
       - {_target_: hpexp.network.DenseSpec, units: 100}
       - {_target_: hpexp.network.DenseSpec, units: 10}      # the output layer: linear, the cost owns softmax
 
-`sizes: [784, 30, 10]` is the shorthand (read in hpexp.run.network_specs) for dense layers only (input [784], DenseSpec(30), DenseSpec(10)).
+`sizes: [784, 30, 10]` is the shorthand for dense layers only: input [784], DenseSpec(30), DenseSpec(10)
+(hpexp.run.network_specs reads both forms).
 Every layer of the Network maps flat rows to flat rows: consecutive conv-pool specs become one
 `ConvStack` (reshape, conv-pools, flatten), so dropout, which masks each layer's input, sees the
 inputs of the fully-connected layers only, and never a conv layer's, as in network3.

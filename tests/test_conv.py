@@ -1,12 +1,20 @@
-"""Convolution and pooling against finite differences and a direct loop convolution."""
+"""Convolution and pooling against finite differences and a direct loop convolution; conv networks
+built from config: whole-network gradient checks, shapes, weights for L2, network3 init, training."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+from conftest import SMALL
 
-from hpexp.activations import Sigmoid, Tanh
-from hpexp.conv import Conv2D, ConvPool, Flatten, L2Pool, MaxPool
+from hpexp import rundir
+from hpexp.activations import Identity, Sigmoid, Tanh
+from hpexp.conv import Conv2D, ConvPool, ConvPoolSpec, ConvStack, Flatten, L2Pool, MaxPool
+from hpexp.init import Fan, Network3
+from hpexp.network import DenseSpec, shapes
+from hpexp.run import ConfigError, build_network, compose, run, validate
 
 
 def direct_conv(x, w):
@@ -85,3 +93,205 @@ def test_flatten_is_c_order_and_invertible():
     flat = Flatten()
     assert flat.forward(x)[1].tolist() == list(range(12, 24))
     np.testing.assert_array_equal(flat.backward(flat.forward(x)), x)
+
+
+# --- conv networks built from config ---------------------------------------------------------------
+
+
+def conv_network(overrides, seed=0, dtype="float64"):
+    cfg = compose([*overrides, f"dtype={dtype}"])
+    parts = validate(cfg)
+    return build_network(cfg, parts, np.random.default_rng(seed)), parts, cfg
+
+
+def mnist_rows(mnist_dir, m):
+    from hpexp import data
+
+    split = data.load_splits(mnist_dir, n_train=m, dtype="float64", splits=["train"])["train"]
+    return split.x, split.y
+
+
+def sampled_gradcheck(network, regularizer, x, y, n, masks=None, entries=12, eps=1e-6, seed=0):
+    """Backprop (plus the penalty's gradient) against central differences of the total cost, on
+    `entries` sampled entries of every parameter array; returns the worst relative error
+    ||g_backprop - g_numeric|| / (||g_backprop|| + ||g_numeric||), that sum floored at 1e-2."""
+    rng = np.random.default_rng(seed)
+
+    def cost():
+        pen = sum(float(regularizer.value(w, n)) for w in network.weights)
+        return float(network.cost.value(network.logits(x, masks), y)) + pen
+
+    network.backprop(x, y, masks)
+    for w, g in zip(network.weights, network.weight_grads, strict=True):
+        g += regularizer.grad(w, n)
+    analytic = [g.copy() for g in network.grads]
+    worst = 0.0
+    for p, a in zip(network.params, analytic, strict=True):
+        picks = rng.choice(p.size, min(entries, p.size), replace=False)
+        got, want = [], []
+        for flat in picks:
+            idx = np.unravel_index(flat, p.shape)
+            old = p[idx]
+            p[idx] = old + eps
+            up = cost()
+            p[idx] = old - eps
+            down = cost()
+            p[idx] = old
+            want.append((up - down) / (2 * eps))
+            got.append(a[idx])
+        got, want = np.array(got), np.array(want)
+        # Relative error, except for arrays with tiny gradients (a few 1e-6 for the first conv
+        # layer), where the differences' rounding noise (~1e-10 on a cost of ~1) dominates.
+        scale = max(np.linalg.norm(got) + np.linalg.norm(want), 1e-2)
+        worst = max(worst, float(np.linalg.norm(got - want) / scale))
+    return worst
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["network=conv2", "network.fc=7", "activation=sigmoid", "cost=log_likelihood"],
+        ["network=conv2_2fc", "network.fc=7", "activation=tanh", "cost=cross_entropy"],
+        ["network=conv1", "network.fc=7", "activation=relu", "network.layers.0.pooling=l2"],
+        ["network=conv1_nofc", "activation=sigmoid", "cost=quadratic"],
+    ],
+)
+def test_whole_conv_network_gradients_match_finite_differences(overrides, mnist_dir):
+    """Real digits (blank borders make ties in max-pooling regions) through the config path."""
+    network, _, _ = conv_network([*overrides, "init=default"])
+    x, y = mnist_rows(mnist_dir, 3)
+    from hpexp.regularizers import L2
+
+    assert sampled_gradcheck(network, L2(3.0), x, y, n=20) < 1e-6
+
+
+def test_conv_network_gradients_with_dropout_masks(mnist_dir):
+    network, _, _ = conv_network(
+        ["network=conv2_2fc", "network.fc=6", "activation=sigmoid", "cost=log_likelihood", "init=default"]
+    )
+    from hpexp.regularizers import Regularizer
+
+    reg = Regularizer(p=0.5, p_input=0.2, inverted=False)
+    x, y = mnist_rows(mnist_dir, 3)
+    masks = reg.masks(network.input_shapes(len(y)), np.random.default_rng(1), np.float64)
+    assert [None if m is None else m.shape for m in masks] == [(3, 784), (3, 640), (3, 6), (3, 6)]
+    assert sampled_gradcheck(network, reg, x, y, n=20, masks=masks) < 1e-6
+
+
+def test_max_pool_sends_a_tied_regions_gradient_to_one_element():
+    """A constant region's max moves with any one element: its gradient must not count four times."""
+    x = np.zeros((1, 1, 2, 2))
+    pool = MaxPool(2)
+    pool.forward(x)
+    assert pool.backward(np.ones((1, 1, 1, 1))).sum() == 1.0
+
+
+def test_conv_networks_compose_from_config():
+    for name, kinds, n_in in [
+        ("conv1", ["ConvStack", "Dense", "Dense"], [784, 2880, 100]),
+        ("conv1_nofc", ["ConvStack", "Dense"], [784, 2880]),
+        ("conv2", ["ConvStack", "Dense", "Dense"], [784, 640, 100]),
+        ("conv2_2fc", ["ConvStack", "Dense", "Dense", "Dense"], [784, 640, 100, 100]),
+    ]:
+        network, _, _ = conv_network([f"network={name}", "init=network3"], dtype="float32")
+        assert [type(layer).__name__ for layer in network.layers] == kinds
+        assert [s[-1] for s in network.input_shapes(10)] == n_in
+        assert network.flat_params.dtype == np.float32
+    network, _, _ = conv_network(["network=conv2", "network.fc=300"])
+    assert network.layers[1].w.shape == (640, 300)
+
+
+def test_sizes_is_the_dense_shorthand():
+    a, _, _ = conv_network(["network=mlp30"], seed=3)
+    cfg = compose(
+        [
+            "+network.input=[784]",
+            "+network.layers=[{_target_: hpexp.network.DenseSpec, units: 30},"
+            "{_target_: hpexp.network.DenseSpec, units: 10}]",
+            "dtype=float64",
+        ]
+    )
+    b = build_network(cfg, validate(cfg), np.random.default_rng(3))
+    np.testing.assert_array_equal(a.flat_params, b.flat_params)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("network.layers.0.filters=0", "filters, size and pool"),
+        ("network.layers.0.size=29", "do not fit"),
+        ("network.layers.0.pooling=avg", "pooling must be one of"),
+        ("network.input=[784]", "needs \\(channels, height, width\\)"),
+        ("network.input=[1,27,27]", "does not match MNIST"),
+        ("network.layers.2.units=9", "does not match MNIST"),
+    ],
+)
+def test_bad_conv_specs_fail_before_any_work(override, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(compose(["network=conv1", override]))
+
+
+def test_weights_and_input_shapes_of_a_conv_network():
+    network, _, _ = conv_network(["network=conv2", "network.fc=5"])
+    stack = network.layers[0]
+    assert isinstance(stack, ConvStack)
+    assert [w.shape for w in network.weights] == [(25, 20), (500, 40), (640, 5), (5, 10)]
+    assert network.input_shapes(7) == [(7, 784), (7, 640), (7, 5)]
+    for w, g in zip(network.weights, network.weight_grads, strict=True):
+        assert np.shares_memory(w, network.flat_params) and np.shares_memory(g, network.flat_grads)
+    # A column of a conv weight view is one filter; changing the view changes the filter.
+    np.testing.assert_array_equal(network.weights[1][:, 3], stack.layers[1].w[3].ravel())
+    network.weights[0][...] *= 2.0
+    np.testing.assert_array_equal(network.weights[0][:, 0], stack.layers[0].w[0].ravel())
+    # L2 acts on every weight array and on no bias: sum of squares of filters and matrices.
+    from hpexp.regularizers import L2
+
+    total = sum(float(L2(2.0).value(w, 10)) for w in network.weights)
+    squares = sum(float(np.sum(layer.w**2)) for layer in stack.layers) + sum(
+        float(np.sum(layer.w**2)) for layer in network.layers[1:]
+    )
+    assert total == pytest.approx(2.0 / 10 / 2 * squares)
+
+
+def test_network3_init_standard_deviations():
+    """conv: sqrt(1/(maps * 25 / 4)); FC: sqrt(1/n_out); the softmax layer: zeros; biases N(0, 1)."""
+    fan = Fan(25, 20 * 25 / 4)
+    got = Network3().weights((20, 1, 5, 5), np.random.default_rng(0), fan)
+    np.testing.assert_allclose(
+        got, math.sqrt(1 / 125) * np.random.default_rng(0).standard_normal((20, 1, 5, 5))
+    )
+    assert math.sqrt(1 / 125) == pytest.approx(0.0894, abs=1e-4)
+    rng = np.random.default_rng(1)
+    big = ConvPoolSpec(400, 5, 2).build((40, 12, 12), Identity(), Network3(), rng, "float64")
+    assert np.std(big.w) == pytest.approx(math.sqrt(1 / (400 * 25 / 4)), rel=0.01)
+    assert np.std(big.b) == pytest.approx(1.0, rel=0.15)
+    fc = DenseSpec(1000).build((640,), Identity(), Network3(), rng, "float64")
+    assert np.std(fc.w) == pytest.approx(math.sqrt(1 / 1000), rel=0.01)
+    out = DenseSpec(10).build((1000,), Identity(), Network3(), rng, "float64", output=True)
+    assert not out.w.any() and not out.b.any()
+    network, _, _ = conv_network(["network=conv2", "init=network3"])
+    assert np.std(network.layers[0].layers[1].w) == pytest.approx(math.sqrt(1 / 250), rel=0.05)
+    assert not network.layers[-1].w.any()
+
+
+def test_shapes_of_the_book_architectures():
+    specs = [ConvPoolSpec(20), ConvPoolSpec(40), DenseSpec(100), DenseSpec(10)]
+    assert shapes((1, 28, 28), specs) == [(1, 28, 28), (20, 12, 12), (40, 4, 4), (100,), (10,)]
+
+
+@pytest.mark.parametrize(
+    ("network", "extra", "above"),
+    [
+        ("conv1", ["optimizer.eta=0.1"], 0.2),  # 50 steps on 500 images: clearly above chance
+        ("conv2_2fc", ["regularizer=dropout", "regularizer.inverted=false", "regularizer.lmbda=1.0"], 0.0),
+    ],
+)
+def test_conv_network_trains_one_epoch_on_a_tiny_subset(network, extra, above, mnist_dir, tmp_path):
+    overrides = [*SMALL, f"data.dir={mnist_dir}", f"network={network}", "network.fc=20", "train.epochs=1"]
+    cfg = compose([*overrides, "cost=log_likelihood", "init=network3", "activation=relu", *extra])
+    out = run(cfg, tmp_path / "run", progress=False)
+    summary = rundir.read_summary(out)
+    assert summary["status"] == "completed"
+    assert math.isfinite(summary["final"]["val_cost"]) and summary["final"]["val_accuracy"] > above
+    built = conv_network([f"network={network}", "network.fc=20"])[0]
+    assert summary["n_params"] == sum(p.size for p in built.params)
