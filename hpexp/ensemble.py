@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
+from threadpoolctl import threadpool_limits
 
 from hpexp import rundir
 from hpexp.network import Network
@@ -172,7 +173,8 @@ def run(
             run_one(member, d, on_epoch=on_epoch, progress=progress)
         dirs.append(d)
     splits = {s: v for s, v in load_data(cfg).items() if s in cfg.train.monitor}
-    record, members = combine(dirs, splits)
+    with threadpool_limits(limits=1, user_api="blas"):  # as in training: threads only cost here
+        record, members = combine(dirs, splits)
     rundir.write_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     rundir.write_history(out, [record])
     statuses = {rundir.read_summary(d).get("status") for d in dirs}
