@@ -32,14 +32,18 @@ def train(argv: Sequence[str]) -> None:
 
     from hpexp.data import DataError
     from hpexp.paths import config_dir
-    from hpexp.run import run
+    from hpexp.run import run, run_seeds
 
     def main(cfg: DictConfig) -> None:
         hydra_cfg = HydraConfig.get()
         with open_dict(cfg):
             cfg.choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
         try:
-            out = run(cfg, cfg.out_dir or hydra_cfg.runtime.output_dir)
+            out = cfg.out_dir or hydra_cfg.runtime.output_dir
+            if cfg.train.seeds:
+                run_seeds(cfg, out)
+            else:
+                out = run(cfg, out)
         except (ValueError, DataError) as e:  # Hydra would print these as crashes
             print(f"hpexp train: error: {e}", file=sys.stderr)
             raise SystemExit(2) from None

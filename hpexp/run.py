@@ -27,8 +27,9 @@ import hpexp
 from hpexp import data, rundir
 from hpexp.network import DenseSpec, LayerSpec, Network, Shape, shapes
 from hpexp.paths import config_dir
+from hpexp.population import stack
 from hpexp.stopping import Never
-from hpexp.train import Record, Stop, fit, rng_streams
+from hpexp.train import Member, Record, Stop, fit_population, rng_streams
 
 SPLITS = ("train", "val", "test")
 N_INPUTS, N_CLASSES = 784, 10
@@ -180,8 +181,8 @@ def load_data(cfg: DictConfig, *, allow_test: bool = True) -> dict[str, data.Spl
     )
 
 
-def _progress(record: Record, epochs: int) -> None:
-    parts = [f"epoch {record['epoch']:>{len(str(epochs))}}/{epochs}"]
+def _progress(record: Record, epochs: int, label: str = "") -> None:
+    parts = [f"{label}epoch {record['epoch']:>{len(str(epochs))}}/{epochs}"]
     for split in SPLITS:
         if f"{split}_accuracy" in record:
             parts.append(
@@ -193,7 +194,7 @@ def _progress(record: Record, epochs: int) -> None:
 
 def _summary(cfg: DictConfig, parts: Parts, result: Any, seconds: float, n_params: int) -> Record:
     history = result.history
-    best = history[result.best_epoch - 1] if result.best_epoch else None
+    best = next((r for r in history if r["epoch"] == result.best_epoch), None)
     return {
         "status": result.status,
         "stop_reason": result.stop_reason,
@@ -218,6 +219,26 @@ def _summary(cfg: DictConfig, parts: Parts, result: Any, seconds: float, n_param
     }
 
 
+# Keys that must agree for configs to train together as one population; everything else (seed,
+# eta, lmbda, momentum, dropout p, epochs, schedule, stopping, init) may differ per member.
+SHARED = (
+    "data",
+    "network",
+    "activation",
+    "cost",
+    "dtype",
+    "train.batch_size",
+    "train.monitor",
+    "train.eval_every",
+    "train.shared_order",
+)
+
+
+def population_key(cfg: DictConfig) -> str:
+    """Configs with equal keys can be trained as one population (see `run_population`)."""
+    return OmegaConf.to_yaml({k: OmegaConf.select(cfg, k) for k in SHARED}, resolve=True)
+
+
 def run(
     cfg: DictConfig,
     out_dir: str | Path | None = None,
@@ -230,59 +251,106 @@ def run(
 
     Studies pass `allow_test=False`, so no trial of a search can read the test split.
     """
-    parts = validate(cfg)
     out = Path(out_dir or cfg.out_dir or Path("runs/train") / time.strftime("%Y-%m-%d_%H-%M-%S"))
-    splits = load_data(cfg, allow_test=allow_test)
-    out.mkdir(parents=True, exist_ok=True)
-    rundir.write_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    streams = rng_streams(cfg.seed)
-    network = build_network(cfg, parts, streams["init"])
-    n_params = sum(p.size for p in network.params)
-    history: list[Record] = []
+    (path,) = run_population([cfg], [out], on_epochs=[on_epoch], progress=progress, allow_test=allow_test)
+    return path
 
-    def hook(record: Record) -> Stop | None:
-        history.append(record)
-        rundir.write_history(out, history)
-        if progress:
-            _progress(record, cfg.train.epochs)
-        return on_epoch(record) if on_epoch else None
 
+def run_seeds(cfg: DictConfig, out_dir: str | Path, **kwargs: Any) -> list[Path]:
+    """`train.seeds=[1,2,3]`: one run per seed in OUT/seed_S/, trained together as one population."""
+    cfgs = []
+    for seed in cfg.train.seeds:
+        member = cfg.copy()
+        with open_dict(member):
+            member.seed, member.train.seeds = int(seed), None
+        cfgs.append(member)
+    return run_population(cfgs, [Path(out_dir) / f"seed_{c.seed}" for c in cfgs], **kwargs)
+
+
+def run_population(
+    cfgs: Sequence[DictConfig],
+    out_dirs: Sequence[str | Path],
+    *,
+    on_epochs: Sequence[Callable[[Record], Stop | None] | None] | None = None,
+    progress: bool = True,
+    allow_test: bool = True,
+) -> list[Path]:
+    """Train several configs that differ only in per-member values (seed, eta, lmbda, momentum,
+    dropout p, epochs, schedule, stopping, init) in one vectorized pass; one run directory each,
+    exactly as `run` writes it. With `train.shared_order` every member sees the first config's
+    mini-batch order (common random numbers); otherwise each its own seed's order, as it would alone.
+    """
+    parts = [validate(cfg) for cfg in cfgs]
+    if len({population_key(cfg) for cfg in cfgs}) > 1:
+        differ = [k for k in SHARED if len({str(OmegaConf.select(c, k)) for c in cfgs}) > 1]
+        raise ConfigError(f"configs differ in {differ}, which must be equal to train as one population")
+    cfg0, outs = cfgs[0], [Path(o) for o in out_dirs]
+    hooks = list(on_epochs or [None] * len(cfgs))
+    splits = load_data(cfg0, allow_test=allow_test)
+    streams = [rng_streams(cfg.seed) for cfg in cfgs]
+    networks = [build_network(cfg, p, s["init"]) for cfg, p, s in zip(cfgs, parts, streams, strict=True)]
+    network = networks[0] if len(networks) == 1 else stack(networks)
+    n_params = sum(p.size for p in networks[0].params)
+    members = []
+    for cfg, p, out, hook in zip(cfgs, parts, outs, hooks, strict=True):
+        out.mkdir(parents=True, exist_ok=True)
+        rundir.write_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        rundir.write_summary(out, {"status": "running", "seed": cfg.seed})
+        on_epoch = _recorder(out, cfg, hook, progress, label=len(cfgs) > 1)
+        members.append(
+            Member(
+                p.optimizer,
+                cfg.train.epochs,
+                p.regularizer,
+                p.schedule,
+                p.stopping,
+                on_epoch,
+                restore_best(cfg, p),
+            )
+        )
     started = time.perf_counter()
-    rundir.write_summary(out, {"status": "running", "seed": cfg.seed})
     try:
         # One BLAS thread: the products are small, so threads cost more than they give. Overflow
         # warnings are silenced because divergence is detected and reported by fit() itself.
         with threadpool_limits(limits=1, user_api="blas"), np.errstate(over="ignore", invalid="ignore"):
-            result = fit(
+            results = fit_population(
                 network,
                 splits["train"],
-                {s: splits[s] for s in cfg.train.monitor},
-                optimizer=parts.optimizer,
-                epochs=cfg.train.epochs,
-                batch_size=cfg.train.batch_size,
-                rng=streams["shuffle"],
-                regularizer=parts.regularizer,
-                schedule=parts.schedule,
-                stopping=parts.stopping,
-                on_epoch=hook,
-                restore_best=restore_best(cfg, parts),
-                expansion=parts.expansion,
-                dropout_rng=streams["dropout"],
-                augment_rng=streams["augment"],
+                {s: splits[s] for s in cfg0.train.monitor},
+                members,
+                batch_size=cfg0.train.batch_size,
+                rng=streams[0]["shuffle"] if cfg0.train.shared_order else [s["shuffle"] for s in streams],
+                expansion=parts[0].expansion,
+                dropout_rng=streams[0]["dropout"],
+                augment_rng=streams[0]["augment"],
+                eval_every=cfg0.train.get("eval_every") or 1,
             )
     except BaseException as e:
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        rundir.write_summary(
-            out,
-            {
-                "status": status,
-                "stop_reason": repr(e),
-                "epochs_run": len(history),
-                "seed": cfg.seed,
-            },
-        )
+        for cfg, out in zip(cfgs, outs, strict=True):
+            history = rundir.read_history(out)
+            rundir.write_summary(
+                out, {"status": status, "stop_reason": repr(e), "epochs_run": len(history), "seed": cfg.seed}
+            )
         raise
-    rundir.write_summary(out, _summary(cfg, parts, result, time.perf_counter() - started, n_params))
-    if cfg.train.save_weights:
-        rundir.write_weights(out, network.params)
-    return out
+    seconds = (time.perf_counter() - started) / len(cfgs)
+    for cfg, p, out, result in zip(cfgs, parts, outs, results, strict=True):
+        rundir.write_summary(out, _summary(cfg, p, result, seconds, n_params))
+        if cfg.train.save_weights:
+            rundir.write_weights(out, result.params)
+    return outs
+
+
+def _recorder(
+    out: Path, cfg: DictConfig, hook: Callable[[Record], Stop | None] | None, progress: bool, label: bool
+) -> Callable[[Record], Stop | None]:
+    """The per-epoch hook of one run: append to history.csv, print progress, call the caller's hook."""
+    history = rundir.HistoryWriter(out)
+
+    def on_epoch(record: Record) -> Stop | None:
+        history.append(record)
+        if progress:
+            _progress(record, cfg.train.epochs, f"seed {cfg.seed}  " if label else "")
+        return hook(record) if hook else None
+
+    return on_epoch

@@ -60,6 +60,28 @@ def write_history(run_dir: Path, history: Sequence[Record]) -> None:
     write_atomic(Path(run_dir) / "history.csv", history_csv(history))
 
 
+class HistoryWriter:
+    """Appends one record per epoch to history.csv, so a killed run keeps every finished epoch.
+
+    The header and first row are written atomically; later rows are appended and flushed (a run of
+    thousands of epochs must not rewrite the whole file each epoch). A row cut short by a crash is
+    skipped by `read_history`."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path, self.columns = Path(run_dir) / "history.csv", None
+
+    def append(self, record: Record) -> None:
+        if self.columns is None:
+            self.columns = list(record)
+            write_atomic(self.path, history_csv([record]))
+            return
+        out = io.StringIO()
+        csv.DictWriter(out, fieldnames=self.columns, lineterminator="\n").writerow(record)
+        with self.path.open("a") as f:
+            f.write(out.getvalue())
+            f.flush()
+
+
 def write_summary(run_dir: Path, summary: Record) -> None:
     write_atomic(Path(run_dir) / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
 
@@ -78,6 +100,7 @@ def read_history(run_dir: Path) -> list[Record]:
         return [
             {k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v != ""}
             for row in csv.DictReader(f)
+            if None not in row.values() and None not in row  # a row cut short by a crash
         ]
 
 

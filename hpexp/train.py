@@ -231,6 +231,7 @@ def fit_population(
     expansion: Expansion | None = None,
     dropout_rng: np.random.Generator | None = None,
     augment_rng: np.random.Generator | None = None,
+    eval_every: int = 1,
 ) -> list[Result]:
     """The one training loop: K members (a population network with a leading axis K, see
     hpexp.population, or a plain network for K = 1) trained side by side, epoch by epoch.
@@ -240,26 +241,31 @@ def fit_population(
     numbers); a sequence of K generators gives each its own. A member that stops (rule, hook,
     epochs, divergence) is taken out of the population at the end of that epoch, so it neither
     changes nor costs anything afterwards; its final (or best, with restore_best) parameters are in
-    its Result. `seconds` in a member's records is its share of the population's epoch time.
+    its Result. `seconds` in a member's records is its share of the population's time since its
+    previous record. With `eval_every` k > 1 the monitored splits are evaluated, and a record made,
+    only every k-th epoch and at each member's last (for runs of thousands of tiny epochs); stopping
+    rules, schedules and hooks then see one record per evaluation.
     """
     population = network.flat_params.ndim == 2
     if (network.flat_params.shape[0] if population else 1) != len(members):
         raise ValueError(f"{len(members)} members for a network of shape {network.flat_params.shape}")
     dtype = network.flat_params.dtype
     expansion = expansion or NoExpansion()
+    if not population and not isinstance(rng, np.random.Generator):
+        (rng,) = rng  # one member's own order is simply its order
     shuffle_rng = rng if isinstance(rng, np.random.Generator) else None
     if dropout_rng is None or augment_rng is None:
         spawned = (shuffle_rng or rng[0]).spawn(2)  # type: ignore[index]
         dropout_rng, augment_rng = dropout_rng or spawned[0], augment_rng or spawned[1]
     x, y = expansion.expand(train.x, train.y)
     histories: list[list[Record]] = [[] for _ in members]
-    best: list[int | None] = [None] * len(members)
+    best: list[Record | None] = [None] * len(members)  # each member's best-validation record
     best_params: list[np.ndarray | None] = [None] * len(members)
     results: list[Result | None] = [None] * len(members)
     active = list(range(len(members)))
     optimizer, regularizer = _stacked(members, active, population, dtype)
+    start = time.perf_counter()
     for epoch in range(1, max(m.epochs for m in members) + 1):
-        start = time.perf_counter()
         etas = [members[k].schedule.eta(members[k].optimizer.eta, histories[k]) for k in active]
         eta = np.asarray(etas, dtype).reshape(-1, 1) if population else etas[0]
         if shuffle_rng is not None:
@@ -268,12 +274,15 @@ def fit_population(
             order = np.stack([rng[k].permutation(len(y)) for k in active])  # type: ignore[index]
         x_epoch = expansion.augment(x, augment_rng)
         train_epoch(network, optimizer, regularizer, x_epoch, y, batch_size, eta, dropout_rng, order)
+        if epoch % eval_every and all(epoch != members[k].epochs for k in active):
+            continue
         evaluated = {
             name: evaluate(network, split, regularizer.eval_masks(len(network.layers)))
             for name, split in monitor.items()
         }
         pen, norms = penalty(network, regularizer, len(y)), weight_norm(network)
         seconds = (time.perf_counter() - start) / len(active)
+        start = time.perf_counter()
         stopped = []
         for row, k in enumerate(active):
             r = row if population else None
@@ -289,8 +298,8 @@ def fit_population(
             finite = bool(np.isfinite([v for key, v in record.items() if key.endswith("_cost")]).all())
             diverged = not (finite and np.isfinite(params).all())
             if not diverged and "val_accuracy" in record:
-                if best[k] is None or record["val_accuracy"] > history[best[k] - 1]["val_accuracy"]:
-                    best[k] = epoch
+                if best[k] is None or record["val_accuracy"] > best[k]["val_accuracy"]:  # type: ignore[index]
+                    best[k] = record
                     best_params[k] = params.copy() if member.restore_best else None
             stop = member.on_epoch(record) if member.on_epoch else None
             if diverged:
@@ -301,11 +310,12 @@ def fit_population(
                 stop = Stop(f"reached {member.epochs} epochs")
             if stop:
                 restore = best_params[k] is not None and stop.status != "diverged"
+                best_epoch = best[k]["epoch"] if best[k] else None
                 if restore:
                     params[...] = best_params[k]
                 final = member_params(network, r)
                 results[k] = Result(
-                    history, stop.status, stop.reason, best[k], best[k] if restore else None, final
+                    history, stop.status, stop.reason, best_epoch, best_epoch if restore else None, final
                 )
                 stopped.append(row)
         if stopped:

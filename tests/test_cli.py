@@ -108,3 +108,10 @@ def test_configs_are_found_from_an_installed_wheel(tmp_path):
     assert out[0] == str(site / "hpexp/conf")
     assert out[1] == str(site / "hpexp/studies")
     assert out[2] == "[784, 100, 10]"
+
+
+def test_train_with_several_seeds_writes_one_run_each(mnist_dir, tmp_path):
+    result = hpexp("train", *SMALL, "train.seeds=[1,2]", f"out_dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert "seed 2  epoch 2/2" in result.stdout
+    for seed in (1, 2):
+        assert rundir.read_summary(tmp_path / "run" / f"seed_{seed}")["seed"] == seed

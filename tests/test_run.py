@@ -121,3 +121,47 @@ def test_learns_on_a_real_mnist_subset(mnist_dir, tmp_path):
 def test_float64_runs(mnist_dir, tmp_path):
     out = run(compose([*SMALL, "dtype=float64"]), tmp_path, progress=False)
     assert rundir.read_summary(out)["status"] == "completed"
+
+
+def _curves(out):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rundir.read_history(out)]
+
+
+def test_seeds_trained_together_equal_separate_runs(mnist_dir, tmp_path):
+    """train.seeds with independent orders: each seed's run is the run it would be alone."""
+    from hpexp.run import run_seeds
+
+    base = [*SMALL, "dtype=float64", "train.shared_order=false", "regularizer=l2", "regularizer.lmbda=1"]
+    together = run_seeds(compose([*base, "train.seeds=[3,4]"]), tmp_path / "pop", progress=False)
+    assert [p.name for p in together] == ["seed_3", "seed_4"]
+    for seed, out in zip([3, 4], together, strict=True):
+        alone = run(compose([*base, f"seed={seed}"]), tmp_path / f"alone{seed}", progress=False)
+        assert len(_curves(out)) == len(_curves(alone)) == 2
+        for a, b in zip(_curves(out), _curves(alone), strict=True):
+            assert a == pytest.approx(b, abs=1e-9)
+        assert rundir.read_summary(out)["best_epoch"] == rundir.read_summary(alone)["best_epoch"]
+
+
+def test_population_refuses_configs_that_cannot_share_a_pass(tmp_path, no_data):
+    from hpexp.run import run_population
+
+    cfgs = [compose([*SMALL]), compose([*SMALL, "train.batch_size=20"])]
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        run_population(cfgs, [tmp_path / "a", tmp_path / "b"], progress=False)
+
+
+def test_eval_every_records_every_kth_epoch_and_the_last(mnist_dir, tmp_path):
+    out = run(compose([*SMALL, "train.epochs=7", "train.eval_every=3"]), tmp_path, progress=False)
+    assert [r["epoch"] for r in rundir.read_history(out)] == [3, 6, 7]
+
+
+def test_a_history_row_cut_short_is_skipped(tmp_path):
+    writer = rundir.HistoryWriter(tmp_path)
+    writer.append({"epoch": 1, "val_accuracy": 0.5})
+    writer.append({"epoch": 2, "val_accuracy": 0.6})
+    with (tmp_path / "history.csv").open("a") as f:
+        f.write("3")  # a crash in the middle of the third row
+    assert rundir.read_history(tmp_path) == [
+        {"epoch": 1, "val_accuracy": 0.5},
+        {"epoch": 2, "val_accuracy": 0.6},
+    ]
