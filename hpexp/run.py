@@ -43,10 +43,16 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictCo
     """The config `hpexp train OVERRIDES` would run, with the group choices under `choices`."""
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = hydra_compose(config_name, overrides=list(overrides), return_hydra_config=True)
-    choices = dict(cfg.hydra.runtime.choices)
+    return task_config(cfg)
+
+
+def task_config(hydra_cfg: DictConfig) -> DictConfig:
+    """The run's config from a config Hydra composed for a job: without `hydra`, with `choices`."""
+    choices = {k: v for k, v in hydra_cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
+    cfg = hydra_cfg.copy()
     with open_dict(cfg):
         del cfg["hydra"]
-        cfg.choices = {k: v for k, v in choices.items() if not k.startswith("hydra")}
+        cfg.choices = choices
     return cfg
 
 
@@ -350,7 +356,7 @@ def _recorder(
     def on_epoch(record: Record) -> Stop | None:
         history.append(record)
         if progress:
-            _progress(record, cfg.train.epochs, f"seed {cfg.seed}  " if label else "")
+            _progress(record, cfg.train.epochs, f"[{out.name}]  " if label else "")
         return hook(record) if hook else None
 
     return on_epoch

@@ -112,6 +112,23 @@ def test_configs_are_found_from_an_installed_wheel(tmp_path):
 
 def test_train_with_several_seeds_writes_one_run_each(mnist_dir, tmp_path):
     result = hpexp("train", *SMALL, "train.seeds=[1,2]", f"out_dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert "seed 2  epoch 2/2" in result.stdout
+    assert "[seed_2]  epoch 2/2" in result.stdout
     for seed in (1, 2):
         assert rundir.read_summary(tmp_path / "run" / f"seed_{seed}")["seed"] == seed
+
+
+def test_population_launcher_trains_a_grid_as_the_basic_launcher_does(mnist_dir, tmp_path):
+    """`hydra/launcher=population` gives each job the run directory the basic launcher gives it."""
+    grid = [*SMALL, "dtype=float64", "train.shared_order=false", "optimizer.eta=0.1,1.0", "seed=1,2"]
+    hpexp("train", "-m", *grid, "hydra.sweep.dir=basic", cwd=tmp_path)
+    result = hpexp("train", "-m", "hydra/launcher=population", *grid, "hydra.sweep.dir=pop", cwd=tmp_path)
+    assert "report: hpexp report pop" in result.stdout
+    for job in ("0", "1", "2", "3"):
+        pop, basic = (
+            rundir.read_history(tmp_path / "pop" / job),
+            rundir.read_history(tmp_path / "basic" / job),
+        )
+        assert len(pop) == len(basic) == 2
+        for a, b in zip(pop, basic, strict=True):
+            assert a["val_cost"] == pytest.approx(b["val_cost"], abs=1e-9)
+            assert a["eta"] == b["eta"]

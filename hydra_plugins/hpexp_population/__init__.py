@@ -1,0 +1,1 @@
+"""hpexp's Hydra plugin: the `population` launcher (see population_launcher.py)."""

@@ -1,0 +1,84 @@
+"""A Hydra launcher that trains a multirun grid as populations (`hydra/launcher=population`).
+
+Hydra hands a launcher every job of a sweep at once. This one composes each job's config, groups
+the jobs that differ only in per-member values (seed, eta, lmbda, momentum, dropout p, epochs,
+schedule, stopping, init; see hpexp.run.population_key) and trains each group in one vectorized
+pass with hpexp.run.run_population. Every job still gets its own run directory in the sweep
+folder, exactly as the basic launcher would make it, so reports cannot tell the difference.
+"""
+
+# No `from __future__ import annotations`: Hydra's plugin scan imports this module in a way that
+# leaves dataclass annotations as unresolvable strings.
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PopulationLauncherConf:
+    _target_: str = "hydra_plugins.hpexp_population.population_launcher.PopulationLauncher"
+
+
+ConfigStore.instance().store(
+    group="hydra/launcher", name="population", node=PopulationLauncherConf, provider="hpexp"
+)
+
+
+class PopulationLauncher(Launcher):
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+
+    def launch(self, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
+        from hpexp.data import DataError
+        from hpexp.run import population_key, run_population, task_config
+
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        jobs = []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(cfg):
+                cfg.hydra.job.id = cfg.hydra.job.num = idx
+            HydraConfig.instance().set_config(cfg)
+            task = task_config(cfg)
+            out = Path(task.out_dir) if task.out_dir else sweep_dir / str(cfg.hydra.sweep.subdir)
+            jobs.append((list(overrides), cfg, task, out))
+        groups: dict[str, list[int]] = {}
+        for i, (_, _, task, _) in enumerate(jobs):
+            groups.setdefault(population_key(task), []).append(i)
+        log.info(f"Training {len(jobs)} jobs as {len(groups)} population(s)")
+        for members in groups.values():
+            for i in members:
+                log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(jobs[i][0]))}")
+            try:
+                run_population([jobs[i][2] for i in members], [jobs[i][3] for i in members])
+            except (ValueError, DataError) as e:  # bad input: one clear line, as `hpexp train` gives
+                print(f"hpexp train: error: {e}", file=sys.stderr)
+                raise SystemExit(2) from None
+        print(f"run directories: {sweep_dir}\nreport: hpexp report {sweep_dir}")
+        return [
+            JobReturn(
+                overrides=o,
+                cfg=task,
+                hydra_cfg=cfg,
+                working_dir=os.getcwd(),
+                task_name="train",
+                status=JobStatus.COMPLETED,
+                _return_value=out,
+            )
+            for o, cfg, task, out in jobs
+        ]
