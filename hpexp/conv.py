@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -140,7 +141,7 @@ class MaxPool:
         self.out = self.infer(x)
         return self.out
 
-    def backward(self, delta: np.ndarray, propagate: bool = True) -> np.ndarray | None:
+    def backward(self, delta: np.ndarray, propagate: bool = True) -> np.ndarray:
         # One winner per region: in a tied region (a blank part of a digit gives many) the max moves
         # with any single element, so routing the gradient to all of them would multiply it.
         dx = np.zeros(self.x.shape, delta.dtype)
@@ -174,7 +175,7 @@ class L2Pool:
         self.shape = x.shape
         return self.out
 
-    def backward(self, delta: np.ndarray, propagate: bool = True) -> np.ndarray | None:
+    def backward(self, delta: np.ndarray, propagate: bool = True) -> np.ndarray:
         safe = np.where(self.out > 0, self.out, 1.0)  # an all-zero region has no gradient
         return _spread(self.regions * (delta / safe)[..., None, None], self.shape, self.size)
 
@@ -292,10 +293,10 @@ class ConvStack:
         return x.reshape(len(x), -1)
 
     def backward(self, delta: np.ndarray, propagate: bool = True) -> np.ndarray | None:
-        delta = delta.reshape(self.out_shape)
+        d: Any = delta.reshape(self.out_shape)  # None below the first layer when not propagated
         for i in range(len(self.layers) - 1, -1, -1):
-            delta = self.layers[i].backward(delta, propagate=propagate or i > 0)
-        return None if delta is None else delta.reshape(len(delta), -1)
+            d = self.layers[i].backward(d, propagate=propagate or i > 0)
+        return None if d is None else d.reshape(len(d), -1)
 
 
 @dataclass(frozen=True)
@@ -328,7 +329,11 @@ class ConvPoolSpec:
         init: Initializer,
         rng: np.random.Generator,
         dtype: str,
+        *,
+        output: bool = False,
     ) -> ConvPool:
+        """The layer with fresh weights; `output` is there for DenseSpec's signature (a conv layer
+        is never the output layer)."""
         channels, k = in_shape[0], self.size
         # network3 (after the Theano LeNet tutorial) counts a filter's outputs per pooled unit.
         fan = Fan(channels * k * k, self.filters * k * k / self.pool**2)

@@ -40,7 +40,14 @@ class LayerSpec(Protocol):
     def out_shape(self, in_shape: Shape) -> Shape: ...
 
     def build(
-        self, in_shape: Shape, activation: Activation, init: Initializer, rng: np.random.Generator, dtype: str
+        self,
+        in_shape: Shape,
+        activation: Activation,
+        init: Initializer,
+        rng: np.random.Generator,
+        dtype: str,
+        *,
+        output: bool = False,
     ) -> Any: ...
 
 
@@ -98,7 +105,7 @@ class Network:
         self.layers, self.cost = list(layers), cost
         arrays = [layer.params for layer in self.layers]
         # A population axis is the leading axes of the (dense) output layer's weights beyond the matrix.
-        lead = self.layers[-1].w.shape[:-2]
+        lead = _weights(self.layers[-1])[0].shape[:-2]
         self.lead = lead
         sizes = [int(np.prod(a.shape[len(lead) :])) for pair in arrays for a in pair]
         dtype = arrays[-1][0].dtype
@@ -213,7 +220,7 @@ class Network:
             return self._backprop_masked(x, y, masks)
         for layer in self.layers:
             x = layer.forward(x)
-        delta = self.cost.delta(x, y)
+        delta: Any = self.cost.delta(x, y)  # becomes None below the first layer
         delta *= 1.0 / y.shape[-1]
         for i in range(len(self.layers) - 1, -1, -1):
             delta = self.layers[i].backward(delta, propagate=i > 0)
@@ -221,7 +228,7 @@ class Network:
     def _backprop_masked(self, x: np.ndarray, y: np.ndarray, masks: Masks) -> None:
         for layer, mask in zip(self.layers, masks, strict=True):
             x = layer.forward(x if mask is None else x * mask)
-        delta = self.cost.delta(x, y)
+        delta: Any = self.cost.delta(x, y)  # becomes None below the first layer
         delta *= 1.0 / y.shape[-1]
         for i in range(len(self.layers) - 1, -1, -1):
             delta = self.layers[i].backward(delta, propagate=i > 0)
