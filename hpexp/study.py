@@ -19,477 +19,66 @@ on one machine, `hpexp study NAME --storage postgresql://USER@HOST/DB` with the 
 $HPEXP_DB_PASSWORD (or a file named by $HPEXP_DB_PASSWORD_FILE), then on each other machine the same
 command with `--join`; every machine runs `workers` processes and writes its trials' run
 directories locally (the trial's `host` and `run_dir` user attributes say where).
-This is the only module that imports Optuna.
+Only the study modules import Optuna: study_spec (the spec and its search space), study_storage
+(storage, secrets, stale trials), study_progress (what the coordinator prints), study_final (the
+test set, once) and this one (the search: coordinator, workers, trials, command line).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
-import csv
-import functools
-import io
-import json
 import math
 import multiprocessing
 import os
-import re
 import signal
-import socket
 import sys
-import threading
 import time
-import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 from omegaconf import DictConfig, OmegaConf
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from hpexp import rundir
-from hpexp.paths import config_dir, studies_dir
-from hpexp.run import ConfigError, compose, run, validate
+from hpexp.run import compose, run
+from hpexp.study_final import finalize, mean_ci
+from hpexp.study_progress import _watch, summary_text
+from hpexp.study_spec import Param, _monitor, check_spec, compose_trial, load_spec, parse_space, sample
+from hpexp.study_storage import (
+    FINISHED,
+    HOST,
+    PASSWORD_ENV,
+    PASSWORD_FILE_ENV,
+    _heartbeat,
+    _load,
+    _process_start,
+    _retry,
+    fail_stale,
+    mask,
+    open_storage,
+    study_dir,
+)
 from hpexp.train import Stop
 
-PASSWORD_ENV, PASSWORD_FILE_ENV = "HPEXP_DB_PASSWORD", "HPEXP_DB_PASSWORD_FILE"
-HOST = socket.gethostname()
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-TYPES = ("float", "int", "categorical")
-METRICS = {"val_accuracy": "maximize", "val_cost": "minimize", "val_loss": "minimize"}
-SAMPLERS = {
-    "tpe": "TPESampler",
-    "random": "RandomSampler",
-    "grid": "GridSampler",
-    "bruteforce": "BruteForceSampler",
-    "nsgaii": "NSGAIISampler",
-    "qmc": "QMCSampler",  # needs SciPy
-}
-PRUNERS = {
-    "median": "MedianPruner",
-    "percentile": "PercentilePruner",
-    "hyperband": "HyperbandPruner",
-    "successive_halving": "SuccessiveHalvingPruner",
-    "none": "NopPruner",
-}
-# Two-sided 95% Student t quantiles for 1..30 degrees of freedom (then the normal 1.96).
-T95 = [
-    12.706,
-    4.303,
-    3.182,
-    2.776,
-    2.571,
-    2.447,
-    2.365,
-    2.306,
-    2.262,
-    2.228,
-    2.201,
-    2.179,
-    2.160,
-    2.145,
-    2.131,
-    2.120,
-    2.110,
-    2.101,
-    2.093,
-    2.086,
-    2.080,
-    2.074,
-    2.069,
-    2.064,
-    2.060,
-    2.056,
-    2.052,
-    2.048,
-    2.045,
-    2.042,
+__all__ = [
+    "PASSWORD_ENV",
+    "PASSWORD_FILE_ENV",
+    "Param",
+    "finalize",
+    "load_spec",
+    "main",
+    "mask",
+    "mean_ci",
+    "open_storage",
+    "parse_space",
+    "prepare",
+    "sample",
+    "search",
+    "work",
 ]
-
-
-# --- the spec ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Param:
-    """One search dimension: a dotted config key (or a config group) and its distribution."""
-
-    name: str
-    type: str
-    low: float = 0.0
-    high: float = 0.0
-    log: bool = False
-    step: float | None = None
-    choices: tuple[Any, ...] = ()
-    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
-
-
-def load_spec(name: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """`studies/NAME.yaml` (or a path to a YAML file) composed by Hydra with `overrides`."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-
-    path = Path(name)
-    folder, stem = (path.parent.resolve(), path.stem) if path.suffix == ".yaml" else (studies_dir(), name)
-    if not (folder / f"{stem}.yaml").is_file():
-        known = sorted(p.stem for p in studies_dir().glob("*.yaml"))
-        raise ConfigError(f"no study spec {folder / stem}.yaml; shipped studies: {', '.join(known)}")
-    try:
-        with initialize_config_dir(config_dir=str(folder), version_base="1.3"):
-            spec = hydra_compose(stem, overrides=list(overrides))
-    except HydraException as e:
-        raise ConfigError(f"study spec {stem}: {e}") from e
-    defaults: dict[str, Any] = {
-        "name": stem,
-        "base": [],
-        "baseline": None,
-        "timeout": None,
-        "storage": None,
-        "storage_password_file": None,
-        "seed": 0,
-        "final_seeds": 3,
-        "finalize": False,
-    }
-    merged = OmegaConf.merge(defaults, spec)
-    assert isinstance(merged, DictConfig)
-    return merged
-
-
-def _flatten(node: Any, prefix: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-    """Leaves of the search tree: a mapping with a `type` is one parameter named by its path."""
-    for key, value in node.items():
-        name = f"{prefix}{key}"
-        if not isinstance(value, dict):
-            raise ConfigError(f"search.{name}: expected a mapping with `type`, got {value!r}")
-        if "type" in value or not value:
-            yield name, value
-        else:
-            yield from _flatten(value, f"{name}.")
-
-
-def parse_space(search: Any) -> list[Param]:
-    """The search space as Params, checked: types, low < high, log needs low > 0, choices."""
-    raw = OmegaConf.to_container(search, resolve=True) if isinstance(search, DictConfig) else search
-    merged: dict[str, dict[str, Any]] = {}
-    for name, entry in _flatten(raw or {}):  # `a.b: {...}` and `a: {b: {...}}` are the same key
-        merged.setdefault(name, {}).update(entry)
-    if not merged:
-        raise ConfigError("the search space is empty: give at least one `search.KEY: {type: ...}`")
-    return [_param(name, entry) for name, entry in merged.items()]
-
-
-def _param(name: str, e: dict[str, Any]) -> Param:
-    where = f"search.{name}"
-    unknown = set(e) - {"type", "low", "high", "log", "step", "choices", "when"}
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}")
-    kind = e.get("type")
-    if kind not in TYPES:
-        raise ConfigError(f"{where}: type must be one of {list(TYPES)}, got {kind!r}")
-    when = tuple((k, tuple(v) if isinstance(v, list) else (v,)) for k, v in (e.get("when") or {}).items())
-    if kind == "categorical":
-        choices = e.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise ConfigError(f"{where}: categorical needs a non-empty `choices` list, got {choices!r}")
-        return Param(name, kind, choices=tuple(choices), when=when)
-    low: Any = e.get("low")
-    high: Any = e.get("high")
-    log, step = bool(e.get("log", False)), e.get("step")
-    number = int if kind == "int" else (int, float)
-    if not all(isinstance(v, number) and not isinstance(v, bool) for v in (low, high)):
-        raise ConfigError(f"{where}: {kind} needs numeric `low` and `high`, got low={low!r} high={high!r}")
-    if not low < high:
-        raise ConfigError(f"{where}: low must be < high, got low={low} high={high}")
-    if log and low <= 0:
-        raise ConfigError(f"{where}: log scale needs low > 0, got low={low}")
-    if step is not None and (log or not step > 0):
-        raise ConfigError(f"{where}: step must be > 0 and cannot be combined with log, got step={step}")
-    return Param(name, kind, float(low), float(high), log, step, when=when)
-
-
-@functools.lru_cache(maxsize=1)
-def _groups() -> frozenset[str]:
-    return frozenset(p.name for p in config_dir().iterdir() if p.is_dir())
-
-
-def _override(name: str, value: Any) -> str:
-    text = repr(value) if isinstance(value, float) else str(value)
-    return f"{name}={text}"
-
-
-def check_spec(spec: DictConfig) -> tuple[list[Param], DictConfig]:
-    """Everything that can be checked before a trial runs; returns the space and the base config."""
-    if not (isinstance(spec.n_trials, int) and spec.n_trials >= 1):
-        raise ConfigError(f"n_trials must be an integer >= 1, got {spec.n_trials!r}")
-    if not (isinstance(spec.workers, int) and spec.workers >= 1):
-        raise ConfigError(f"workers must be an integer >= 1, got {spec.workers!r}")
-    if spec.timeout is not None and not (isinstance(spec.timeout, int | float) and spec.timeout > 0):
-        raise ConfigError(f"timeout must be a number of seconds > 0 or null, got {spec.timeout!r}")
-    if spec.objective.metric not in METRICS:
-        raise ConfigError(f"objective.metric must be one of {list(METRICS)}, got {spec.objective.metric!r}")
-    if spec.objective.direction not in ("maximize", "minimize"):
-        raise ConfigError(
-            f"objective.direction must be maximize or minimize, got {spec.objective.direction!r}"
-        )
-    if spec.sampler.name not in SAMPLERS or spec.pruner.name not in PRUNERS:
-        raise ConfigError(
-            f"sampler.name must be one of {list(SAMPLERS)} and pruner.name one of {list(PRUNERS)}; "
-            f"got {spec.sampler.name!r}, {spec.pruner.name!r}"
-        )
-    params, base = parse_space(spec.search), compose(list(spec.base))
-    groups = _groups()
-    for p in params:
-        _check_key(p, spec, groups)
-    baseline = OmegaConf.to_container(spec.baseline) if spec.baseline else {}
-    assert isinstance(baseline, dict)
-    if missing := set(baseline) - {p.name for p in params}:
-        raise ConfigError(f"baseline sets {sorted(missing)}, which are not in the search space")
-    validate(compose([*spec.base, *(_override(str(k), v) for k, v in baseline.items())]))
-    return params, base
-
-
-def _check_key(p: Param, spec: DictConfig, groups: frozenset[str]) -> None:
-    """The key must exist in the config the trial composes when its `when` guard holds."""
-    if p.name in groups:
-        options = {f.stem for f in (config_dir() / p.name).glob("*.yaml")}
-        if p.type != "categorical" or set(map(str, p.choices)) - options:
-            raise ConfigError(
-                f"search.{p.name} picks a config group: it must be categorical over "
-                f"its options {sorted(options)}, got {p.type} {list(p.choices)}"
-            )
-        return
-    guard = [_override(k, v[0]) for k, v in p.when]
-    cfg = compose([*spec.base, *guard])
-    if OmegaConf.select(cfg, p.name, default="<missing>") == "<missing>":
-        raise ConfigError(
-            f"search.{p.name} is not a config key (with base overrides {list(spec.base)} "
-            f"and its guard {guard or 'none'}); check the spelling with `hpexp train --cfg job`"
-        )
-    if isinstance(OmegaConf.select(cfg, p.name), DictConfig):
-        raise ConfigError(f"search.{p.name} is a config section, not a value")
-
-
-def compose_trial(overrides: Sequence[str]) -> DictConfig:
-    """`compose(overrides)`, faster: Hydra composes the config-group choices once per distinct set,
-    then Hydra's own override parser applies the value overrides (`optimizer.eta=0.3`) to a copy.
-    The result equals `compose(overrides)` (tested); anything unusual takes the full path."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    groups = _groups()
-    is_value = [
-        re.fullmatch(r"[A-Za-z_][\w.]*=.*", o) is not None and o.split("=")[0] not in groups
-        for o in overrides
-    ]
-    structure = tuple(o for o, v in zip(overrides, is_value, strict=True) if not v)
-    values = [o for o, v in zip(overrides, is_value, strict=True) if v]
-    try:
-        cfg = copy.deepcopy(_compose_cached(structure))
-        ConfigLoaderImpl._apply_overrides_to_config(OverridesParser.create().parse_overrides(values), cfg)
-        return cfg
-    except Exception:  # let Hydra compose it all, and word any error its usual way
-        return compose(list(overrides))
-
-
-@functools.lru_cache(maxsize=16)
-def _compose_cached(structure: tuple[str, ...]) -> DictConfig:
-    return compose(list(structure))
-
-
-def sample(trial: optuna.Trial, params: Sequence[Param], base: DictConfig) -> list[str]:
-    """Suggest every parameter whose guard holds (in order); returns them as Hydra overrides."""
-    values: dict[str, Any] = {}
-    for p in params:
-        if not all(_current(k, values, base) in allowed for k, allowed in p.when):
-            continue
-        if p.type == "categorical":
-            values[p.name] = trial.suggest_categorical(p.name, list(p.choices))
-        elif p.type == "int":
-            values[p.name] = trial.suggest_int(
-                p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log
-            )
-        else:
-            values[p.name] = trial.suggest_float(p.name, p.low, p.high, step=p.step, log=p.log)
-    return [_override(k, v) for k, v in values.items()]
-
-
-def _current(key: str, values: dict[str, Any], base: DictConfig) -> Any:
-    if key in values:
-        return values[key]
-    if key in base.choices:
-        return base.choices[key]
-    return OmegaConf.select(base, key)
-
-
-# --- storage -------------------------------------------------------------------------------------
-
-
-def mask(text: str) -> str:
-    """`text` with any password in URLs (user:PASSWORD@ or password=...) replaced by ***."""
-    text = re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
-    return re.sub(r"(password=)[^&\s]+", r"\1***", text, flags=re.IGNORECASE)
-
-
-def _password(spec: DictConfig) -> str | None:
-    if value := os.environ.get(PASSWORD_ENV):
-        return value
-    path = spec.storage_password_file or os.environ.get(PASSWORD_FILE_ENV)
-    if path:
-        try:
-            return Path(path).expanduser().read_text().strip()
-        except OSError as e:
-            raise ConfigError(f"cannot read the database password file {path}: {e.strerror}") from e
-    return None
-
-
-def _rdb_url(spec: DictConfig) -> str:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        url = make_url(spec.storage)
-    except ArgumentError as e:
-        raise ConfigError(f"storage {mask(spec.storage)!r} is not a database URL: {e}") from e
-    if url.password or "password" in url.query:
-        raise ConfigError(
-            f"storage {mask(spec.storage)} has a password in it: it would be saved with the spec. "
-            f"Put it in ${PASSWORD_ENV}, or in a file named by ${PASSWORD_FILE_ENV} or storage_password_file"
-        )
-    if url.drivername in ("postgres", "postgresql"):  # SQLAlchemy 2.1 means psycopg 3 by it
-        import importlib.util
-
-        url = url.set(
-            drivername="postgresql+psycopg" if importlib.util.find_spec("psycopg") else "postgresql+psycopg2"
-        )
-    if (password := _password(spec)) is not None:
-        url = url.set(password=password)
-    return url.render_as_string(hide_password=False)
-
-
-def open_storage(spec: DictConfig, folder: Path) -> optuna.storages.BaseStorage:
-    """The spec's storage (default: the Journal file in `folder`), reachable, or a ConfigError."""
-    if not spec.storage:
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        folder.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(folder / "journal.log")))
-    url = _rdb_url(spec)
-    kwargs = {"connect_args": {"connect_timeout": 10}} if url.startswith("postgres") else {}
-    try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=kwargs,
-            heartbeat_interval=10,
-            grace_period=30,
-            heartbeat_stale_trial_callback=_retry,
-        )
-    except Exception as e:  # sqlalchemy and driver errors share no useful base class
-        reason = mask(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
-        raise ConfigError(f"cannot reach storage {mask(spec.storage)}: {reason}") from None
-
-
-def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Enqueue a failed trial again with the same parameters (it keeps its budget slot)."""
-    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-
-
-def _alive(pid: int, started: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return started is None or _process_start(pid) in (None, started)  # a reused pid is another process
-
-
-def _process_start(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def fail_stale(study: optuna.Study) -> list[int]:
-    """Fail (and enqueue again) RUNNING trials whose worker on this host is gone; returns them."""
-    if getattr(study._storage, "get_heartbeat_interval", lambda: None)():  # RDB heartbeats
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-    failed = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        a = t.user_attrs
-        if a.get("host") != HOST or "pid" not in a or _alive(a["pid"], a.get("pid_start")):
-            continue
-        try:
-            # Optuna has no public way to annotate a trial another process owns.
-            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"worker {HOST}:{a['pid']} died")
-            study.tell(t.number, state=TrialState.FAIL)
-        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
-            continue  # another process got there first
-        _retry(study, t)
-        failed.append(t.number)
-    return failed
-
-
-# --- the study and its trials --------------------------------------------------------------------
-
-
-def make_sampler(spec: DictConfig, params: Sequence[Param], worker: int = 0) -> optuna.samplers.BaseSampler:
-    """The spec's sampler, seeded with seed + `worker` (distinct per worker and per restart)."""
-    args = {str(k): v for k, v in OmegaConf.to_container(spec.sampler).items() if k != "name"}  # type: ignore[union-attr]
-    if spec.sampler.name == "grid":
-        args["search_space"] = {p.name: _grid(p) for p in params}
-    if args.get("seed") is not None:
-        args["seed"] += worker
-    try:
-        return getattr(optuna.samplers, SAMPLERS[spec.sampler.name])(**args)
-    except (TypeError, ValueError, ImportError) as e:
-        raise ConfigError(f"sampler {spec.sampler.name} with {args}: {e}") from e
-
-
-def _grid(p: Param) -> list[Any]:
-    if p.type == "categorical":
-        return list(p.choices)
-    if p.step is None and p.type == "float":
-        raise ConfigError(f"the grid sampler needs a step or choices for search.{p.name}")
-    step = p.step or 1
-    return [p.low + i * step for i in range(int(math.floor((p.high - p.low) / step + 1e-9)) + 1)]
-
-
-def make_pruner(spec: DictConfig) -> optuna.pruners.BasePruner:
-    args = {str(k): v for k, v in OmegaConf.to_container(spec.pruner).items() if k != "name"}  # type: ignore[union-attr]
-    try:
-        return getattr(optuna.pruners, PRUNERS[spec.pruner.name])(**args)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"pruner {spec.pruner.name} with {args}: {e}") from e
-
-
-def study_dir(spec: DictConfig, runs: Path) -> Path:
-    return Path(runs) / "studies" / spec.name
-
-
-def _load(spec: DictConfig, runs: Path, params: Sequence[Param], worker: int, create: bool) -> optuna.Study:
-    storage = open_storage(spec, study_dir(spec, runs))
-    kwargs = dict(
-        study_name=spec.name,
-        storage=storage,
-        sampler=make_sampler(spec, params, worker),
-        pruner=make_pruner(spec),
-    )
-    if create:
-        return optuna.create_study(direction=spec.objective.direction, load_if_exists=True, **kwargs)
-    try:
-        return optuna.load_study(**kwargs)
-    except KeyError:
-        raise ConfigError(
-            f"no study {spec.name!r} in {mask(spec.storage or 'the journal')}: start it first without --join"
-        ) from None
 
 
 def prepare(spec: DictConfig, runs: Path, *, join: bool = False) -> tuple[optuna.Study, list[Param]]:
@@ -542,31 +131,6 @@ def work(spec_data: dict[str, Any], runs: Path, worker: int = 0, deadline: float
     return done
 
 
-@contextlib.contextmanager
-def _heartbeat(storage: Any, trial_id: int) -> Iterator[None]:
-    """Beat for the trial while it runs, when the storage has heartbeats (RDB)."""
-    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
-    if not interval:
-        yield
-        return
-    stop = threading.Event()
-
-    def beat() -> None:
-        while True:
-            with contextlib.suppress(Exception):
-                storage.record_heartbeat(trial_id)
-            if stop.wait(interval):
-                return
-
-    thread = threading.Thread(target=beat, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
 def run_trial(
     study: optuna.Study,
     trial: optuna.Trial,
@@ -617,12 +181,6 @@ def run_trial(
         _finish(study, trial, TrialState.FAIL, fail_reason=f"diverged: {summary['stop_reason']}", **attrs)
     else:
         _finish(study, trial, TrialState.COMPLETE, best[0], **attrs)
-
-
-def _monitor(base: DictConfig) -> str:
-    """Trials monitor what the base config does, minus the test split, plus validation."""
-    splits = [s for s in base.train.monitor if s != "test"]
-    return f"train.monitor=[{','.join(splits + ['val'] * ('val' not in splits))}]"
 
 
 def _reporter(trial: optuna.Trial, metric: str) -> Any:
@@ -706,207 +264,6 @@ def _one_blas_thread() -> Iterator[None]:
                 os.environ.pop(n, None)
             else:
                 os.environ[n] = v
-
-
-def _watch(study: optuna.Study, workers: list[Any], spec: DictConfig, quiet: bool) -> None:
-    seen: set[int] = set()
-    tty = sys.stdout.isatty() and not quiet
-    last = time.monotonic()
-    while True:
-        alive = any(w.is_alive() for w in workers)
-        trials = study.get_trials(deepcopy=False)
-        for t in trials:
-            if t.state in FINISHED and t.number not in seen:
-                seen.add(t.number)
-                if not quiet:
-                    print(("\r\033[K" if tty else "") + _trial_line(t, trials, spec, seen), flush=True)
-        if tty:
-            print("\r\033[K" + _status_line(trials, spec), end="", flush=True)
-        elif not quiet and time.monotonic() - last >= 60:  # a log file gets the running epochs once a minute
-            print(_status_line(trials, spec), flush=True)
-            last = time.monotonic()
-        if not alive:
-            break
-        time.sleep(0.5)
-    if tty:
-        print("\r\033[K", end="", flush=True)
-
-
-def _best(trials: Sequence[FrozenTrial], spec: DictConfig) -> FrozenTrial | None:
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    pick = max if spec.objective.direction == "maximize" else min
-    return pick(complete, key=lambda t: t.value, default=None)  # type: ignore[arg-type,return-value]
-
-
-def _counts(trials: Sequence[FrozenTrial], spec: DictConfig, numbers: set[int] | None = None) -> str:
-    """ "k/n done": finished trials (among `numbers`, if given), a failed-and-retried trial not counted."""
-    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
-    done = sum(
-        t.state in FINISHED and t.number not in retried and (numbers is None or t.number in numbers)
-        for t in trials
-    )
-    return f"{done}/{spec.n_trials} done"
-
-
-def _status_line(trials: Sequence[FrozenTrial], spec: DictConfig) -> str:
-    best = _best(trials, spec)
-    running = [f"#{t.number} epoch {t.last_step or 0}" for t in trials if t.state == TrialState.RUNNING]
-    best_text = f"best {best.value:.4f} (#{best.number})" if best else "best -"
-    return f"[{_counts(trials, spec)}, {best_text}; running {', '.join(running) or '-'}]"
-
-
-def _trial_line(t: FrozenTrial, trials: Sequence[FrozenTrial], spec: DictConfig, seen: set[int]) -> str:
-    best = _best(trials, spec)
-    value = f"{spec.objective.metric} {t.value:.4f}" if t.value is not None else ""
-    why = t.user_attrs.get("fail_reason") or (
-        t.user_attrs.get("stop_reason") if t.state != TrialState.COMPLETE else ""
-    )
-    params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
-    parts = [
-        f"trial {t.number:>4} {t.state.name.lower():8}",
-        value,
-        params,
-        why or "",
-        f"| {_counts(trials, spec, seen)}",
-        f"best {best.value:.4f} (#{best.number})" if best else "",
-    ]
-    return "  ".join(p for p in parts if p)
-
-
-def summary_text(study: optuna.Study, spec: DictConfig, runs: Path) -> str:
-    trials = study.get_trials(deepcopy=False)
-    folder = study_dir(spec, runs)
-    states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
-    lines = [f"study {spec.name}: " + ", ".join(f"{n} {k}" for k, n in states.items() if n)]
-    if best := _best(trials, spec):
-        lines += [
-            f"best trial #{best.number}: {spec.objective.metric} {best.value:.4f} at epoch "
-            f"{best.user_attrs.get('best_epoch')}",
-            f"  overrides: {' '.join(best.user_attrs.get('overrides', []))}",
-            f"  run directory: {best.user_attrs.get('run_dir')}",
-        ]
-    lines += [
-        f"study folder: {folder} (spec.yaml, trials/NNNN/ run directories"
-        + (", journal.log)" if not spec.storage else f"); storage {mask(spec.storage)}"),
-        f"score the test set once: hpexp study {spec.name} --finalize",
-        f"report: hpexp report --study {spec.name}",
-    ]
-    return "\n".join(lines)
-
-
-# --- finalize: the test set, once ----------------------------------------------------------------
-
-
-def finalize(spec: DictConfig, runs: Path = Path("runs"), seeds: int | None = None) -> dict[str, Any]:
-    """Retrain the best trial's config with K fresh seeds (epoch chosen by validation), score test once."""
-    from hpexp import data
-    from hpexp.network import Network
-    from hpexp.train import evaluate, rng_streams
-
-    k = seeds or spec.final_seeds
-    if not (isinstance(k, int) and k >= 1):
-        raise ConfigError(f"final_seeds must be an integer >= 1, got {k!r}")
-    params = parse_space(spec.search)
-    study = _load(spec, runs, params, 0, create=False)
-    best = _best(study.get_trials(deepcopy=False), spec)
-    if best is None:
-        raise ConfigError(f"study {spec.name} has no completed trial to finalize; run the search first")
-    folder, base = study_dir(spec, runs), compose(list(spec.base))
-    overrides = [*spec.base, *best.user_attrs["overrides"], _monitor(base)]
-    rows, test = [], None
-    for seed in range(spec.seed + 1, spec.seed + 1 + k):
-        cfg = compose([*overrides, f"seed={seed}", "train.restore_best=true", "train.save_weights=true"])
-        out = run(cfg, folder / "final" / f"seed_{seed}", progress=False, allow_test=False)
-        summary = rundir.read_summary(out)
-        if test is None:  # the one place a study reads the test split
-            d = cfg.data
-            test = data.load_splits(
-                d.dir,
-                n_train=d.n_train,
-                n_validation=d.n_validation,
-                scale=d.scale,
-                dtype=cfg.dtype,
-                splits=["test"],
-            )["test"]
-        parts = validate(cfg)
-        network = Network.create(
-            cfg.network.sizes, parts.activation, parts.cost, parts.init, rng_streams(seed)["init"], cfg.dtype
-        )
-        with np.load(out / "weights.npz") as saved:
-            for i, p in enumerate(network.params):
-                p[...] = saved[f"arr_{i}"]
-        test_cost, test_accuracy = evaluate(network, test)
-        chosen = summary.get("best") or {}
-        rows.append(
-            {
-                "seed": seed,
-                "best_epoch": summary.get("best_epoch"),
-                "status": summary["status"],
-                "val_accuracy": chosen.get("val_accuracy", math.nan),
-                "test_accuracy": float(test_accuracy),
-                "val_cost": chosen.get("val_cost", math.nan),
-                "test_cost": float(test_cost),
-                "run_dir": str(out.resolve()),
-            }
-        )
-        print(
-            f"seed {seed}: epoch {rows[-1]['best_epoch']}  val {100 * rows[-1]['val_accuracy']:.2f}%  "
-            f"test {100 * rows[-1]['test_accuracy']:.2f}%",
-            flush=True,
-        )
-    result = _final_result(spec, best, rows)
-    rundir.write_atomic(folder / "final.json", json.dumps(result, indent=2) + "\n")
-    rundir.write_atomic(folder / "final.csv", _final_csv(result))
-    print(
-        f"final ({k} seeds, 95% CI): val {_pm(result, 'val_accuracy')}  test {_pm(result, 'test_accuracy')}\n"
-        f"wrote {folder / 'final.json'} and {folder / 'final.csv'}",
-        flush=True,
-    )
-    return result
-
-
-def mean_ci(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% confidence interval (Student t; 0 for one value)."""
-    x = np.asarray(values, dtype=float)
-    if len(x) < 2:
-        return float(x.mean()), math.nan
-    t = T95[len(x) - 2] if len(x) - 1 <= len(T95) else 1.96
-    return float(x.mean()), float(t * x.std(ddof=1) / math.sqrt(len(x)))
-
-
-COLUMNS = ("val_accuracy", "test_accuracy", "val_cost", "test_cost")
-
-
-def _final_result(spec: DictConfig, best: FrozenTrial, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    stats = {c: mean_ci([r[c] for r in rows]) for c in COLUMNS}
-    return {
-        "study": spec.name,
-        "objective": spec.objective.metric,
-        "best_trial": best.number,
-        "best_value": best.value,
-        "params": best.params,
-        "overrides": best.user_attrs["overrides"],
-        "base": list(spec.base),
-        "selection": "each seed's epoch by validation accuracy; test scored once",
-        "seeds": rows,
-        "mean": {c: m for c, (m, _) in stats.items()},
-        "ci95": {c: h for c, (_, h) in stats.items()},
-    }
-
-
-def _final_csv(result: dict[str, Any]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["seed", "best_epoch", *COLUMNS])
-    for r in result["seeds"]:
-        writer.writerow([r["seed"], r["best_epoch"], *(r[c] for c in COLUMNS)])
-    writer.writerow(["mean", "", *(result["mean"][c] for c in COLUMNS)])
-    writer.writerow(["ci95", "", *(result["ci95"][c] for c in COLUMNS)])
-    return out.getvalue()
-
-
-def _pm(result: dict[str, Any], column: str) -> str:
-    return f"{100 * result['mean'][column]:.2f}% +/- {100 * result['ci95'][column]:.2f}"
 
 
 # --- command line --------------------------------------------------------------------------------

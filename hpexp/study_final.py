@@ -1,0 +1,168 @@
+"""Finalize a study: retrain its best configuration with fresh seeds, choose each seed's epoch by
+validation, score the test set once, and write `final.json` and `final.csv` (mean +/- 95% CI)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+from optuna.trial import FrozenTrial
+
+from hpexp import rundir
+from hpexp.run import ConfigError, compose, run, validate
+from hpexp.study_progress import _best
+from hpexp.study_spec import _monitor, parse_space
+from hpexp.study_storage import _load, study_dir
+
+# Two-sided 95% Student t quantiles for 1..30 degrees of freedom (then the normal 1.96).
+T95 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
+
+
+def finalize(spec: DictConfig, runs: Path = Path("runs"), seeds: int | None = None) -> dict[str, Any]:
+    """Retrain the best trial's config with K fresh seeds (epoch chosen by validation), score test once."""
+    from hpexp import data
+    from hpexp.network import Network
+    from hpexp.train import evaluate, rng_streams
+
+    k = seeds or spec.final_seeds
+    if not (isinstance(k, int) and k >= 1):
+        raise ConfigError(f"final_seeds must be an integer >= 1, got {k!r}")
+    params = parse_space(spec.search)
+    study = _load(spec, runs, params, 0, create=False)
+    best = _best(study.get_trials(deepcopy=False), spec)
+    if best is None:
+        raise ConfigError(f"study {spec.name} has no completed trial to finalize; run the search first")
+    folder, base = study_dir(spec, runs), compose(list(spec.base))
+    overrides = [*spec.base, *best.user_attrs["overrides"], _monitor(base)]
+    rows, test = [], None
+    for seed in range(spec.seed + 1, spec.seed + 1 + k):
+        cfg = compose([*overrides, f"seed={seed}", "train.restore_best=true", "train.save_weights=true"])
+        out = run(cfg, folder / "final" / f"seed_{seed}", progress=False, allow_test=False)
+        summary = rundir.read_summary(out)
+        if test is None:  # the one place a study reads the test split
+            d = cfg.data
+            test = data.load_splits(
+                d.dir,
+                n_train=d.n_train,
+                n_validation=d.n_validation,
+                scale=d.scale,
+                dtype=cfg.dtype,
+                splits=["test"],
+            )["test"]
+        parts = validate(cfg)
+        network = Network.create(
+            cfg.network.sizes, parts.activation, parts.cost, parts.init, rng_streams(seed)["init"], cfg.dtype
+        )
+        with np.load(out / "weights.npz") as saved:
+            for i, p in enumerate(network.params):
+                p[...] = saved[f"arr_{i}"]
+        test_cost, test_accuracy = evaluate(network, test)
+        chosen = summary.get("best") or {}
+        rows.append(
+            {
+                "seed": seed,
+                "best_epoch": summary.get("best_epoch"),
+                "status": summary["status"],
+                "val_accuracy": chosen.get("val_accuracy", math.nan),
+                "test_accuracy": float(test_accuracy),
+                "val_cost": chosen.get("val_cost", math.nan),
+                "test_cost": float(test_cost),
+                "run_dir": str(out.resolve()),
+            }
+        )
+        print(
+            f"seed {seed}: epoch {rows[-1]['best_epoch']}  val {100 * rows[-1]['val_accuracy']:.2f}%  "
+            f"test {100 * rows[-1]['test_accuracy']:.2f}%",
+            flush=True,
+        )
+    result = _final_result(spec, best, rows)
+    rundir.write_atomic(folder / "final.json", json.dumps(result, indent=2) + "\n")
+    rundir.write_atomic(folder / "final.csv", _final_csv(result))
+    print(
+        f"final ({k} seeds, 95% CI): val {_pm(result, 'val_accuracy')}  test {_pm(result, 'test_accuracy')}\n"
+        f"wrote {folder / 'final.json'} and {folder / 'final.csv'}",
+        flush=True,
+    )
+    return result
+
+
+def mean_ci(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% confidence interval (Student t; 0 for one value)."""
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2:
+        return float(x.mean()), math.nan
+    t = T95[len(x) - 2] if len(x) - 1 <= len(T95) else 1.96
+    return float(x.mean()), float(t * x.std(ddof=1) / math.sqrt(len(x)))
+
+
+COLUMNS = ("val_accuracy", "test_accuracy", "val_cost", "test_cost")
+
+
+def _final_result(spec: DictConfig, best: FrozenTrial, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    stats = {c: mean_ci([r[c] for r in rows]) for c in COLUMNS}
+    return {
+        "study": spec.name,
+        "objective": spec.objective.metric,
+        "best_trial": best.number,
+        "best_value": best.value,
+        "params": best.params,
+        "overrides": best.user_attrs["overrides"],
+        "base": list(spec.base),
+        "selection": "each seed's epoch by validation accuracy; test scored once",
+        "seeds": rows,
+        "mean": {c: m for c, (m, _) in stats.items()},
+        "ci95": {c: h for c, (_, h) in stats.items()},
+    }
+
+
+def _final_csv(result: dict[str, Any]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["seed", "best_epoch", *COLUMNS])
+    for r in result["seeds"]:
+        writer.writerow([r["seed"], r["best_epoch"], *(r[c] for c in COLUMNS)])
+    writer.writerow(["mean", "", *(result["mean"][c] for c in COLUMNS)])
+    writer.writerow(["ci95", "", *(result["ci95"][c] for c in COLUMNS)])
+    return out.getvalue()
+
+
+def _pm(result: dict[str, Any], column: str) -> str:
+    return f"{100 * result['mean'][column]:.2f}% +/- {100 * result['ci95'][column]:.2f}"

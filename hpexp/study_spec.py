@@ -1,0 +1,255 @@
+"""Study specs: load `studies/NAME.yaml` through Hydra, check it, and turn its search space into
+trial configs (Optuna suggestions -> Hydra overrides -> a composed config)."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+
+from hpexp.paths import config_dir, studies_dir
+from hpexp.run import ConfigError, compose, validate
+
+TYPES = ("float", "int", "categorical")
+METRICS = {"val_accuracy": "maximize", "val_cost": "minimize", "val_loss": "minimize"}
+SAMPLERS = {
+    "tpe": "TPESampler",
+    "random": "RandomSampler",
+    "grid": "GridSampler",
+    "bruteforce": "BruteForceSampler",
+    "nsgaii": "NSGAIISampler",
+    "qmc": "QMCSampler",  # needs SciPy
+}
+PRUNERS = {
+    "median": "MedianPruner",
+    "percentile": "PercentilePruner",
+    "hyperband": "HyperbandPruner",
+    "successive_halving": "SuccessiveHalvingPruner",
+    "none": "NopPruner",
+}
+# Two-sided 95% Student t quantiles for 1..30 degrees of freedom (then the normal 1.96).
+
+
+@dataclass(frozen=True)
+class Param:
+    """One search dimension: a dotted config key (or a config group) and its distribution."""
+
+    name: str
+    type: str
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+
+def load_spec(name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """`studies/NAME.yaml` (or a path to a YAML file) composed by Hydra with `overrides`."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+
+    path = Path(name)
+    folder, stem = (path.parent.resolve(), path.stem) if path.suffix == ".yaml" else (studies_dir(), name)
+    if not (folder / f"{stem}.yaml").is_file():
+        known = sorted(p.stem for p in studies_dir().glob("*.yaml"))
+        raise ConfigError(f"no study spec {folder / stem}.yaml; shipped studies: {', '.join(known)}")
+    try:
+        with initialize_config_dir(config_dir=str(folder), version_base="1.3"):
+            spec = hydra_compose(stem, overrides=list(overrides))
+    except HydraException as e:
+        raise ConfigError(f"study spec {stem}: {e}") from e
+    defaults: dict[str, Any] = {
+        "name": stem,
+        "base": [],
+        "baseline": None,
+        "timeout": None,
+        "storage": None,
+        "storage_password_file": None,
+        "seed": 0,
+        "final_seeds": 3,
+        "finalize": False,
+    }
+    merged = OmegaConf.merge(defaults, spec)
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+def _flatten(node: Any, prefix: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Leaves of the search tree: a mapping with a `type` is one parameter named by its path."""
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if not isinstance(value, dict):
+            raise ConfigError(f"search.{name}: expected a mapping with `type`, got {value!r}")
+        if "type" in value or not value:
+            yield name, value
+        else:
+            yield from _flatten(value, f"{name}.")
+
+
+def parse_space(search: Any) -> list[Param]:
+    """The search space as Params, checked: types, low < high, log needs low > 0, choices."""
+    raw = OmegaConf.to_container(search, resolve=True) if isinstance(search, DictConfig) else search
+    merged: dict[str, dict[str, Any]] = {}
+    for name, entry in _flatten(raw or {}):  # `a.b: {...}` and `a: {b: {...}}` are the same key
+        merged.setdefault(name, {}).update(entry)
+    if not merged:
+        raise ConfigError("the search space is empty: give at least one `search.KEY: {type: ...}`")
+    return [_param(name, entry) for name, entry in merged.items()]
+
+
+def _param(name: str, e: dict[str, Any]) -> Param:
+    where = f"search.{name}"
+    unknown = set(e) - {"type", "low", "high", "log", "step", "choices", "when"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}")
+    kind = e.get("type")
+    if kind not in TYPES:
+        raise ConfigError(f"{where}: type must be one of {list(TYPES)}, got {kind!r}")
+    when = tuple((k, tuple(v) if isinstance(v, list) else (v,)) for k, v in (e.get("when") or {}).items())
+    if kind == "categorical":
+        choices = e.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{where}: categorical needs a non-empty `choices` list, got {choices!r}")
+        return Param(name, kind, choices=tuple(choices), when=when)
+    low: Any = e.get("low")
+    high: Any = e.get("high")
+    log, step = bool(e.get("log", False)), e.get("step")
+    number = int if kind == "int" else (int, float)
+    if not all(isinstance(v, number) and not isinstance(v, bool) for v in (low, high)):
+        raise ConfigError(f"{where}: {kind} needs numeric `low` and `high`, got low={low!r} high={high!r}")
+    if not low < high:
+        raise ConfigError(f"{where}: low must be < high, got low={low} high={high}")
+    if log and low <= 0:
+        raise ConfigError(f"{where}: log scale needs low > 0, got low={low}")
+    if step is not None and (log or not step > 0):
+        raise ConfigError(f"{where}: step must be > 0 and cannot be combined with log, got step={step}")
+    return Param(name, kind, float(low), float(high), log, step, when=when)
+
+
+@functools.lru_cache(maxsize=1)
+def _groups() -> frozenset[str]:
+    return frozenset(p.name for p in config_dir().iterdir() if p.is_dir())
+
+
+def _override(name: str, value: Any) -> str:
+    text = repr(value) if isinstance(value, float) else str(value)
+    return f"{name}={text}"
+
+
+def check_spec(spec: DictConfig) -> tuple[list[Param], DictConfig]:
+    """Everything that can be checked before a trial runs; returns the space and the base config."""
+    if not (isinstance(spec.n_trials, int) and spec.n_trials >= 1):
+        raise ConfigError(f"n_trials must be an integer >= 1, got {spec.n_trials!r}")
+    if not (isinstance(spec.workers, int) and spec.workers >= 1):
+        raise ConfigError(f"workers must be an integer >= 1, got {spec.workers!r}")
+    if spec.timeout is not None and not (isinstance(spec.timeout, int | float) and spec.timeout > 0):
+        raise ConfigError(f"timeout must be a number of seconds > 0 or null, got {spec.timeout!r}")
+    if spec.objective.metric not in METRICS:
+        raise ConfigError(f"objective.metric must be one of {list(METRICS)}, got {spec.objective.metric!r}")
+    if spec.objective.direction not in ("maximize", "minimize"):
+        raise ConfigError(
+            f"objective.direction must be maximize or minimize, got {spec.objective.direction!r}"
+        )
+    if spec.sampler.name not in SAMPLERS or spec.pruner.name not in PRUNERS:
+        raise ConfigError(
+            f"sampler.name must be one of {list(SAMPLERS)} and pruner.name one of {list(PRUNERS)}; "
+            f"got {spec.sampler.name!r}, {spec.pruner.name!r}"
+        )
+    params, base = parse_space(spec.search), compose(list(spec.base))
+    groups = _groups()
+    for p in params:
+        _check_key(p, spec, groups)
+    baseline = OmegaConf.to_container(spec.baseline) if spec.baseline else {}
+    assert isinstance(baseline, dict)
+    if missing := set(baseline) - {p.name for p in params}:
+        raise ConfigError(f"baseline sets {sorted(missing)}, which are not in the search space")
+    validate(compose([*spec.base, *(_override(str(k), v) for k, v in baseline.items())]))
+    return params, base
+
+
+def _check_key(p: Param, spec: DictConfig, groups: frozenset[str]) -> None:
+    """The key must exist in the config the trial composes when its `when` guard holds."""
+    if p.name in groups:
+        options = {f.stem for f in (config_dir() / p.name).glob("*.yaml")}
+        if p.type != "categorical" or set(map(str, p.choices)) - options:
+            raise ConfigError(
+                f"search.{p.name} picks a config group: it must be categorical over "
+                f"its options {sorted(options)}, got {p.type} {list(p.choices)}"
+            )
+        return
+    guard = [_override(k, v[0]) for k, v in p.when]
+    cfg = compose([*spec.base, *guard])
+    if OmegaConf.select(cfg, p.name, default="<missing>") == "<missing>":
+        raise ConfigError(
+            f"search.{p.name} is not a config key (with base overrides {list(spec.base)} "
+            f"and its guard {guard or 'none'}); check the spelling with `hpexp train --cfg job`"
+        )
+    if isinstance(OmegaConf.select(cfg, p.name), DictConfig):
+        raise ConfigError(f"search.{p.name} is a config section, not a value")
+
+
+def compose_trial(overrides: Sequence[str]) -> DictConfig:
+    """`compose(overrides)`, faster: Hydra composes the config-group choices once per distinct set,
+    then Hydra's own override parser applies the value overrides (`optimizer.eta=0.3`) to a copy.
+    The result equals `compose(overrides)` (tested); anything unusual takes the full path."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    groups = _groups()
+    is_value = [
+        re.fullmatch(r"[A-Za-z_][\w.]*=.*", o) is not None and o.split("=")[0] not in groups
+        for o in overrides
+    ]
+    structure = tuple(o for o, v in zip(overrides, is_value, strict=True) if not v)
+    values = [o for o, v in zip(overrides, is_value, strict=True) if v]
+    try:
+        cfg = copy.deepcopy(_compose_cached(structure))
+        ConfigLoaderImpl._apply_overrides_to_config(OverridesParser.create().parse_overrides(values), cfg)
+        return cfg
+    except Exception:  # let Hydra compose it all, and word any error its usual way
+        return compose(list(overrides))
+
+
+@functools.lru_cache(maxsize=16)
+def _compose_cached(structure: tuple[str, ...]) -> DictConfig:
+    return compose(list(structure))
+
+
+def sample(trial: optuna.Trial, params: Sequence[Param], base: DictConfig) -> list[str]:
+    """Suggest every parameter whose guard holds (in order); returns them as Hydra overrides."""
+    values: dict[str, Any] = {}
+    for p in params:
+        if not all(_current(k, values, base) in allowed for k, allowed in p.when):
+            continue
+        if p.type == "categorical":
+            values[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+        elif p.type == "int":
+            values[p.name] = trial.suggest_int(
+                p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log
+            )
+        else:
+            values[p.name] = trial.suggest_float(p.name, p.low, p.high, step=p.step, log=p.log)
+    return [_override(k, v) for k, v in values.items()]
+
+
+def _current(key: str, values: dict[str, Any], base: DictConfig) -> Any:
+    if key in values:
+        return values[key]
+    if key in base.choices:
+        return base.choices[key]
+    return OmegaConf.select(base, key)
+
+
+def _monitor(base: DictConfig) -> str:
+    """Trials monitor what the base config does, minus the test split, plus validation."""
+    splits = [s for s in base.train.monitor if s != "test"]
+    return f"train.monitor=[{','.join(splits + ['val'] * ('val' not in splits))}]"

@@ -1,0 +1,211 @@
+"""Study storage: the Journal file or a PostgreSQL database (password from the environment, masked
+everywhere), opening the study with its sampler and pruner, and failing trials of dead workers."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import socket
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+
+from hpexp.run import ConfigError
+from hpexp.study_spec import PRUNERS, SAMPLERS, Param
+
+PASSWORD_ENV, PASSWORD_FILE_ENV = "HPEXP_DB_PASSWORD", "HPEXP_DB_PASSWORD_FILE"
+HOST = socket.gethostname()
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def mask(text: str) -> str:
+    """`text` with any password in URLs (user:PASSWORD@ or password=...) replaced by ***."""
+    text = re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
+    return re.sub(r"(password=)[^&\s]+", r"\1***", text, flags=re.IGNORECASE)
+
+
+def _password(spec: DictConfig) -> str | None:
+    if value := os.environ.get(PASSWORD_ENV):
+        return value
+    path = spec.storage_password_file or os.environ.get(PASSWORD_FILE_ENV)
+    if path:
+        try:
+            return Path(path).expanduser().read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"cannot read the database password file {path}: {e.strerror}") from e
+    return None
+
+
+def _rdb_url(spec: DictConfig) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(spec.storage)
+    except ArgumentError as e:
+        raise ConfigError(f"storage {mask(spec.storage)!r} is not a database URL: {e}") from e
+    if url.password or "password" in url.query:
+        raise ConfigError(
+            f"storage {mask(spec.storage)} has a password in it: it would be saved with the spec. "
+            f"Put it in ${PASSWORD_ENV}, or in a file named by ${PASSWORD_FILE_ENV} or storage_password_file"
+        )
+    if url.drivername in ("postgres", "postgresql"):  # SQLAlchemy 2.1 means psycopg 3 by it
+        import importlib.util
+
+        url = url.set(
+            drivername="postgresql+psycopg" if importlib.util.find_spec("psycopg") else "postgresql+psycopg2"
+        )
+    if (password := _password(spec)) is not None:
+        url = url.set(password=password)
+    return url.render_as_string(hide_password=False)
+
+
+def open_storage(spec: DictConfig, folder: Path) -> optuna.storages.BaseStorage:
+    """The spec's storage (default: the Journal file in `folder`), reachable, or a ConfigError."""
+    if not spec.storage:
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        folder.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(folder / "journal.log")))
+    url = _rdb_url(spec)
+    kwargs = {"connect_args": {"connect_timeout": 10}} if url.startswith("postgres") else {}
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=kwargs,
+            heartbeat_interval=10,
+            grace_period=30,
+            heartbeat_stale_trial_callback=_retry,
+        )
+    except Exception as e:  # sqlalchemy and driver errors share no useful base class
+        reason = mask(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        raise ConfigError(f"cannot reach storage {mask(spec.storage)}: {reason}") from None
+
+
+def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Enqueue a failed trial again with the same parameters (it keeps its budget slot)."""
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return started is None or _process_start(pid) in (None, started)  # a reused pid is another process
+
+
+def _process_start(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def fail_stale(study: optuna.Study) -> list[int]:
+    """Fail (and enqueue again) RUNNING trials whose worker on this host is gone; returns them."""
+    if getattr(study._storage, "get_heartbeat_interval", lambda: None)():  # RDB heartbeats
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        a = t.user_attrs
+        if a.get("host") != HOST or "pid" not in a or _alive(a["pid"], a.get("pid_start")):
+            continue
+        try:
+            # Optuna has no public way to annotate a trial another process owns.
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"worker {HOST}:{a['pid']} died")
+            study.tell(t.number, state=TrialState.FAIL)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # another process got there first
+        _retry(study, t)
+        failed.append(t.number)
+    return failed
+
+
+@contextlib.contextmanager
+def _heartbeat(storage: Any, trial_id: int) -> Iterator[None]:
+    """Beat for the trial while it runs, when the storage has heartbeats (RDB)."""
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    if not interval:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                storage.record_heartbeat(trial_id)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def make_sampler(spec: DictConfig, params: Sequence[Param], worker: int = 0) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, seeded with seed + `worker` (distinct per worker and per restart)."""
+    args = {str(k): v for k, v in OmegaConf.to_container(spec.sampler).items() if k != "name"}  # type: ignore[union-attr]
+    if spec.sampler.name == "grid":
+        args["search_space"] = {p.name: _grid(p) for p in params}
+    if args.get("seed") is not None:
+        args["seed"] += worker
+    try:
+        return getattr(optuna.samplers, SAMPLERS[spec.sampler.name])(**args)
+    except (TypeError, ValueError, ImportError) as e:
+        raise ConfigError(f"sampler {spec.sampler.name} with {args}: {e}") from e
+
+
+def _grid(p: Param) -> list[Any]:
+    if p.type == "categorical":
+        return list(p.choices)
+    if p.step is None and p.type == "float":
+        raise ConfigError(f"the grid sampler needs a step or choices for search.{p.name}")
+    step = p.step or 1
+    return [p.low + i * step for i in range(int(math.floor((p.high - p.low) / step + 1e-9)) + 1)]
+
+
+def make_pruner(spec: DictConfig) -> optuna.pruners.BasePruner:
+    args = {str(k): v for k, v in OmegaConf.to_container(spec.pruner).items() if k != "name"}  # type: ignore[union-attr]
+    try:
+        return getattr(optuna.pruners, PRUNERS[spec.pruner.name])(**args)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"pruner {spec.pruner.name} with {args}: {e}") from e
+
+
+def study_dir(spec: DictConfig, runs: Path) -> Path:
+    return Path(runs) / "studies" / spec.name
+
+
+def _load(spec: DictConfig, runs: Path, params: Sequence[Param], worker: int, create: bool) -> optuna.Study:
+    storage = open_storage(spec, study_dir(spec, runs))
+    kwargs = dict(
+        study_name=spec.name,
+        storage=storage,
+        sampler=make_sampler(spec, params, worker),
+        pruner=make_pruner(spec),
+    )
+    if create:
+        return optuna.create_study(direction=spec.objective.direction, load_if_exists=True, **kwargs)
+    try:
+        return optuna.load_study(**kwargs)
+    except KeyError:
+        raise ConfigError(
+            f"no study {spec.name!r} in {mask(spec.storage or 'the journal')}: start it first without --join"
+        ) from None
