@@ -353,11 +353,12 @@ def list_command(chapter: int | None, runs_dir: Path) -> None:
 
 
 def _select(args: argparse.Namespace) -> list[Experiment]:
+    chapters = set(args.chapter or [])
     if args.ids:
-        return [e for e in map(load, args.ids) if args.chapter is None or e.chapter == args.chapter]
-    if not (args.all or args.chapter is not None):
+        return [e for e in map(load, args.ids) if not chapters or e.chapter in chapters]
+    if not (args.all or chapters):
         raise ValueError("name experiments (see `hpexp book list`), or use --all or --chapter N")
-    return registry(None if args.all else args.chapter)
+    return [e for e in registry() if args.all or e.chapter in chapters]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -371,7 +372,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     run.add_argument("ids", nargs="*", help="experiment ids (see `hpexp book list`)")
     run.add_argument("--seeds", type=int, default=3, help="seeds per run (default 3)")
     run.add_argument("--all", action="store_true", help="every experiment")
-    run.add_argument("--chapter", type=int, default=None, help="every experiment of a chapter")
+    run.add_argument(
+        "--chapter", type=int, action="append", help="every experiment of a chapter (repeatable)"
+    )
     run.add_argument("--force", action="store_true", help="rerun runs that are already done")
     run.add_argument("--override", action="append", default=[], help="extra Hydra override for every run")
     report = sub.add_parser("report", help="write reports/book/ from the runs so far")

@@ -316,6 +316,13 @@ def summary(rows: list[dict[str, Any]], experiments: Sequence[book.Experiment]) 
     ]
     if figure_only:
         lines += ["Figures without a number: " + ", ".join(f"[{i}]({i}/README.md)" for i in figure_only), ""]
+    lines += [
+        "Left out, having neither a number nor a figure of a run: the exercises ch1-ex-no-hidden, ch3-l1, "
+        "ch3-early-stop, ch3-lr-schedule, ch3-momentum, ch3-tanh, ch3-relu; the procedures ch3-eta-threshold "
+        "and ch3-monitor-demo; the illustrations ch3-rotate-demo, ch3-poly-toy; the analytic "
+        "ch5-exploding-toy; and chapter 2's timing claim (see benchmarks/).",
+        "",
+    ]
     misses = [r for r in measured if not r["reproduced"]]
     if misses:
         lines += ["## Rows that miss", ""] + [

@@ -15,11 +15,13 @@ from hpexp.run import compose
 
 PRESETS = sorted(p.stem for p in book.presets_dir().glob("*.yaml"))
 IDS = [e.id for e in book.registry()]
+# Chapter 6's convolutional presets take over a minute together for one epoch: marked slow.
+TRAINABLE = [pytest.param(e.id, marks=[pytest.mark.slow] if e.chapter == 6 else []) for e in book.registry()]
 
 
 def test_registry_reads_every_preset_of_chapters_1_3_5():
     assert sorted(IDS) == PRESETS
-    assert {e.chapter for e in book.registry()} == {1, 3, 5}
+    assert {e.chapter for e in book.registry()} >= {1, 3, 5}
     assert len(PRESETS) >= 35
 
 
@@ -62,7 +64,7 @@ def _tiny(cfg, mnist_dir):
     return cfg
 
 
-@pytest.mark.parametrize("experiment_id", PRESETS)
+@pytest.mark.parametrize("experiment_id", TRAINABLE)
 def test_every_preset_trains_one_epoch_on_a_small_subset(experiment_id, mnist_dir, tmp_path):
     e = book.load(experiment_id)
     if e.runner.endswith(".svm"):
@@ -186,3 +188,15 @@ def test_estimate_grows_with_the_work():
     large = compose(["+experiment=book/ch1-mlp100-quad"])
     assert 0 < book.estimate_seconds(small) < book.estimate_seconds(large)
     assert np.isfinite(book.estimate_seconds(compose(["+experiment=book/ch3-toy-quad-good"])))
+
+
+def test_run_selects_by_id_chapter_or_all():
+    from argparse import Namespace
+
+    def chosen(ids=(), chapter=None, all=False):
+        return [e.id for e in book._select(Namespace(ids=list(ids), chapter=chapter, all=all))]
+
+    assert chosen(["ch3-overfit-1k"]) == ["ch3-overfit-1k"]
+    assert set(chosen(chapter=[1, 5])) == {e.id for e in book.registry() if e.chapter in (1, 5)}
+    assert chosen(all=True) == IDS
+    assert chosen(["ch3-overfit-1k"], chapter=[5]) == []
