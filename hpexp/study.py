@@ -3,8 +3,16 @@
 A study spec (`studies/NAME.yaml`, composed by Hydra so any key is overridable) names the base
 training overrides, the search space, the objective, the sampler and pruner, a total `n_trials`,
 `workers` and the storage. Every trial composes its config with `hpexp.run.compose` (base overrides
-plus the sampled values) and trains through `hpexp.run.run` with the test split sealed; the hook
-reports the validation metric each epoch and returns a `Stop` when Optuna prunes.
+plus the sampled values) and trains through `hpexp.run.run_population` with the test split sealed;
+its hook reports the validation metric each epoch and returns a `Stop` when Optuna prunes.
+
+Populations (`population: K`, default 1): a worker pops up to K waiting trials at once (a batched
+ask), samples and composes each, and trains those with equal `hpexp.run.population_key` (same
+network, data, batch size...) as one population in one vectorized pass. Each member reports to its
+own trial and is pruned alone (it leaves the population, the others go on); a diverging member is
+a failed trial; every trial keeps its own run directory; then each trial is told. The trials share
+the study's seed, so the population's shared mini-batch order is each trial's own: a member's
+history is the one it would have alone. With TPE, `constant_liar: true` spreads a batch's points.
 
 Layout, under `runs/studies/NAME/`: `journal.log` (the default Optuna storage), `spec.yaml` (the
 composed spec, storage URL masked), `trials/NNNN/` (one run directory per trial number), and after
@@ -43,7 +51,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from hpexp import rundir
-from hpexp.run import compose, run
+from hpexp.run import compose, population_key, run_population, validate
 from hpexp.study_final import finalize, mean_ci
 from hpexp.study_progress import _watch, summary_text
 from hpexp.study_spec import Param, _monitor, check_spec, compose_trial, load_spec, parse_space, sample
@@ -110,7 +118,8 @@ def _fill_budget(study: optuna.Study, spec: DictConfig) -> None:
 
 
 def work(spec_data: dict[str, Any], runs: Path, worker: int = 0, deadline: float | None = None) -> int:
-    """A worker: pop waiting trials and run them until none is left or the deadline; returns count.
+    """A worker: pop waiting trials, up to `population` at a time, and run them until none is left
+    or the deadline; returns how many it ran.
 
     `worker` offsets the sampler's seed; the coordinator passes index + trials so far, so a
     restarted study does not draw the same points again.
@@ -119,52 +128,109 @@ def work(spec_data: dict[str, Any], runs: Path, worker: int = 0, deadline: float
     spec = OmegaConf.create(spec_data)
     params, base = parse_space(spec.search), compose(list(spec.base))
     study = _load(spec, runs, params, worker, create=False)
-    done = 0
+    size, done = spec.get("population") or 1, 0
     while deadline is None or time.time() < deadline:
         fail_stale(study)
-        # Only waiting (enqueued) trials run, so the budget is exact with any number of workers.
-        trial_id = study._pop_waiting_trial_id()
-        if trial_id is None:
+        # Only waiting (enqueued) trials run, so the budget is exact with any number of workers;
+        # Optuna hands each out once, so K pops are a batched ask of up to K trials.
+        ids: list[int] = []
+        while len(ids) < size and (trial_id := study._pop_waiting_trial_id()) is not None:
+            ids.append(trial_id)
+        if not ids:
             break
-        run_trial(study, optuna.Trial(study, trial_id), spec, params, base, study_dir(spec, runs), worker)
-        done += 1
+        trials = [optuna.Trial(study, i) for i in ids]
+        run_trials(study, trials, spec, params, base, study_dir(spec, runs), worker)
+        done += len(trials)
     return done
 
 
-def run_trial(
+Outcome = tuple[optuna.Trial, TrialState, float | None, dict[str, Any]]
+
+
+def run_trials(
     study: optuna.Study,
-    trial: optuna.Trial,
+    trials: Sequence[optuna.Trial],
     spec: DictConfig,
     params: Sequence[Param],
     base: DictConfig,
     folder: Path,
     worker: int,
 ) -> None:
-    """Compose the trial's config, train it with the test split sealed, tell Optuna the outcome."""
-    out = (folder / "trials" / f"{trial.number:04d}").resolve()
+    """Compose each trial's config; train the trials that can share a pass (equal `population_key`)
+    as one population, test split sealed, each reporting to and pruned by its own trial; then tell
+    Optuna each trial's outcome. One trial is the ordinary run."""
+    pending = {t.number: t for t in trials}  # started, not yet told
+    try:
+        groups: dict[str, list[tuple[optuna.Trial, DictConfig]]] = {}
+        for trial in trials:
+            _mark(trial, folder, worker)
+            try:
+                cfg = _trial_config(trial, spec, params, base)
+            except Exception as e:  # a trial's error is the trial's outcome; the study goes on
+                _tell(study, pending, (trial, TrialState.FAIL, None, _failed(e)))
+                continue
+            groups.setdefault(population_key(cfg), []).append((trial, cfg))
+        for group in groups.values():
+            for outcome in _train(study, group, spec, folder):
+                _tell(study, pending, outcome)
+    except KeyboardInterrupt:
+        for trial in list(pending.values()):
+            attrs = {"status": "interrupted", "fail_reason": "interrupted (Ctrl-C)"}
+            _tell(study, pending, (trial, TrialState.FAIL, None, attrs))
+            _retry(study, trial)  # type: ignore[arg-type]
+        raise
+
+
+def _run_dir(folder: Path, trial: optuna.Trial) -> Path:
+    return (folder / "trials" / f"{trial.number:04d}").resolve()
+
+
+def _mark(trial: optuna.Trial, folder: Path, worker: int) -> None:
+    """Who runs the trial and where: host and pid let a restarted study fail it if the worker died."""
     pid = os.getpid()
     for key, value in (
         ("host", HOST),
         ("pid", pid),
         ("pid_start", _process_start(pid)),
         ("worker", worker % 1000),  # the index; the thousands offset the sampler's seed per restart
-        ("run_dir", str(out)),
+        ("run_dir", str(_run_dir(folder, trial))),
     ):
         trial.set_user_attr(key, value)
-    metric = spec.objective.metric
+
+
+def _trial_config(
+    trial: optuna.Trial, spec: DictConfig, params: Sequence[Param], base: DictConfig
+) -> DictConfig:
+    """Sample the trial's values and compose its config, checked (a bad one fails alone)."""
+    overrides = sample(trial, params, base)
+    trial.set_user_attr("overrides", overrides)
+    cfg = compose_trial([*spec.base, *overrides, _monitor(base)])
+    validate(cfg)
+    return cfg
+
+
+def _train(
+    study: optuna.Study, group: Sequence[tuple[optuna.Trial, DictConfig]], spec: DictConfig, folder: Path
+) -> list[Outcome]:
+    """Train one population (one run directory per trial) and read each trial's outcome."""
+    trials = [t for t, _ in group]
+    outs = [_run_dir(folder, t) for t in trials]
+    hooks = [_reporter(t, spec.objective.metric) for t in trials]
     try:
-        overrides = sample(trial, params, base)
-        trial.set_user_attr("overrides", overrides)
-        cfg = compose_trial([*spec.base, *overrides, _monitor(base)])
-        with _heartbeat(study._storage, trial._trial_id):
-            run(cfg, out, on_epoch=_reporter(trial, metric), progress=False, allow_test=False)
-    except KeyboardInterrupt:
-        _finish(study, trial, TrialState.FAIL, status="interrupted", fail_reason="interrupted (Ctrl-C)")
-        _retry(study, trial)  # type: ignore[arg-type]
-        raise
-    except Exception as e:  # a trial's error is the trial's outcome; the study goes on
-        _finish(study, trial, TrialState.FAIL, status="failed", fail_reason=f"{type(e).__name__}: {e}")
-        return
+        with _heartbeat(study._storage, [t._trial_id for t in trials]):
+            run_population([c for _, c in group], outs, on_epochs=hooks, progress=False, allow_test=False)
+    except Exception as e:  # the trials' error is their outcome; the study goes on
+        return [(t, TrialState.FAIL, None, _failed(e)) for t in trials]
+    return [(t, *_outcome(out, spec)) for t, out in zip(trials, outs, strict=True)]
+
+
+def _failed(e: Exception) -> dict[str, Any]:
+    return {"status": "failed", "fail_reason": f"{type(e).__name__}: {e}"}
+
+
+def _outcome(out: Path, spec: DictConfig) -> tuple[TrialState, float | None, dict[str, Any]]:
+    """The trial's state and value from its run directory: the metric at its best epoch."""
+    metric = spec.objective.metric
     summary, history = rundir.read_summary(out), rundir.read_history(out)
     values = [(r[metric], r["epoch"]) for r in history if math.isfinite(r.get(metric, math.nan))]
     best = (max if spec.objective.direction == "maximize" else min)(values, default=(None, None))
@@ -176,11 +242,16 @@ def run_trial(
         "seconds": summary["seconds"],
     }
     if summary["status"] == "pruned":
-        _finish(study, trial, TrialState.PRUNED, **attrs)
-    elif summary["status"] == "diverged" or best[0] is None:
-        _finish(study, trial, TrialState.FAIL, fail_reason=f"diverged: {summary['stop_reason']}", **attrs)
-    else:
-        _finish(study, trial, TrialState.COMPLETE, best[0], **attrs)
+        return TrialState.PRUNED, None, attrs
+    if summary["status"] == "diverged" or best[0] is None:
+        return TrialState.FAIL, None, {**attrs, "fail_reason": f"diverged: {summary['stop_reason']}"}
+    return TrialState.COMPLETE, best[0], attrs
+
+
+def _tell(study: optuna.Study, pending: dict[int, optuna.Trial], outcome: Outcome) -> None:
+    trial, state, value, attrs = outcome
+    _finish(study, trial, state, value, **attrs)
+    pending.pop(trial.number, None)
 
 
 def _reporter(trial: optuna.Trial, metric: str) -> Any:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from optuna.trial import FrozenTrial
 
 from hpexp import rundir
-from hpexp.run import ConfigError, compose, run, validate
+from hpexp.run import ConfigError, compose, run_population, validate
 from hpexp.study_progress import _best
 from hpexp.study_spec import _monitor, parse_space
 from hpexp.study_storage import _load, study_dir
@@ -57,11 +57,10 @@ T95 = [
 
 
 def finalize(spec: DictConfig, runs: Path = Path("runs"), seeds: int | None = None) -> dict[str, Any]:
-    """Retrain the best trial's config with K fresh seeds (epoch chosen by validation), score test once."""
-    from hpexp import data
-    from hpexp.network import Network
-    from hpexp.train import evaluate, rng_streams
+    """Retrain the best trial's config with K fresh seeds (epoch chosen by validation), score test once.
 
+    The K seeds train as one population, each in its own seed's mini-batch order, so each ends
+    where it would alone."""
     k = seeds or spec.final_seeds
     if not (isinstance(k, int) and k >= 1):
         raise ConfigError(f"final_seeds must be an integer >= 1, got {k!r}")
@@ -72,44 +71,16 @@ def finalize(spec: DictConfig, runs: Path = Path("runs"), seeds: int | None = No
         raise ConfigError(f"study {spec.name} has no completed trial to finalize; run the search first")
     folder, base = study_dir(spec, runs), compose(list(spec.base))
     overrides = [*spec.base, *best.user_attrs["overrides"], _monitor(base)]
-    rows, test = [], None
-    for seed in range(spec.seed + 1, spec.seed + 1 + k):
-        cfg = compose([*overrides, f"seed={seed}", "train.restore_best=true", "train.save_weights=true"])
-        out = run(cfg, folder / "final" / f"seed_{seed}", progress=False, allow_test=False)
-        summary = rundir.read_summary(out)
-        if test is None:  # the one place a study reads the test split
-            d = cfg.data
-            test = data.load_splits(
-                d.dir,
-                n_train=d.n_train,
-                n_validation=d.n_validation,
-                scale=d.scale,
-                dtype=cfg.dtype,
-                splits=["test"],
-            )["test"]
-        parts = validate(cfg)
-        network = Network.create(
-            cfg.network.sizes, parts.activation, parts.cost, parts.init, rng_streams(seed)["init"], cfg.dtype
-        )
-        with np.load(out / "weights.npz") as saved:
-            for i, p in enumerate(network.params):
-                p[...] = saved[f"arr_{i}"]
-        test_cost, test_accuracy = evaluate(network, test)
-        chosen = summary.get("best") or {}
-        rows.append(
-            {
-                "seed": seed,
-                "best_epoch": summary.get("best_epoch"),
-                "status": summary["status"],
-                "val_accuracy": chosen.get("val_accuracy", math.nan),
-                "test_accuracy": float(test_accuracy),
-                "val_cost": chosen.get("val_cost", math.nan),
-                "test_cost": float(test_cost),
-                "run_dir": str(out.resolve()),
-            }
-        )
+    fixed = ["train.restore_best=true", "train.save_weights=true", "train.shared_order=false"]
+    cfgs = [compose([*overrides, f"seed={s}", *fixed]) for s in range(spec.seed + 1, spec.seed + 1 + k)]
+    outs = [folder / "final" / f"seed_{cfg.seed}" for cfg in cfgs]
+    run_population(cfgs, outs, progress=False, allow_test=False)
+    test = _test_split(cfgs[0])  # the one place a study reads the test split
+    rows = []
+    for cfg, out in zip(cfgs, outs, strict=True):
+        rows.append(_score(cfg, out, test))
         print(
-            f"seed {seed}: epoch {rows[-1]['best_epoch']}  val {100 * rows[-1]['val_accuracy']:.2f}%  "
+            f"seed {cfg.seed}: epoch {rows[-1]['best_epoch']}  val {100 * rows[-1]['val_accuracy']:.2f}%  "
             f"test {100 * rows[-1]['test_accuracy']:.2f}%",
             flush=True,
         )
@@ -122,6 +93,42 @@ def finalize(spec: DictConfig, runs: Path = Path("runs"), seeds: int | None = No
         flush=True,
     )
     return result
+
+
+def _test_split(cfg: DictConfig) -> Any:
+    from hpexp import data
+
+    d = cfg.data
+    splits = data.load_splits(
+        d.dir, n_train=d.n_train, n_validation=d.n_validation, scale=d.scale, dtype=cfg.dtype, splits=["test"]
+    )
+    return splits["test"]
+
+
+def _score(cfg: DictConfig, out: Path, test: Any) -> dict[str, Any]:
+    """One seed's row: its validation-chosen epoch (restored weights) scored on the test split."""
+    from hpexp.network import Network
+    from hpexp.train import evaluate, rng_streams
+
+    summary, parts = rundir.read_summary(out), validate(cfg)
+    network = Network.create(
+        cfg.network.sizes, parts.activation, parts.cost, parts.init, rng_streams(cfg.seed)["init"], cfg.dtype
+    )
+    with np.load(out / "weights.npz") as saved:
+        for i, p in enumerate(network.params):
+            p[...] = saved[f"arr_{i}"]
+    test_cost, test_accuracy = evaluate(network, test)
+    chosen = summary.get("best") or {}
+    return {
+        "seed": cfg.seed,
+        "best_epoch": summary.get("best_epoch"),
+        "status": summary["status"],
+        "val_accuracy": chosen.get("val_accuracy", math.nan),
+        "test_accuracy": float(test_accuracy),
+        "val_cost": chosen.get("val_cost", math.nan),
+        "test_cost": float(test_cost),
+        "run_dir": str(out.resolve()),
+    }
 
 
 def mean_ci(values: Sequence[float]) -> tuple[float, float]:

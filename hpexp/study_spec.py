@@ -77,6 +77,7 @@ def load_spec(name: str, overrides: Sequence[str] = ()) -> DictConfig:
         "seed": 0,
         "final_seeds": 3,
         "finalize": False,
+        "population": 1,
     }
     merged = OmegaConf.merge(defaults, spec)
     assert isinstance(merged, DictConfig)
@@ -151,6 +152,10 @@ def check_spec(spec: DictConfig) -> tuple[list[Param], DictConfig]:
         raise ConfigError(f"n_trials must be an integer >= 1, got {spec.n_trials!r}")
     if not (isinstance(spec.workers, int) and spec.workers >= 1):
         raise ConfigError(f"workers must be an integer >= 1, got {spec.workers!r}")
+    if not (isinstance(spec.population, int) and spec.population >= 1):
+        raise ConfigError(
+            f"population must be an integer >= 1 (trials trained together), got {spec.population!r}"
+        )
     if spec.timeout is not None and not (isinstance(spec.timeout, int | float) and spec.timeout > 0):
         raise ConfigError(f"timeout must be a number of seconds > 0 or null, got {spec.timeout!r}")
     if spec.objective.metric not in METRICS:

@@ -135,8 +135,8 @@ def fail_stale(study: optuna.Study) -> list[int]:
 
 
 @contextlib.contextmanager
-def _heartbeat(storage: Any, trial_id: int) -> Iterator[None]:
-    """Beat for the trial while it runs, when the storage has heartbeats (RDB)."""
+def _heartbeat(storage: Any, trial_ids: Sequence[int]) -> Iterator[None]:
+    """Beat for the trials while they run, when the storage has heartbeats (RDB)."""
     interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
     if not interval:
         yield
@@ -145,8 +145,9 @@ def _heartbeat(storage: Any, trial_id: int) -> Iterator[None]:
 
     def beat() -> None:
         while True:
-            with contextlib.suppress(Exception):
-                storage.record_heartbeat(trial_id)
+            for trial_id in trial_ids:
+                with contextlib.suppress(Exception):
+                    storage.record_heartbeat(trial_id)
             if stop.wait(interval):
                 return
 

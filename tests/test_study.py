@@ -18,7 +18,7 @@ import pytest
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from hpexp import data, rundir, study
+from hpexp import data, rundir, study, study_final
 from hpexp.run import ConfigError, SealedSplitError, compose, run
 
 TINY = [
@@ -226,6 +226,92 @@ def test_search_never_loads_the_test_split(mnist_dir, tmp_path, monkeypatch):
         run(compose([*TINY, "train.monitor=[train,val,test]"]), tmp_path / "r", allow_test=False)
 
 
+# --- populations: several trials in one vectorized pass ----------------------------------------
+
+
+@pytest.fixture
+def populations(monkeypatch):
+    """Spy on run_population calls in this process: the run directory names of each pass."""
+    passes: list[list[str]] = []
+    real = study.run_population
+
+    def spy(cfgs, out_dirs, **kwargs):
+        passes.append([Path(o).name for o in out_dirs])
+        return real(cfgs, out_dirs, **kwargs)
+
+    monkeypatch.setattr(study, "run_population", spy)
+    monkeypatch.setattr(study_final, "run_population", spy)
+    return passes
+
+
+def test_population_study_runs_n_trials_and_prunes_members_individually(mnist_dir, tmp_path, populations):
+    path = write_spec(
+        tmp_path,
+        base=[*TINY[:-2], "train.epochs=4", "train.batch_size=50"],
+        search={"optimizer.eta": {"type": "float", "low": 0.001, "high": 1.0, "log": True}},
+        pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+        n_trials=8,
+        population=3,
+    )
+    spec = study.load_spec(str(path))
+    s = study._load(spec, tmp_path, study.parse_space(spec.search), 0, create=True)
+    for eta in (0.5, 0.3, 0.005, 0.4, 0.003, 0.6, 0.002, 0.8):  # good and hopeless side by side
+        s.enqueue_trial({"optimizer.eta": eta})
+    study.prepare(spec, tmp_path)  # the budget is already full
+    assert study.work(OmegaConf.to_container(spec), tmp_path) == 8
+    assert populations == [["0000", "0001", "0002"], ["0003", "0004", "0005"], ["0006", "0007"]]
+    trials = trials_of(spec, tmp_path)
+    assert len(trials) == 8 and set(states(trials)) == {"COMPLETE", "PRUNED"}
+    mixed = False
+    for numbers in populations:
+        members = [trials[int(n)] for n in numbers]
+        for t in members:  # each run directory as if the trial had run alone
+            out = Path(t.user_attrs["run_dir"])
+            assert out == (tmp_path / "studies" / "tiny" / "trials" / f"{t.number:04d}").resolve()
+            assert {"config.yaml", "history.csv", "summary.json"} <= {p.name for p in out.iterdir()}
+            summary, history = rundir.read_summary(out), rundir.read_history(out)
+            assert summary["status"] == t.user_attrs["status"] and len(history) == summary["epochs_run"]
+            assert t.intermediate_values == {r["epoch"]: r["val_accuracy"] for r in history}
+            assert (summary["epochs_run"] < 4) == (t.state == TrialState.PRUNED)
+            assert t.user_attrs["pid"] == os.getpid() and t.user_attrs["host"] == study.HOST
+        mixed |= len({t.state for t in members}) > 1  # pruned members left, the others went on
+    assert mixed
+
+
+def test_population_trial_equals_the_trial_run_alone(mnist_dir, tmp_path, populations):
+    """All trials share the study's seed, so a population's shared mini-batch order is each trial's
+    own order: every member's history is the one it would have alone (float64, to 1e-9)."""
+    path = write_spec(tmp_path, base=[*TINY, "dtype=float64"], n_trials=3, population=3)
+    spec = study.load_spec(str(path))
+    study.prepare(spec, tmp_path)
+    study.work(OmegaConf.to_container(spec), tmp_path)
+    assert populations == [["0000", "0001", "0002"]]
+    for t in trials_of(spec, tmp_path):
+        cfg = compose([*spec.base, *t.user_attrs["overrides"], "train.monitor=[train,val]"])
+        alone = rundir.read_history(run(cfg, tmp_path / "alone" / str(t.number), progress=False))
+        together = rundir.read_history(Path(t.user_attrs["run_dir"]))
+        assert len(together) == len(alone) == 3
+        for a, b in zip(together, alone, strict=True):
+            assert {k: v for k, v in a.items() if k != "seconds"} == pytest.approx(
+                {k: v for k, v in b.items() if k != "seconds"}, abs=1e-9
+            )
+    result = study.finalize(spec, tmp_path, seeds=2)  # the seeds as one population, own orders
+    assert populations[-1] == ["seed_1", "seed_2"]
+    for row in result["seeds"]:
+        fixed = ["train.restore_best=true", f"seed={row['seed']}", "train.monitor=[train,val]"]
+        cfg = compose([*spec.base, *result["overrides"], *fixed])
+        summary = rundir.read_summary(run(cfg, tmp_path / "alone" / f"seed_{row['seed']}", progress=False))
+        assert row["best_epoch"] == summary["best_epoch"]
+        assert row["val_accuracy"] == pytest.approx(summary["best"]["val_accuracy"], abs=1e-9)
+
+
+def test_two_workers_with_populations_make_exactly_n_trials(mnist_dir, tmp_path):
+    spec = study.load_spec(str(write_spec(tmp_path, n_trials=9, workers=2, population=4)))
+    study.search(spec, tmp_path, quiet=True)
+    trials = trials_of(spec, tmp_path)
+    assert len(trials) == 9 and states(trials) == {"COMPLETE": 9}
+
+
 BAD = [
     ({"search": {"optimizer.etaa": {"type": "float", "low": 0.1, "high": 1}}}, "not a config key"),
     ({"search": {"optimizer.eta": {"type": "float", "low": 1, "high": 1}}}, "low must be < high"),
@@ -236,6 +322,7 @@ BAD = [
     ({"baseline": {"train.epochs": 3}}, "not in the search space"),
     ({"n_trials": 0}, "n_trials"),
     ({"pruner": {"name": "oracle"}}, "pruner.name"),
+    ({"population": 0}, "population must be"),
     ({"storage": "postgresql://nobody@127.0.0.1:9/nothing"}, "cannot reach storage"),
     ({"storage": "postgresql://me:hunter2@127.0.0.1:9/db"}, "has a password in it"),
 ]
