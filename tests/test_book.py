@@ -200,3 +200,16 @@ def test_run_selects_by_id_chapter_or_all():
     assert set(chosen(chapter=[1, 5])) == {e.id for e in book.registry() if e.chapter in (1, 5)}
     assert chosen(all=True) == IDS
     assert chosen(["ch3-overfit-1k"], chapter=[5]) == []
+
+
+def test_best_of_three_compares_our_best_seed(tmp_path):
+    """Chapter 1 quotes the best of three runs: the row compares our best seed, and still shows the mean."""
+    e = book.load("ch1-mlp30-quad")
+    for seed, peak in enumerate([0.950, 0.955, 0.940]):
+        d = tmp_path / e.id / f"seed{seed}"
+        rundir.write_history(d, [{"epoch": 1, "test_accuracy": 0.9}, {"epoch": 2, "test_accuracy": peak}])
+        rundir.write_summary(d, {"status": "completed"})
+    row = book.compare(e, e.checks[0], tmp_path)
+    assert row["seeds"] == [0.950, 0.955, 0.940]
+    assert row["mean"] == pytest.approx((0.950 + 0.955 + 0.940) / 3)
+    assert row["diff"] == pytest.approx(0.955 - 0.9542) and row["reproduced"]
