@@ -50,6 +50,7 @@ REQUIRED = (
 )
 SELECTIONS = ("peak", "min", "final", "first", "epoch", "epoch_of_min", "epoch_of_max", "best_val")
 RUNS_DIR, REPORTS_DIR = Path("runs/book"), Path("reports/book")
+DEFAULT_RUNNER = "hpexp.run.run"
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class Experiment:
 
     @property
     def runner(self) -> str:
-        return str(self.meta.get("runner") or "hpexp.run.run")
+        return str(self.meta.get("runner") or DEFAULT_RUNNER)
 
     def seeds(self, requested: int) -> int:
         return int(self.meta.get("seeds") or requested)
@@ -179,7 +180,8 @@ def compare(experiment: Experiment, check: Check, runs_dir: Path = RUNS_DIR) -> 
     """The check's row: the book's value, ours per seed, mean, std, difference, reproduced or not."""
     ours = [select(rundir.read_history(d), check) for d in run_dirs(experiment, check.run, runs_dir)]
     mean = statistics.fmean(ours) if ours else math.nan
-    std = statistics.stdev(ours) if len(ours) > 1 else 0.0 if ours else math.nan
+    finite = all(math.isfinite(v) for v in ours)  # a run too short for the check gives nan
+    std = statistics.stdev(ours) if len(ours) > 1 and finite else 0.0 if len(ours) == 1 else math.nan
     compared = max(ours) if ours and check.across_seeds == "max" else mean
     diff, ok = math.nan, None
     if check.value is not None and ours:
@@ -213,7 +215,10 @@ def compare(experiment: Experiment, check: Check, runs_dir: Path = RUNS_DIR) -> 
 def compose_run(experiment: Experiment, run: str, seed: int, extra: Sequence[str] = ()) -> Any:
     from hpexp.run import compose
 
-    return compose([f"+experiment=book/{experiment.id}", *experiment.runs[run], f"seed={seed}", *extra])
+    # Seeds train together (a population) but each in its own mini-batch order: every seed's run is
+    # the run it would be alone, as the book's independent repeats were.
+    overrides = [*experiment.runs[run], f"seed={seed}", "train.shared_order=false", *extra]
+    return compose([f"+experiment=book/{experiment.id}", *overrides])
 
 
 def estimate_seconds(cfg: Any) -> float:
@@ -302,6 +307,7 @@ def run_experiments(
     from hydra.utils import get_method
 
     from hpexp.book_runners import Skip
+    from hpexp.run import run_population
 
     plan = []
     for e in experiments:
@@ -311,16 +317,32 @@ def run_experiments(
                 out = runs_dir / e.id / f"seed{k}" / name
                 if force or not _is_done(out, cfg):
                     plan.append((e, name, k, cfg, out))
-    progress = Progress(sum(estimate_seconds(p[3]) for p in plan), len(plan))
+    # The seeds of one run differ only in their seed: they train together, as one population.
+    groups: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
+    for item in plan:
+        e, name, k = item[:3]
+        groups.setdefault((e.id, name) if e.runner == DEFAULT_RUNNER else (e.id, name, k), []).append(item)
+    progress = Progress(sum(estimate_seconds(p[3]) for p in plan), len(groups))
     skipped: list[str] = []
-    for e, name, k, cfg, out in plan:
-        label = f"{e.id}{f'/{name}' if name else ''} seed{k}"
-        hook = progress.start(label, estimate_seconds(cfg))
+    for items in groups.values():
+        e, name = items[0][:2]
+        label = f"{e.id}{f'/{name}' if name else ''} seed{','.join(str(i[2]) for i in items)}"
+        hook = progress.start(label, sum(estimate_seconds(i[3]) for i in items))
+        epochs = items[0][3].train.epochs
+        on_epoch = lambda r, h=hook, n=epochs: h(r | {"epochs": n})  # noqa: E731
         try:
-            get_method(e.runner)(
-                cfg, out, on_epoch=lambda r, h=hook, n=cfg.train.epochs: h(r | {"epochs": n}), progress=False
+            if len(items) > 1:
+                run_population(
+                    [i[3] for i in items],
+                    [i[4] for i in items],
+                    on_epochs=[on_epoch] + [None] * (len(items) - 1),
+                    progress=False,
+                )
+            else:
+                get_method(e.runner)(items[0][3], items[0][4], on_epoch=on_epoch, progress=False)
+            progress.finish(
+                ", ".join(sorted({rundir.read_summary(i[4]).get("status", "done") for i in items}))
             )
-            progress.finish(rundir.read_summary(out).get("status", "done"))
         except Skip as why:
             skipped.append(f"{label}: skipped, {why}")
             progress.finish("skipped")
