@@ -37,7 +37,9 @@ class SGD:
             raise ValueError("optimizer.nesterov needs optimizer.momentum > 0")
         self._plain = bool(np.all(np.asarray(self.momentum) == 0.0))
 
-    def step(self, params: Sequence[np.ndarray], grads: Sequence[np.ndarray], eta: float) -> None:
+    def step(
+        self, params: Sequence[np.ndarray], grads: Sequence[np.ndarray], eta: float | np.ndarray
+    ) -> None:
         if self._plain:
             for p, g in zip(params, grads, strict=True):
                 g *= eta  # the gradient buffer is rewritten by the next backward: scale it in place

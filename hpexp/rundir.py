@@ -68,7 +68,8 @@ class HistoryWriter:
     skipped by `read_history`."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.path, self.columns = Path(run_dir) / "history.csv", None
+        self.path = Path(run_dir) / "history.csv"
+        self.columns: list[str] | None = None
 
     def append(self, record: Record) -> None:
         if self.columns is None:

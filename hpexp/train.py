@@ -70,7 +70,7 @@ def penalty(network: Network, regularizer: Regularizer, n: int) -> np.ndarray:
 def evaluate(network: Network, split: Split, masks: Masks | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean data cost and accuracy (fraction correct) of the network on a split; `masks` are the
     regularizer's evaluation multipliers (network3-style dropout), None for the plain network."""
-    loss, correct = 0.0, 0
+    loss, correct = np.zeros(()), np.zeros(())  # per member in a population: shape (K,)
     for start in range(0, len(split), EVAL_CHUNK):
         x, y = split.x[start : start + EVAL_CHUNK], split.y[start : start + EVAL_CHUNK]
         z = network.logits(x, masks)
@@ -298,7 +298,8 @@ def fit_population(
             finite = bool(np.isfinite([v for key, v in record.items() if key.endswith("_cost")]).all())
             diverged = not (finite and np.isfinite(params).all())
             if not diverged and "val_accuracy" in record:
-                if best[k] is None or record["val_accuracy"] > best[k]["val_accuracy"]:  # type: ignore[index]
+                previous = best[k]
+                if previous is None or record["val_accuracy"] > previous["val_accuracy"]:
                     best[k] = record
                     best_params[k] = params.copy() if member.restore_best else None
             stop = member.on_epoch(record) if member.on_epoch else None
@@ -310,7 +311,8 @@ def fit_population(
                 stop = Stop(f"reached {member.epochs} epochs")
             if stop:
                 restore = best_params[k] is not None and stop.status != "diverged"
-                best_epoch = best[k]["epoch"] if best[k] else None
+                best_record = best[k]
+                best_epoch = best_record["epoch"] if best_record else None
                 if restore:
                     params[...] = best_params[k]
                 final = member_params(network, r)
