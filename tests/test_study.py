@@ -151,7 +151,8 @@ def test_two_workers_make_exactly_n_trials(mnist_dir, tmp_path):
     assert len({t.user_attrs["pid"] for t in trials}) == 2
 
 
-def test_killed_worker_trial_is_failed_and_retried(mnist_dir, tmp_path):
+@pytest.mark.parametrize("population", [1, 3])
+def test_killed_worker_trial_is_failed_and_retried(mnist_dir, tmp_path, population):
     base = [
         "network=mlp30",
         "data.n_train=1000",
@@ -159,15 +160,17 @@ def test_killed_worker_trial_is_failed_and_retried(mnist_dir, tmp_path):
         "train.batch_size=10",
         "train.epochs=12",
     ]
-    path = write_spec(tmp_path, base=base, n_trials=3)
+    path = write_spec(tmp_path, base=base, n_trials=3, population=population)
     spec = study.load_spec(str(path))
     cmd = [sys.executable, "-m", "hpexp.cli", "study", str(path), "--runs", str(tmp_path)]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    victim = None
+    victim, running = None, []
     for _ in range(600):  # wait until a trial is past its first epoch, then kill its worker
         time.sleep(0.05)
         if (tmp_path / "studies" / "tiny" / "journal.log").exists():
-            running = [t for t in trials_of(spec, tmp_path) if t.state == TrialState.RUNNING and t.last_step]
+            with contextlib.suppress(ConfigError):  # the journal exists a moment before the study
+                trials = trials_of(spec, tmp_path)
+                running = [t for t in trials if t.state == TrialState.RUNNING and t.last_step]
             if running:
                 victim = running[0]
                 os.kill(victim.user_attrs["pid"], signal.SIGKILL)
@@ -175,15 +178,18 @@ def test_killed_worker_trial_is_failed_and_retried(mnist_dir, tmp_path):
     assert victim is not None, "no trial reached its first epoch"
     _, err = first.communicate(timeout=120)
     assert "ended abnormally" in err
+    lost = [t for t in trials_of(spec, tmp_path) if t.state == TrialState.RUNNING]  # its population
+    assert len(lost) == population
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    assert f"failed trial(s) [{victim.number}]" in rerun.stdout
+    assert f"failed trial(s) {[t.number for t in lost]}" in rerun.stdout
     trials = trials_of(spec, tmp_path)
-    stale = trials[victim.number]
-    assert stale.state == TrialState.FAIL and "died" in stale.user_attrs["fail_reason"]
-    retry = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
-    assert len(retry) == 1 and retry[0].params == victim.params
-    assert states(trials) == {"COMPLETE": 3, "FAIL": 1}
+    for t in lost:
+        stale = trials[t.number]
+        assert stale.state == TrialState.FAIL and "died" in stale.user_attrs["fail_reason"]
+        retry = [r for r in trials if r.user_attrs.get("retry_of") == t.number]
+        assert len(retry) == 1 and retry[0].params == t.params
+    assert states(trials) == {"COMPLETE": 3, "FAIL": population}
 
 
 def test_diverging_trial_fails_with_reason_and_study_goes_on(mnist_dir, tmp_path):
