@@ -29,9 +29,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from hpexp import rundir
 from hpexp.paths import config_dir
@@ -122,10 +122,11 @@ def load(experiment_id: str) -> Experiment:
     if not path.exists():
         raise ValueError(f"no book experiment {experiment_id!r}; `hpexp book list` shows them")
     try:
-        meta = OmegaConf.to_container(OmegaConf.load(path).get("book") or {}, resolve=True)
+        preset = OmegaConf.load(path)
+        block = preset.get("book") if isinstance(preset, DictConfig) else None
+        meta = cast(dict[str, Any], OmegaConf.to_container(block or OmegaConf.create({}), resolve=True))
     except Exception as e:  # a YAML syntax error: name the file
         raise ValueError(f"{path}: {e}") from None
-    assert isinstance(meta, dict)
     if missing := [k for k in REQUIRED if k not in meta]:
         raise ValueError(f"{path}: book block lacks {', '.join(missing)}")
     runs = {r["name"]: list(r.get("overrides", [])) for r in meta.get("runs") or []} or {"": []}
@@ -290,9 +291,11 @@ class Progress:
 def _is_done(out: Path, cfg: Any) -> bool:
     if rundir.read_summary(out).get("status") not in ("completed", "diverged"):
         return False
-    previous = OmegaConf.load(out / "config.yaml")
-    keep = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "out_dir"}
-    return keep == {k: v for k, v in OmegaConf.to_container(previous).items() if k != "out_dir"}
+    now = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
+    before = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.load(out / "config.yaml")))
+    return {k: v for k, v in now.items() if k != "out_dir"} == {
+        k: v for k, v in before.items() if k != "out_dir"
+    }
 
 
 def run_experiments(
