@@ -215,7 +215,7 @@ def _train(
     """Train one population (one run directory per trial) and read each trial's outcome."""
     trials = [t for t, _ in group]
     outs = [_run_dir(folder, t) for t in trials]
-    hooks = [_reporter(t, spec.objective.metric) for t in trials]
+    hooks = [_reporter(t, spec.objective.metric, c.train.epochs) for t, c in group]
     try:
         with _heartbeat(study._storage, [t._trial_id for t in trials]):
             run_population([c for _, c in group], outs, on_epochs=hooks, progress=False, allow_test=False)
@@ -254,13 +254,14 @@ def _tell(study: optuna.Study, pending: dict[int, optuna.Trial], outcome: Outcom
     pending.pop(trial.number, None)
 
 
-def _reporter(trial: optuna.Trial, metric: str) -> Any:
+def _reporter(trial: optuna.Trial, metric: str, epochs: int) -> Any:
     def hook(record: dict[str, Any]) -> Stop | None:
         value = record.get(metric, math.nan)
         if not math.isfinite(value):
             return None  # the run itself ends as diverged
         trial.report(value, record["epoch"])
-        if trial.should_prune():
+        # At its last epoch a trial has spent its budget: it completes, whatever the pruner says.
+        if record["epoch"] < epochs and trial.should_prune():
             return Stop(f"pruned by {type(trial.study.pruner).__name__} at epoch {record['epoch']}", "pruned")
         return None
 
