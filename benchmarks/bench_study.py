@@ -11,6 +11,7 @@ All figures are ratios measured in one run of this script, on the real MNIST ($H
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -114,6 +115,7 @@ def main() -> None:
     parser.add_argument("--population", type=int, default=8, help="trials per pass in the third study")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         one = throughput(folder / "one", 1, args.trials, args.epochs)
@@ -126,6 +128,8 @@ def main() -> None:
         print(f"  2 workers, population {k:<3} {pop:.3f} trial-epochs/s")
         print(f"  2 workers / 1 worker: {two / one:.2f}x (target >= 1.7)")
         print(f"  2 workers with populations / 1 worker without: {pop / one:.2f}x (target >= 4)")
+        after = os.getloadavg()[0]
+        print(f"  load average (1 min) {load:.2f} before, {after:.2f} after, on {os.cpu_count()} CPUs")
         store, comp, trial = storage_seconds(folder), compose_seconds(), trial_seconds(folder)
         print("per-trial overhead against a 1-epoch full-data trial:")
         print(
