@@ -91,16 +91,13 @@ def speed_of_learning(
     book's full-batch runs (generate_gradient.py measures before each update). The initial per-neuron
     dC/db (the book's bar picture) goes to gradients.json.
     """
-    from hpexp.network import Network
-    from hpexp.run import load_data, validate
+    from hpexp.run import build_network, load_data, validate
     from hpexp.train import evaluate, fit, rng_streams
 
     started, parts = time.perf_counter(), validate(cfg)
     splits = load_data(cfg)
     streams = rng_streams(cfg.seed)
-    network = Network.create(
-        list(cfg.network.sizes), parts.activation, parts.cost, parts.init, streams["init"], cfg.dtype
-    )
+    network = build_network(cfg, parts, streams["init"])
     train, monitor = splits["train"], {s: splits[s] for s in cfg.train.monitor}
     speeds, gradients = _speeds(network, train)
     first: Record = {"epoch": 0}

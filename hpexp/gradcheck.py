@@ -18,6 +18,7 @@ import argparse
 from collections.abc import Sequence
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from hpexp.network import Masks, Network
 
@@ -67,7 +68,12 @@ def check(
     """(name, shape, relative error) per parameter array; `max_entries` samples that many per array."""
     rng = rng or np.random.default_rng(0)
     analytic = backprop_grads(network, regularizer, x, y, n, masks)
-    names = [f"layer {i + 1} {kind}" for i in range(len(network.layers)) for kind in ("weights", "biases")]
+    # Every layer's parameters alternate weights, biases (a conv stack: filters, biases per conv-pool).
+    names = [
+        f"layer {i + 1} {'biases' if j % 2 else 'weights'}{f' {j // 2 + 1}' if len(layer.params) > 2 else ''}"
+        for i, layer in enumerate(network.layers)
+        for j in range(len(layer.params))
+    ]
     rows = []
     for name, p, a in zip(names, network.params, analytic, strict=True):
         flat = np.arange(p.size)
@@ -87,8 +93,7 @@ def _problem(cfg, m: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndar
         split = data.load_splits(found, n_train=m, scale=cfg.data.scale, dtype="float64", splits=["train"])
         return split["train"].x, split["train"].y, f"the first {m} MNIST training images"
     except data.DataError:
-        sizes = cfg.network.sizes
-        x, y = rng.uniform(0, 1, (m, sizes[0])), rng.integers(0, sizes[-1], m)
+        x, y = rng.uniform(0, 1, (m, 784)), rng.integers(0, 10, m)
         return x, y, f"{m} random examples (no MNIST found)"
 
 
@@ -110,19 +115,17 @@ def main(argv: Sequence[str]) -> None:
     if args.examples < 1:
         parser.error(f"--examples must be >= 1, got {args.examples}")
 
-    from hpexp.run import compose, validate
+    from hpexp.run import build_network, compose, validate
     from hpexp.train import rng_streams
 
     cfg = compose([*args.overrides, "dtype=float64"])
     parts = validate(cfg)
     streams = rng_streams(cfg.seed)
-    network = Network.create(
-        cfg.network.sizes, parts.activation, parts.cost, parts.init, streams["init"], "float64"
-    )
+    network = build_network(cfg, parts, streams["init"], "float64")
     x, y, source = _problem(cfg, args.examples, streams["shuffle"])
     reg = parts.regularizer
     masks = reg.masks(network.input_shapes(len(y)), streams["dropout"], np.float64) if reg.dropout else None
-    sizes = "-".join(map(str, cfg.network.sizes))
+    sizes = cfg.choices.network
     print(
         f"gradcheck {sizes} {cfg.choices.activation} {cfg.choices.cost} {reg!r}: {source}, eps {args.eps:g}"
     )
@@ -130,7 +133,8 @@ def main(argv: Sequence[str]) -> None:
         print(
             "dropout: one fixed mask, drawn from the 'dropout' stream, in both backprop and the differences"
         )
-    rows = check(network, reg, x, y, cfg.data.n_train, masks, args.eps, args.max_entries)
+    with threadpool_limits(limits=1, user_api="blas"):  # tiny products: threads only cost time
+        rows = check(network, reg, x, y, cfg.data.n_train, masks, args.eps, args.max_entries)
     worst = max(err for _, _, err in rows)
     for name, shape, err in rows:
         verdict = "ok" if err < args.threshold else "FAIL"

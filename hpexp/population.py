@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from hpexp.layers import Dense
-from hpexp.network import Network
+from hpexp.network import DenseSpec, Network
 
 T = TypeVar("T")
 
@@ -30,6 +30,11 @@ def _dense_layers(network: Network) -> list[Dense]:
         kinds = sorted({type(layer).__name__ for layer in network.layers})
         raise ValueError(f"populations need fully-connected networks; this one has {kinds} layers")
     return network.layers  # type: ignore[return-value]
+
+
+def stackable(specs: Sequence[Any]) -> bool:
+    """Whether networks of these layer specs can form a population (fully-connected ones only)."""
+    return all(isinstance(spec, DenseSpec) for spec in specs)
 
 
 def stack(networks: Sequence[Network]) -> Network:

@@ -27,7 +27,7 @@ import hpexp
 from hpexp import data, rundir
 from hpexp.network import DenseSpec, LayerSpec, Network, Shape, shapes
 from hpexp.paths import config_dir
-from hpexp.population import stack
+from hpexp.population import stack, stackable
 from hpexp.stopping import Never
 from hpexp.train import Member, Record, Stop, fit_population, rng_streams
 
@@ -292,6 +292,11 @@ def run_population(
         raise ConfigError(f"configs differ in {differ}, which must be equal to train as one population")
     cfg0, outs = cfgs[0], [Path(o) for o in out_dirs]
     hooks = list(on_epochs or [None] * len(cfgs))
+    if len(cfgs) > 1 and not stackable(network_specs(cfg0)[1]):  # conv nets train one by one
+        return [
+            run_population([c], [o], on_epochs=[h], progress=progress, allow_test=allow_test)[0]
+            for c, o, h in zip(cfgs, outs, hooks, strict=True)
+        ]
     splits = load_data(cfg0, allow_test=allow_test)
     streams = [rng_streams(cfg.seed) for cfg in cfgs]
     networks = [build_network(cfg, p, s["init"]) for cfg, p, s in zip(cfgs, parts, streams, strict=True)]
@@ -330,6 +335,7 @@ def run_population(
                 dropout_rng=streams[0]["dropout"],
                 augment_rng=streams[0]["augment"],
                 eval_every=cfg0.train.get("eval_every") or 1,
+                shuffle=cfg0.train.get("shuffle", True),
             )
     except BaseException as e:
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"

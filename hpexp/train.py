@@ -232,6 +232,7 @@ def fit_population(
     dropout_rng: np.random.Generator | None = None,
     augment_rng: np.random.Generator | None = None,
     eval_every: int = 1,
+    shuffle: bool = True,
 ) -> list[Result]:
     """The one training loop: K members (a population network with a leading axis K, see
     hpexp.population, or a plain network for K = 1) trained side by side, epoch by epoch.
@@ -244,7 +245,8 @@ def fit_population(
     its Result. `seconds` in a member's records is its share of the population's time since its
     previous record. With `eval_every` k > 1 the monitored splits are evaluated, and a record made,
     only every k-th epoch and at each member's last (for runs of thousands of tiny epochs); stopping
-    rules, schedules and hooks then see one record per evaluation.
+    rules, schedules and hooks then see one record per evaluation. With `shuffle` false the
+    mini-batches follow the stored order every epoch (the book's network3).
     """
     population = network.flat_params.ndim == 2
     if (network.flat_params.shape[0] if population else 1) != len(members):
@@ -268,7 +270,9 @@ def fit_population(
     for epoch in range(1, max(m.epochs for m in members) + 1):
         etas = [members[k].schedule.eta(members[k].optimizer.eta, histories[k]) for k in active]
         eta = np.asarray(etas, dtype).reshape(-1, 1) if population else etas[0]
-        if shuffle_rng is not None:
+        if not shuffle:
+            order = None
+        elif shuffle_rng is not None:
             order = shuffle_rng.permutation(len(y))
         else:
             order = np.stack([rng[k].permutation(len(y)) for k in active])  # type: ignore[index]

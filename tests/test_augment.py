@@ -15,15 +15,24 @@ def images(n=3, seed=0, dtype=np.float32):
 
 def test_book_expansion_gives_five_times_the_images_with_labels_kept():
     x, y = images(4), np.array([3, 1, 4, 1])
-    big_x, big_y = BookShifts().expand(x, y)
+    big_x, big_y = BookShifts(seed=None).expand(x, y)
     assert big_x.shape == (20, 784) and big_x.dtype == x.dtype
     np.testing.assert_array_equal(big_y, np.repeat(y, 5))
     np.testing.assert_array_equal(big_x[::5], x)  # each original, followed by its four shifts
 
 
+def test_book_expansion_is_shuffled_once_like_expand_mnist():
+    x, y = images(4), np.array([3, 1, 4, 1])
+    in_order_x, in_order_y = BookShifts(seed=None).expand(x, y)
+    big_x, big_y = BookShifts().expand(x, y)
+    assert not np.array_equal(big_x, in_order_x)
+    rows = {tuple(r): label for r, label in zip(in_order_x, in_order_y, strict=True)}
+    assert {tuple(r): label for r, label in zip(big_x, big_y, strict=True)} == rows
+
+
 def test_shifted_pixels_are_right():
     x = images(2)
-    big, _ = BookShifts().expand(x, np.zeros(2, int))
+    big, _ = BookShifts(seed=None).expand(x, np.zeros(2, int))
     img = x[1].reshape(SIDE, SIDE)
     down, up, right, left = (big[5 + k].reshape(SIDE, SIDE) for k in range(1, 5))
     np.testing.assert_array_equal(down[1:], img[:-1])
@@ -35,7 +44,7 @@ def test_shifted_pixels_are_right():
     # a single lit pixel moves by exactly one place
     dot = np.zeros((1, 784), np.float32)
     dot[0, 10 * SIDE + 5] = 1.0
-    shifted, _ = BookShifts().expand(dot, np.zeros(1, int))
+    shifted, _ = BookShifts(seed=None).expand(dot, np.zeros(1, int))
     lit = [np.unravel_index(np.argmax(s), (SIDE, SIDE)) for s in shifted]
     assert lit == [(10, 5), (11, 5), (9, 5), (10, 6), (10, 4)]
 

@@ -220,3 +220,29 @@ def test_select_copies_the_kept_members():
     kept = select(stack(nets), [0, 2])
     np.testing.assert_array_equal(kept.layers[0].w[1], nets[2].layers[0].w)
     assert kept.flat_params.shape[0] == 2
+
+
+def test_without_shuffling_the_stored_order_is_used_whatever_the_generator():
+    """shuffle=False (network3): every epoch walks the data as stored, so the shuffle stream is unused
+    and the result equals training on the data in stored order by hand."""
+    train, val = problem(5)
+    results = [
+        fit_population(
+            new_network(0),
+            train,
+            {"val": val},
+            [member(**MEMBERS[0])],
+            batch_size=10,
+            rng=np.random.default_rng(seed),
+            shuffle=False,
+        )[0]
+        for seed in (1, 2)
+    ]
+    assert_same(results[0], results[1])
+    by_hand = new_network(0)
+    for _ in range(MEMBERS[0]["epochs"]):
+        from hpexp.train import train_epoch
+
+        train_epoch(by_hand, SGD(MEMBERS[0]["eta"]), Regularizer(), train.x, train.y, 10, MEMBERS[0]["eta"])
+    for a, b in zip(results[0].params, by_hand.params, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)

@@ -165,3 +165,27 @@ def test_a_history_row_cut_short_is_skipped(tmp_path):
         {"epoch": 1, "val_accuracy": 0.5},
         {"epoch": 2, "val_accuracy": 0.6},
     ]
+
+
+def test_without_shuffling_the_run_differs_from_the_shuffled_one(mnist_dir, tmp_path):
+    a = run(compose([*SMALL, "train.shuffle=false", "seed=1"]), tmp_path / "a", progress=False)
+    shuffled = run(compose([*SMALL, "seed=1"]), tmp_path / "b", progress=False)
+    assert _curves(a) != _curves(shuffled)
+
+
+def test_conv_nets_with_several_seeds_train_one_by_one(mnist_dir, tmp_path):
+    """Populations stack fully-connected networks only; conv nets still get one run per seed."""
+    from hpexp.run import run_seeds
+
+    cfg = compose(
+        [
+            "data.n_train=50",
+            "data.n_validation=20",
+            "train.epochs=1",
+            "network=conv1",
+            "network.fc=8",
+            "train.seeds=[1,2]",
+        ]
+    )
+    outs = run_seeds(cfg, tmp_path, progress=False)
+    assert [rundir.read_summary(o)["status"] for o in outs] == ["completed", "completed"]
