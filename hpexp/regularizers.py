@@ -54,6 +54,15 @@ class Regularizer:
                 )
         if self.max_norm is not None and not np.all(np.asarray(self.max_norm) > 0):
             raise ValueError(f"regularizer.max_norm must be > 0 or null (off), got {self.max_norm}")
+        # Decided once here, not per mini-batch: which terms of the penalty and which dropout layers
+        # are on (private, not fields: `fields()`, repr and == see only the hyperparameters).
+        r = np.asarray(self.l1_ratio)
+        object.__setattr__(self, "_l2_only", bool(np.all(r == 0.0)))
+        object.__setattr__(self, "_with_l2", bool(np.any(r < 1.0)))
+        object.__setattr__(self, "_with_l1", bool(np.any(r > 0.0)))
+        object.__setattr__(
+            self, "_drops", (bool(np.any(np.asarray(self.p_input) > 0)), bool(np.any(np.asarray(self.p) > 0)))
+        )
 
     def __repr__(self) -> str:
         """Only what differs from no regularization, e.g. `Regularizer(lmbda=5.0, p=0.5)`."""
@@ -80,19 +89,19 @@ class Regularizer:
         """lmbda/n * [(1 - r)/2 sum w^2 + r sum |w|] over one weight array (per population member)."""
         r, axes = self.l1_ratio, (-2, -1)
         total = np.zeros((*w.shape[:-2], 1, 1))  # keepdims, so per-member (K, 1, 1) fields broadcast
-        if np.any(np.asarray(r) < 1.0):
+        if self._with_l2:  # type: ignore[attr-defined]
             total = total + 0.5 * (1.0 - r) * np.sum(w * w, axis=axes, keepdims=True)
-        if np.any(np.asarray(r) > 0.0):
+        if self._with_l1:  # type: ignore[attr-defined]
             total = total + r * np.sum(np.abs(w), axis=axes, keepdims=True)
         return (self.lmbda / n * total).reshape(w.shape[:-2])
 
     def grad(self, w: np.ndarray, n: int) -> np.ndarray:
         """lmbda/n * [(1 - r) w + r sgn(w)], with sgn(0) = 0."""
         r = self.l1_ratio
-        if np.all(np.asarray(r) == 0.0):
+        if self._l2_only:  # type: ignore[attr-defined]
             return (self.lmbda / n) * w
         g = np.sign(w) * (self.lmbda * r / n)
-        if np.any(np.asarray(r) < 1.0):
+        if self._with_l2:  # type: ignore[attr-defined]
             g += (self.lmbda * (1.0 - r) / n) * w
         return g
 
@@ -105,10 +114,10 @@ class Regularizer:
         """One training mini-batch's multipliers of each layer's input (shape (..., m, n_in)), or None."""
         out: Masks = []
         for layer, shape in enumerate(shapes):
-            p = self._drop(layer)
-            if np.all(np.asarray(p) == 0.0):
+            if not self._drops[min(layer, 1)]:  # type: ignore[attr-defined]
                 out.append(None)
                 continue
+            p = self._drop(layer)
             keep = rng.random(shape, dtype=np.float32) >= p  # P(keep) = 1 - p
             scale = 1.0 / (1.0 - p) if self.inverted else 1.0
             out.append(np.multiply(keep, scale, dtype=dtype))

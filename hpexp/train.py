@@ -118,24 +118,29 @@ def train_epoch(
     n = len(y) if order is None else order.shape[-1]
     params, grads = [network.flat_params], [network.flat_grads]
     batches = _batches(x, y, order, batch_size)
-    if not (regularizer.penalized or regularizer.dropout or regularizer.max_norm is not None):
+    penalized, dropout, max_norm = (
+        regularizer.penalized,
+        regularizer.dropout,
+        regularizer.max_norm is not None,
+    )
+    if not (penalized or dropout or max_norm):
         for xb, yb in batches:
             network.backprop(xb, yb)
             optimizer.step(params, grads, eta)
         return
-    if regularizer.dropout and rng is None:
+    if dropout and rng is None:
         raise ValueError("dropout needs a random generator for its masks (the 'dropout' stream)")
     weights, weight_grads = network.weights, network.weight_grads
     for xb, yb in batches:
         masks = None
-        if regularizer.dropout:
+        if dropout:
             masks = regularizer.masks(network.input_shapes(yb.shape[-1]), rng, x.dtype)  # type: ignore[arg-type]
         network.backprop(xb, yb, masks)
-        if regularizer.penalized:
+        if penalized:
             for w, g in zip(weights, weight_grads, strict=True):
                 g += regularizer.grad(w, n)
         optimizer.step(params, grads, eta)
-        if regularizer.max_norm is not None:
+        if max_norm:
             for w in weights:
                 regularizer.constrain(w)
 
