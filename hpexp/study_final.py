@@ -107,13 +107,11 @@ def _test_split(cfg: DictConfig) -> Any:
 
 def _score(cfg: DictConfig, out: Path, test: Any) -> dict[str, Any]:
     """One seed's row: its validation-chosen epoch (restored weights) scored on the test split."""
-    from hpexp.network import Network
+    from hpexp.run import build_network
     from hpexp.train import evaluate, rng_streams
 
     summary, parts = rundir.read_summary(out), validate(cfg)
-    network = Network.create(
-        cfg.network.sizes, parts.activation, parts.cost, parts.init, rng_streams(cfg.seed)["init"], cfg.dtype
-    )
+    network = build_network(cfg, parts, rng_streams(cfg.seed)["init"])
     with np.load(out / "weights.npz") as saved:
         for i, p in enumerate(network.params):
             p[...] = saved[f"arr_{i}"]
