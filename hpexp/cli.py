@@ -28,7 +28,7 @@ def train(argv: Sequence[str]) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from omegaconf import DictConfig, open_dict
+    from omegaconf import DictConfig, OmegaConf, open_dict
 
     from hpexp.data import DataError
     from hpexp.paths import config_dir
@@ -38,6 +38,15 @@ def train(argv: Sequence[str]) -> None:
         hydra_cfg = HydraConfig.get()
         with open_dict(cfg):
             cfg.choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
+        runner = OmegaConf.select(cfg, "book.runner")
+        if runner:  # e.g. an ensemble or the SVM: not one training run
+            experiment = str(hydra_cfg.runtime.choices.get("experiment") or "book/ID").removeprefix("book/")
+            print(
+                f"hpexp train: error: this preset runs through {runner}, not as one training run; "
+                f"use `hpexp book run {experiment}`",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
         try:
             out = cfg.out_dir or hydra_cfg.runtime.output_dir
             if cfg.train.seeds:

@@ -132,3 +132,9 @@ def test_population_launcher_trains_a_grid_as_the_basic_launcher_does(mnist_dir,
         for a, b in zip(pop, basic, strict=True):
             assert a["val_cost"] == pytest.approx(b["val_cost"], abs=1e-9)
             assert a["eta"] == b["eta"]
+
+
+def test_a_preset_that_is_not_one_training_run_points_to_hpexp_book(tmp_path):
+    result = hpexp("train", "+experiment=book/ch6-ensemble5", cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    assert "use `hpexp book run ch6-ensemble5`" in result.stderr
