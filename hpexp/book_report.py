@@ -307,8 +307,8 @@ def summary(rows: list[dict[str, Any]], experiments: Sequence[book.Experiment]) 
         "",
         "Every experiment of Nielsen's *Neural Networks and Deep Learning* (chapters 1, 3, 5 and 6) that "
         "has a number or a figure, re-run by `hpexp book run` (n = the seeds run; chapters 1, 3 and 5 "
-        "with `--seeds 3`) and written by `hpexp book report`; rows marked `not run` are presets whose "
-        "runs take hours here (their pages give the estimate). Accuracies are percentages "
+        "with `--seeds 3`) and written by `hpexp book report`; presets whose runs take hours here are "
+        "listed but not yet run (their pages give the estimate). Accuracies are percentages "
         "(differences and tolerances in points); ours are the mean +/- standard deviation over seeds; "
         "a row is reproduced when "
         "|ours - book| <= tolerance. Where the book reports a best of three runs (chapter 1), "
