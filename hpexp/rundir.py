@@ -108,7 +108,3 @@ def read_history(run_dir: Path) -> list[Record]:
 def read_summary(run_dir: Path) -> Record:
     path = Path(run_dir) / "summary.json"
     return json.loads(path.read_text()) if path.exists() else {"status": "unknown"}
-
-
-def is_run_dir(path: Path) -> bool:
-    return (Path(path) / "config.yaml").exists() and (Path(path) / "summary.json").exists()
