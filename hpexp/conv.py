@@ -110,9 +110,8 @@ def _spread(d: np.ndarray, shape: tuple[int, ...], p: int) -> np.ndarray:
     return dx
 
 
-class MaxPool:
-    """The largest value of each p x p region; its gradient flows to that element only (the first
-    one, in row-major order, when several tie)."""
+class _Pool:
+    """Pooling over non-overlapping size x size regions: no parameters to hold or bind."""
 
     params: list[np.ndarray] = []
     grads: list[np.ndarray] = []
@@ -122,6 +121,11 @@ class MaxPool:
 
     def bind(self, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
         pass
+
+
+class MaxPool(_Pool):
+    """The largest value of each p x p region; its gradient flows to that element only (the first
+    one, in row-major order, when several tie)."""
 
     def _corners(self, x: np.ndarray) -> list[np.ndarray]:
         """The p * p strided views x[:, :, i::p, j::p] (cut to whole regions), one per region offset."""
@@ -154,17 +158,8 @@ class MaxPool:
         return dx
 
 
-class L2Pool:
+class L2Pool(_Pool):
     """sqrt(sum of squares) over each p x p region; d out / d x = x / out."""
-
-    params: list[np.ndarray] = []
-    grads: list[np.ndarray] = []
-
-    def __init__(self, size: int = 2) -> None:
-        self.size = size
-
-    def bind(self, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
-        pass
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         return np.sqrt(np.sum(_regions(x, self.size) ** 2, axis=(-2, -1)))
