@@ -285,10 +285,8 @@ def fit_population(
         train_epoch(network, optimizer, regularizer, x_epoch, y, batch_size, eta, dropout_rng, order)
         if epoch % eval_every and all(epoch != members[k].epochs for k in active):
             continue
-        evaluated = {
-            name: evaluate(network, split, regularizer.eval_masks(len(network.layers)))
-            for name, split in monitor.items()
-        }
+        masks = regularizer.eval_masks(len(network.layers))
+        evaluated = {name: evaluate(network, split, masks) for name, split in monitor.items()}
         pen, norms = penalty(network, regularizer, len(y)), weight_norm(network)
         seconds = (time.perf_counter() - start) / len(active)
         start = time.perf_counter()
