@@ -39,7 +39,7 @@ def members(k: int, sizes: list[int]):
     regularizers = [Regularizer(lmbda=float(lmbda)) for lmbda in rng.uniform(0.5, 5.0, k)]
     if k == 1:
         return nets[0], optimizers[0], regularizers[0], optimizers[0].eta
-    optimizer = stack_fields(optimizers, (1,), np.float32)
+    optimizer = stack_fields(optimizers, (1, 1), np.float32)
     return stack(nets), optimizer, stack_fields(regularizers, (1, 1), np.float32), optimizer.eta
 
 

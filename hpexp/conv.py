@@ -66,17 +66,17 @@ class Conv2D:
         (self.w,), (self.gw,) = params, grads
 
     def matrix(self) -> np.ndarray:
-        """The filters as a (c * kh * kw, filters) view: a column per filter."""
-        return self.w.reshape(self.w.shape[0], -1).T
+        """The filters as a (filters, c * kh * kw) view: a row per filter, as a dense layer's units."""
+        return self.w.reshape(self.w.shape[0], -1)
 
     def grad_matrix(self) -> np.ndarray:
-        return self.gw.reshape(self.gw.shape[0], -1).T
+        return self.gw.reshape(self.gw.shape[0], -1)
 
     def _apply(self, cols: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """(filters, c*kh*kw) @ (c*kh*kw, m*oh*ow), seen as (m, filters, oh, ow) without a copy."""
         f, (kh, kw) = self.w.shape[0], self.w.shape[-2:]
         oh, ow = shape[2] - kh + 1, shape[3] - kw + 1
-        return (self.matrix().T @ cols).reshape(f, shape[0], oh, ow).transpose(1, 0, 2, 3)
+        return (self.matrix() @ cols).reshape(f, shape[0], oh, ow).transpose(1, 0, 2, 3)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         return self._apply(patches(x, *self.w.shape[-2:]), x.shape)
@@ -89,10 +89,10 @@ class Conv2D:
     def backward(self, delta: np.ndarray, propagate: bool = True) -> np.ndarray | None:
         """dC/dw = delta patches^T; dC/dx = unpatch(w^T delta), delta as (filters, m * oh * ow)."""
         d = delta.transpose(1, 0, 2, 3).reshape(self.w.shape[0], -1)
-        np.matmul(d, self.cols.T, out=self.gw.reshape(self.w.shape[0], -1))
+        np.matmul(d, self.cols.T, out=self.grad_matrix())
         if not propagate:
             return None
-        return unpatch(self.matrix() @ d, self.shape, *self.w.shape[-2:])
+        return unpatch(self.matrix().T @ d, self.shape, *self.w.shape[-2:])
 
 
 def _regions(x: np.ndarray, p: int) -> np.ndarray:
@@ -257,7 +257,7 @@ class ConvStack:
 
     @property
     def weights(self) -> list[np.ndarray]:
-        """Each layer's filters as a (c * kh * kw, filters) view: a column per filter, like Dense's w."""
+        """Each layer's filters as a (filters, c * kh * kw) view: a row per filter, like Dense's w."""
         return [layer.conv.matrix() for layer in self.layers]
 
     @property

@@ -1,7 +1,8 @@
 """Weight initializers: `weights(shape, rng)` and `biases(shape, rng)` draw the starting parameters.
 
-Shapes are batch-major, (n_in, n_out) for weights and (1, n_out) for biases; a leading population
-axis (K, ...) is allowed, so fan-in is by default shape[-2] and fan-out shape[-1]. Layers whose
+Weights are drawn as (n_in, n_out) (dense layers store the transpose, see hpexp.network.DenseSpec)
+and biases as (1, n_out); a leading population axis (K, ...) is allowed, so fan-in is by default
+shape[-2] and fan-out shape[-1]. Layers whose
 weights are not such a matrix (convolution filters) or that an initializer treats specially (the
 output layer, for network3) say so with `fan`, a `Fan(n_in, n_out, output)`.
 """

@@ -2,8 +2,11 @@
 
 `backward` receives dC/da for the layer's output, fills the layer's gradients (never its
 parameters: only the optimizer changes those) and returns dC/da for its input.
-Arrays are batch-major, x of shape (m, n_in); a leading population axis (K, m, n_in) on x and
-(K, n_in, n_out) on the weights broadcasts through every line.
+Activations are batch-major, x of shape (m, n_in); weights are stored as the book writes them,
+(n_out, n_in), a row of incoming weights per unit. A population of K networks (hpexp.population)
+adds a leading axis: weights (K, n_out, n_in), and x either (K, m, n_in), each member its own
+mini-batch, or (m, n_in) shared by all, when the K weight matrices act as one (K * n_out, n_in)
+matrix: one wide product instead of K narrow ones.
 """
 
 from __future__ import annotations
@@ -13,8 +16,22 @@ import numpy as np
 from hpexp.activations import Activation, Identity
 
 
+def _wide(w: np.ndarray, x: np.ndarray) -> bool:
+    """Whether the K members' weights meet one shared input x (and so can act as one matrix)."""
+    return w.ndim == 3 and x.ndim == 2
+
+
+def weighted_input(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """x W^T, computed as (W x^T)^T: the product BLAS does fastest for a few rows of x, returned as
+    a transposed view (batch-major indexing, feature-major memory; numpy follows either)."""
+    if _wide(w, x):
+        k, n_out, n_in = w.shape
+        return (w.reshape(k * n_out, n_in, copy=False) @ x.T).reshape(k, n_out, -1).mT
+    return (w @ x.mT).mT
+
+
 class Dense:
-    """A fully-connected layer a = f(x W + b) with W of shape (n_in, n_out) and b of shape (1, n_out)."""
+    """A fully-connected layer a = f(x W^T + b) with W of shape (n_out, n_in) and b of shape (1, n_out)."""
 
     def __init__(self, w: np.ndarray, b: np.ndarray, activation: Activation) -> None:
         self.w, self.b, self.activation = w, b, activation
@@ -34,22 +51,27 @@ class Dense:
         return [self.gw, self.gb]
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        z = x @ self.w
+        z = weighted_input(self.w, x)
         z += self.b
         return self.activation.value(z)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self.x = x
-        self.z = x @ self.w
+        self.z = weighted_input(self.w, x)
         self.z += self.b
         self.a = self.z if self._linear else self.activation.value(self.z)
         return self.a
 
     def backward(self, delta: np.ndarray, propagate: bool = True) -> np.ndarray | None:
-        """delta = dC/da; dC/dz = delta * f'(z); dC/dW = x^T dC/dz; dC/db = sum over the batch."""
+        """delta = dC/da; dC/dz = delta * f'(z); dC/dW = dC/dz^T x; dC/db = sum over the batch."""
         if not self._linear:
             delta = delta * self.activation.grad(self.z, self.a)
-        np.matmul(self.x.mT, delta, out=self.gw)
+        if _wide(self.w, self.x):
+            k, n_out, n_in = self.w.shape
+            rows = np.ascontiguousarray(delta.mT).reshape(k * n_out, -1)  # a view when delta is
+            np.matmul(rows, self.x, out=self.gw.reshape(k * n_out, n_in, copy=False))  # feature-major already
+        else:
+            np.matmul(delta.mT, self.x, out=self.gw)
         np.add.reduce(delta, axis=-2, keepdims=True, out=self.gb)
         # The first layer's input gradient is never used: skipping it saves the widest product.
-        return delta @ self.w.mT if propagate else None
+        return delta @ self.w if propagate else None

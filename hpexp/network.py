@@ -74,7 +74,9 @@ class DenseSpec:
         lead: Shape = (),
     ) -> Dense:
         n_in, fan = math.prod(in_shape), Fan(math.prod(in_shape), self.units, output)
-        w = init.weights((*lead, n_in, self.units), rng, fan).astype(dtype)
+        # Drawn as (n_in, n_out), the order of the random stream since the first release, and
+        # stored as the book's (n_out, n_in): the same seed still gives the same network.
+        w = init.weights((*lead, n_in, self.units), rng, fan).swapaxes(-1, -2).astype(dtype)
         b = init.biases((*lead, 1, self.units), rng, fan).astype(dtype)
         return Dense(w, b, Identity() if output else activation)
 
@@ -105,28 +107,23 @@ class Network:
         self.layers, self.cost = list(layers), cost
         arrays = [layer.params for layer in self.layers]
         # A population axis is the leading axes of the (dense) output layer's weights beyond the matrix.
-        lead = _weights(self.layers[-1])[0].shape[:-2]
-        self.lead = lead
-        sizes = [int(np.prod(a.shape[len(lead) :])) for pair in arrays for a in pair]
-        dtype = arrays[-1][0].dtype
-        self.flat_params = np.empty((*lead, sum(sizes)), dtype)
+        self.lead: Shape = _weights(self.layers[-1])[0].shape[:-2]
+        # Array by array, each (with its population axis) one contiguous block: a population's
+        # weights of a layer are then one (K * n_out, n_in) matrix (see hpexp.layers).
+        sizes = [a.size for pair in arrays for a in pair]
+        self.flat_params = np.empty(sum(sizes), arrays[-1][0].dtype)
         self.flat_grads = np.zeros_like(self.flat_params)
-        offsets = np.cumsum([0, *sizes])
-        views = iter(range(len(sizes)))
+        offsets = iter(np.cumsum([0, *sizes]).tolist())
+        start = next(offsets)
         for layer, pair in zip(self.layers, arrays, strict=True):
             bound: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
             for a in pair:
-                i = next(views)
-                chunk = (..., slice(offsets[i], offsets[i + 1]))
-                p, g = (
-                    self.flat_params[chunk].reshape(a.shape),
-                    self.flat_grads[chunk].reshape(a.shape),
-                )
-                if not (np.shares_memory(p, self.flat_params) and np.shares_memory(g, self.flat_grads)):
-                    raise AssertionError("parameter views must share the flat buffers")
+                end = next(offsets)
+                p = self.flat_params[start:end].reshape(a.shape, copy=False)
                 p[...] = a
                 bound[0].append(p)
-                bound[1].append(g)
+                bound[1].append(self.flat_grads[start:end].reshape(a.shape, copy=False))
+                start = end
             layer.bind(*bound)
 
     @classmethod
@@ -191,8 +188,8 @@ class Network:
     def weights(self) -> list[np.ndarray]:
         """The arrays a regularizer acts on: weights only, never biases (the book's convention).
 
-        Each is a matrix (n_in, n_out) whose columns are the units' incoming weights; conv filters
-        appear as views (channels * kh * kw, filters) of their parameters, so a penalty, its gradient
+        Each is a matrix (n_out, n_in) whose rows are the units' incoming weights; conv filters
+        appear as views (filters, channels * kh * kw) of their parameters, so a penalty, its gradient
         and a max-norm constraint act on them in place."""
         return [w for layer in self.layers for w in _weights(layer)]
 
@@ -211,25 +208,20 @@ class Network:
             x = layer.infer(x)
         return x
 
-    def backprop(self, x: np.ndarray, y: np.ndarray, masks: Masks | None = None) -> None:
-        """Fill every layer's gradients of the mean cost over the mini-batch (x, y).
+    def backprop(
+        self, x: np.ndarray, y: np.ndarray, masks: Masks | None = None, scale: float | np.ndarray = 1.0
+    ) -> None:
+        """Fill every layer's gradients of the mean cost over the mini-batch (x, y), times `scale`.
 
+        Training passes the learning rate as `scale` (one per member of a population, shape (K, 1, 1)):
+        multiplying the output error, a few numbers, spares the optimizer a pass over every gradient.
         With dropout `masks` (one multiplier per layer input, or None), layer i sees x_i * mask_i,
         so the error passed down to the layer below is multiplied by the same mask."""
-        if masks is not None:
-            return self._backprop_masked(x, y, masks)
-        for layer in self.layers:
-            x = layer.forward(x)
-        delta: Any = self.cost.delta(x, y)  # becomes None below the first layer
-        delta *= 1.0 / y.shape[-1]
-        for i in range(len(self.layers) - 1, -1, -1):
-            delta = self.layers[i].backward(delta, propagate=i > 0)
-
-    def _backprop_masked(self, x: np.ndarray, y: np.ndarray, masks: Masks) -> None:
+        masks = masks if masks is not None else [None] * len(self.layers)
         for layer, mask in zip(self.layers, masks, strict=True):
             x = layer.forward(x if mask is None else x * mask)
         delta: Any = self.cost.delta(x, y)  # becomes None below the first layer
-        delta *= 1.0 / y.shape[-1]
+        delta *= scale / y.shape[-1]
         for i in range(len(self.layers) - 1, -1, -1):
             delta = self.layers[i].backward(delta, propagate=i > 0)
             if delta is not None and masks[i] is not None:
@@ -242,7 +234,7 @@ class Network:
 
 
 def _n_in(layer: Dense | ConvStack) -> int:
-    return layer.n_in if isinstance(layer, ConvStack) else layer.w.shape[-2]
+    return layer.n_in if isinstance(layer, ConvStack) else layer.w.shape[-1]
 
 
 def _weights(layer: Dense | ConvStack, grads: bool = False) -> list[np.ndarray]:

@@ -1,7 +1,9 @@
-"""Optimizers: the only code that changes parameters. `step(params, grads, eta)` updates in place.
+"""Optimizers: the code that changes parameters. `step(params, grads)` updates in place.
 
-`eta` is passed at every step because the learning-rate schedule owns its value per epoch; it may
-be a float or, for a population of networks, an array of shape (K, 1, 1) that broadcasts.
+The gradients arrive already multiplied by the learning rate: the schedule owns eta's value per
+epoch and backprop folds it into the output error (`Network.backprop(..., scale=eta)`), a few numbers
+instead of a pass over every gradient. So `grads` holds eta * g below, and for a population of
+networks eta is one value per member.
 """
 
 from __future__ import annotations
@@ -37,19 +39,23 @@ class SGD:
             raise ValueError("optimizer.nesterov needs optimizer.momentum > 0")
         self._plain = bool(np.all(np.asarray(self.momentum) == 0.0))
 
-    def step(
-        self, params: Sequence[np.ndarray], grads: Sequence[np.ndarray], eta: float | np.ndarray
-    ) -> None:
+    @property
+    def plain(self) -> bool:
+        """Whether the step is w <- w - eta g: linear in the gradient, no state."""
+        return self._plain
+
+    def step(self, params: Sequence[np.ndarray], grads: Sequence[np.ndarray]) -> None:
+        """One update from `grads` = eta * g (see the module docstring); the gradients are used up.
+
+        A population's per-member momentum (shape (K, 1, 1)) needs params as per-layer arrays."""
         if self._plain:
             for p, g in zip(params, grads, strict=True):
-                g *= eta  # the gradient buffer is rewritten by the next backward: scale it in place
                 p -= g
             return
         if not self._velocity:
             self._velocity = [np.zeros_like(p) for p in params]
         mu = self.momentum
         for p, g, v in zip(params, grads, self._velocity, strict=True):
-            g *= eta
             v *= mu
             v -= g
             if self.nesterov:

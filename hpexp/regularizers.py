@@ -15,13 +15,13 @@ It acts on training in three places, always with the same signatures:
               a unit with probability 1-p and scales it by 1/(1-p), so evaluation uses the network
               unchanged; network3's convention (inverted: false) keeps without rescaling and at
               evaluation scales each layer's input by 1-p (`eval_masks`), as the book's chapter 6 did.
-  max_norm    `constrain(w)` after each step rescales every unit's incoming weight vector (a column
+  max_norm    `constrain(w)` after each step rescales every unit's incoming weight vector (a row
               of w) to norm <= max_norm: projected gradient descent, the usual companion of dropout.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -105,6 +105,27 @@ class Regularizer:
             g += (self.lmbda * (1.0 - r) / n) * w
         return g
 
+    def step(self, eta: float | np.ndarray, n: int, decay: bool) -> Callable[[np.ndarray, np.ndarray], None]:
+        """The penalty's part of one SGD step at learning rate `eta`, as a function (w, g) -> None
+        that adds eta * grad(w, n) to the (already eta-scaled) gradient g in place. With `decay`
+        (plain SGD, whose step is linear in the gradient) the L2 term instead multiplies the weights
+        by 1 - eta lmbda (1 - r)/n: network2's weight decay, one pass over w rather than two over g.
+        The constants are worked out once here, per epoch, not per mini-batch."""
+        r = self.l1_ratio
+        l1, l2 = eta * self.lmbda * r / n, eta * self.lmbda * (1.0 - r) / n
+        with_l1, with_l2 = self._with_l1, self._with_l2  # type: ignore[attr-defined]
+        factor = 1.0 - l2
+
+        def apply(w: np.ndarray, g: np.ndarray) -> None:
+            if with_l1:
+                g += l1 * np.sign(w)  # before any decay: sgn(w) is the old weights' subgradient
+            if with_l2 and decay:
+                w *= factor
+            elif with_l2:
+                g += l2 * w
+
+        return apply
+
     # --- dropout ---
 
     def _drop(self, layer: int) -> float:
@@ -133,10 +154,10 @@ class Regularizer:
     # --- max-norm ---
 
     def constrain(self, w: np.ndarray) -> None:
-        """Rescale in place each column of w (a unit's incoming weights) whose norm exceeds max_norm."""
+        """Rescale in place each row of w (a unit's incoming weights) whose norm exceeds max_norm."""
         if self.max_norm is None:
             return
-        norms = np.sqrt(np.sum(w * w, axis=-2, keepdims=True))
+        norms = np.sqrt(np.sum(w * w, axis=-1, keepdims=True))
         w *= np.minimum(1.0, self.max_norm / np.maximum(norms, np.finfo(w.dtype).tiny))
 
 

@@ -3,7 +3,8 @@
     config.yaml    the resolved config, with the chosen option of every config group
     history.csv    one row per epoch (rewritten after every epoch, so a killed run keeps its curve)
     summary.json   status, stop reason, best epoch and its record, final record, seconds, versions
-    weights.npz    optional: the final parameters
+    weights.npz    optional: the final parameters, layer by layer (a dense layer's weights as the
+                   book's (n_out, n_in), then its biases (1, n_out); conv filters (filters, c, kh, kw))
 
 Every file is written atomically (a temporary file in the same folder, then os.replace), so a
 reader never sees half a file.

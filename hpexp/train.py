@@ -116,7 +116,10 @@ def train_epoch(
     apply the max-norm constraint. Parts that are off cost nothing: the plain loop is the book's.
     """
     n = len(y) if order is None else order.shape[-1]
-    params, grads = [network.flat_params], [network.flat_grads]
+    # Plain SGD (no state) steps all parameters at once through the flat buffer; momentum's state
+    # is kept per layer array, where a population's per-member momentum (K, 1, 1) broadcasts.
+    flat = optimizer.plain or not network.lead
+    params, grads = ([network.flat_params], [network.flat_grads]) if flat else (network.params, network.grads)
     batches = _batches(x, y, order, batch_size)
     penalized, dropout, max_norm = (
         regularizer.penalized,
@@ -125,21 +128,22 @@ def train_epoch(
     )
     if not (penalized or dropout or max_norm):
         for xb, yb in batches:
-            network.backprop(xb, yb)
-            optimizer.step(params, grads, eta)
+            network.backprop(xb, yb, scale=eta)
+            optimizer.step(params, grads)
         return
     if dropout and rng is None:
         raise ValueError("dropout needs a random generator for its masks (the 'dropout' stream)")
     weights, weight_grads = network.weights, network.weight_grads
+    penalize = regularizer.step(eta, n, decay=optimizer.plain)
     for xb, yb in batches:
         masks = None
         if dropout:
             masks = regularizer.masks(network.input_shapes(yb.shape[-1]), rng, x.dtype)  # type: ignore[arg-type]
-        network.backprop(xb, yb, masks)
+        network.backprop(xb, yb, masks, scale=eta)
         if penalized:
             for w, g in zip(weights, weight_grads, strict=True):
-                g += regularizer.grad(w, n)
-        optimizer.step(params, grads, eta)
+                penalize(w, g)
+        optimizer.step(params, grads)
         if max_norm:
             for w in weights:
                 regularizer.constrain(w)
@@ -216,8 +220,8 @@ def _stacked(
     """The optimizer and regularizer of the active members as one object each (see population)."""
     if not population:
         return members[active[0]].optimizer, members[active[0]].regularizer
-    optimizer = stack_fields([members[k].optimizer for k in active], (1,), dtype)  # flat (K, P)
-    regularizer = stack_fields([members[k].regularizer for k in active], (1, 1), dtype)  # (K, n, n)
+    optimizer = stack_fields([members[k].optimizer for k in active], (1, 1), dtype)  # per layer (K, n, n)
+    regularizer = stack_fields([members[k].regularizer for k in active], (1, 1), dtype)
     return optimizer, regularizer
 
 
@@ -253,9 +257,9 @@ def fit_population(
     rules, schedules and hooks then see one record per evaluation. With `shuffle` false the
     mini-batches follow the stored order every epoch (the book's network3).
     """
-    population = network.flat_params.ndim == 2
-    if (network.flat_params.shape[0] if population else 1) != len(members):
-        raise ValueError(f"{len(members)} members for a network of shape {network.flat_params.shape}")
+    population = bool(network.lead)
+    if (network.lead[0] if population else 1) != len(members):
+        raise ValueError(f"{len(members)} members for a network of population shape {network.lead}")
     dtype = network.flat_params.dtype
     expansion = expansion or NoExpansion()
     if not population and not isinstance(rng, np.random.Generator):
@@ -267,14 +271,14 @@ def fit_population(
     x, y = expansion.expand(train.x, train.y)
     histories: list[list[Record]] = [[] for _ in members]
     best: list[Record | None] = [None] * len(members)  # each member's best-validation record
-    best_params: list[np.ndarray | None] = [None] * len(members)
+    best_params: list[list[np.ndarray] | None] = [None] * len(members)
     results: list[Result | None] = [None] * len(members)
     active = list(range(len(members)))
     optimizer, regularizer = _stacked(members, active, population, dtype)
     start = time.perf_counter()
     for epoch in range(1, max(m.epochs for m in members) + 1):
         etas = [members[k].schedule.eta(members[k].optimizer.eta, histories[k]) for k in active]
-        eta = np.asarray(etas, dtype).reshape(-1, 1) if population else etas[0]
+        eta = np.asarray(etas, dtype).reshape(-1, 1, 1) if population else etas[0]
         if not shuffle:
             order = None
         elif shuffle_rng is not None:
@@ -301,14 +305,14 @@ def fit_population(
             record |= {"eta": etas[row], "weight_norm": _row(norms, r), "seconds": seconds}
             history, member = histories[k], members[k]
             history.append(record)
-            params = network.flat_params if r is None else network.flat_params[r]
+            params = [p if r is None else p[r] for p in network.params]  # the member's views
             finite = bool(np.isfinite([v for key, v in record.items() if key.endswith("_cost")]).all())
-            diverged = not (finite and np.isfinite(params).all())
+            diverged = not (finite and all(np.isfinite(p).all() for p in params))
             if not diverged and "val_accuracy" in record:
                 previous = best[k]
                 if previous is None or record["val_accuracy"] > previous["val_accuracy"]:
                     best[k] = record
-                    best_params[k] = params.copy() if member.restore_best else None
+                    best_params[k] = member_params(network, r) if member.restore_best else None
             stop = member.on_epoch(record) if member.on_epoch else None
             if diverged:
                 stop = Stop(f"cost or weights not finite at epoch {epoch}", "diverged")
@@ -321,7 +325,8 @@ def fit_population(
                 best_record = best[k]
                 best_epoch = best_record["epoch"] if best_record else None
                 if restore:
-                    params[...] = best_params[k]
+                    for p, saved in zip(params, best_params[k], strict=True):  # type: ignore[arg-type]
+                        p[...] = saved
                 final = member_params(network, r)
                 results[k] = Result(
                     history, stop.status, stop.reason, best_epoch, best_epoch if restore else None, final

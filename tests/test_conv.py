@@ -205,7 +205,7 @@ def test_conv_networks_compose_from_config():
         assert [s[-1] for s in network.input_shapes(10)] == n_in
         assert network.flat_params.dtype == np.float32
     network, _, _ = conv_network(["network=conv2", "network.fc=300"])
-    assert network.layers[1].w.shape == (640, 300)
+    assert network.layers[1].w.shape == (300, 640)
 
 
 def test_sizes_is_the_dense_shorthand():
@@ -242,14 +242,14 @@ def test_weights_and_input_shapes_of_a_conv_network():
     network, _, _ = conv_network(["network=conv2", "network.fc=5"])
     stack = network.layers[0]
     assert isinstance(stack, ConvStack)
-    assert [w.shape for w in network.weights] == [(25, 20), (500, 40), (640, 5), (5, 10)]
+    assert [w.shape for w in network.weights] == [(20, 25), (40, 500), (5, 640), (10, 5)]
     assert network.input_shapes(7) == [(7, 784), (7, 640), (7, 5)]
     for w, g in zip(network.weights, network.weight_grads, strict=True):
         assert np.shares_memory(w, network.flat_params) and np.shares_memory(g, network.flat_grads)
-    # A column of a conv weight view is one filter; changing the view changes the filter.
-    np.testing.assert_array_equal(network.weights[1][:, 3], stack.layers[1].w[3].ravel())
+    # A row of a conv weight view is one filter; changing the view changes the filter.
+    np.testing.assert_array_equal(network.weights[1][3], stack.layers[1].w[3].ravel())
     network.weights[0][...] *= 2.0
-    np.testing.assert_array_equal(network.weights[0][:, 0], stack.layers[0].w[0].ravel())
+    np.testing.assert_array_equal(network.weights[0][0], stack.layers[0].w[0].ravel())
     # L2 acts on every weight array and on no bias: sum of squares of filters and matrices.
     from hpexp.regularizers import L2
 

@@ -100,7 +100,7 @@ def test_regularized_cost_gradient(regularizer):
 def test_dense_layer_input_gradient(activation):
     """A layer alone: backward's dC/dx against finite differences of C = sum(a * r)."""
     rng = np.random.default_rng(2)
-    layer = Dense(rng.normal(size=(4, 3)), rng.normal(size=(1, 3)), load_option("activation", activation))
+    layer = Dense(rng.normal(size=(3, 4)), rng.normal(size=(1, 3)), load_option("activation", activation))
     x, r = rng.normal(size=(5, 4)), rng.normal(size=(5, 3))
     layer.forward(x)
     dx = layer.backward(r)
@@ -114,7 +114,7 @@ def test_dense_layer_input_gradient(activation):
 
 
 def book_layout(network):
-    return [layer.w.T.copy() for layer in network.layers], [layer.b.T.copy() for layer in network.layers]
+    return [layer.w.copy() for layer in network.layers], [layer.b.T.copy() for layer in network.layers]
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ def gradients(steps, shape=(4, 3), seed=0):
 def run(optimizer, w0, grads, eta):
     w, trajectory = w0.copy(), []
     for g in grads:
-        optimizer.step([w], [g.copy()], eta)
+        optimizer.step([w], [eta * g])  # the training loop passes eta-scaled gradients
         trajectory.append(w.copy())
     return trajectory
 

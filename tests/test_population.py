@@ -207,8 +207,8 @@ def test_restore_best_per_member():
 
 
 def test_stack_fields_keeps_shared_values_plain():
-    opt = stack_fields([SGD(0.1, momentum=0.9), SGD(0.5, momentum=0.9)], (1,))
-    assert opt.momentum == 0.9 and opt.eta.shape == (2, 1)
+    opt = stack_fields([SGD(0.1, momentum=0.9), SGD(0.5, momentum=0.9)], (1, 1))
+    assert opt.momentum == 0.9 and opt.eta.shape == (2, 1, 1)
     reg = stack_fields([Regularizer(lmbda=1.0), Regularizer(lmbda=2.0, max_norm=3.0)], (1, 1))
     assert reg.lmbda.shape == (2, 1, 1) and reg.max_norm[0, 0, 0] == np.inf
     with pytest.raises(ValueError, match="inverted"):
@@ -219,7 +219,7 @@ def test_select_copies_the_kept_members():
     nets = [new_network(s) for s in range(3)]
     kept = select(stack(nets), [0, 2])
     np.testing.assert_array_equal(kept.layers[0].w[1], nets[2].layers[0].w)
-    assert kept.flat_params.shape[0] == 2
+    assert kept.lead == (2,)
 
 
 def test_without_shuffling_the_stored_order_is_used_whatever_the_generator():

@@ -179,13 +179,13 @@ def test_dropout_masks_come_from_their_own_stream():
 
 def test_max_norm_caps_each_units_incoming_weights():
     reg = Regularizer(max_norm=1.0)
-    w = np.array([[3.0, 0.1], [4.0, 0.2]])
+    w = np.array([[3.0, 4.0], [0.1, 0.2]])  # a row per unit, as the book writes w
     reg.constrain(w)
-    np.testing.assert_allclose(np.linalg.norm(w, axis=0), [1.0, np.hypot(0.1, 0.2)])
-    np.testing.assert_allclose(w[:, 0], [0.6, 0.8])
+    np.testing.assert_allclose(np.linalg.norm(w, axis=1), [1.0, np.hypot(0.1, 0.2)])
+    np.testing.assert_allclose(w[0], [0.6, 0.8])
     network = train(Regularizer(max_norm=0.5), epochs=3)
     for w in network.weights:
-        assert np.linalg.norm(w, axis=0).max() <= 0.5 + 1e-12
+        assert np.linalg.norm(w, axis=1).max() <= 0.5 + 1e-12
 
 
 def test_off_parts_leave_the_plain_update_unchanged():

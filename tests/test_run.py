@@ -82,7 +82,7 @@ def test_run_directory_format(mnist_dir, tmp_path):
     best = max(history, key=lambda r: r["val_accuracy"])
     assert summary["best_epoch"] == best["epoch"]
     weights = np.load(out / "weights.npz")
-    assert [weights[k].shape for k in weights.files] == [(784, 30), (1, 30), (30, 10), (1, 10)]
+    assert [weights[k].shape for k in weights.files] == [(30, 784), (1, 30), (10, 30), (1, 10)]
 
 
 def test_same_seed_same_history_other_seed_differs(mnist_dir, tmp_path):
