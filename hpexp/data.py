@@ -8,6 +8,7 @@ test = the 10,000 t10k images.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -212,6 +213,19 @@ def _load_book_pickle(path: Path) -> dict[str, np.ndarray]:
     return raw
 
 
+def _read_idx_once(path: Path, digest: str) -> np.ndarray:
+    """read_idx, remembered for the process while the file keeps its size and modification time:
+    a study worker runs many trials, and hashing and unzipping the training images each time would
+    cost it 0.2 s a trial. The arrays are read-only, so sharing them is safe."""
+    stat = path.stat()
+    return _read_idx_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns, digest)
+
+
+@functools.lru_cache(maxsize=len(FILES))
+def _read_idx_cached(path: str, size: int, mtime_ns: int, digest: str) -> np.ndarray:
+    return read_idx(Path(path), digest)
+
+
 def _load(data_dir: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
     """The verified arrays named by `keys`, from the IDX files, else from the book's pickle."""
     if _missing_idx(data_dir):
@@ -221,7 +235,7 @@ def _load(data_dir: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
         name, digest = FILES[key]
         path = _idx_path(data_dir, name)
         assert path is not None  # _missing_idx said so
-        array = read_idx(path, digest)
+        array = _read_idx_once(path, digest)
         raw[key] = array.reshape(len(array), -1) if key.endswith("images") else array
     return raw
 

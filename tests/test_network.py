@@ -8,6 +8,7 @@ from conftest import group_options, load_option
 from oracle import sgd_epoch
 
 from hpexp.activations import Identity
+from hpexp.costs import softplus
 from hpexp.layers import Dense
 from hpexp.network import Network
 from hpexp.optimizers import SGD
@@ -184,3 +185,14 @@ def test_dtype_is_kept_through_training(dtype):
     x = x.astype(dtype)
     train_epoch(network, SGD(eta=0.5), NoPenalty(), x, y, 10, 0.5)
     assert all(p.dtype == np.dtype(dtype) for p in network.params + network.grads)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_softplus_is_ln_1_plus_exp_everywhere(dtype):
+    """The cross-entropy's softplus against the definition, in the range where the definition is
+    exact, and its limits max(z, 0) where e^z overflows or vanishes."""
+    z = np.linspace(-30, 30, 601).astype(dtype)
+    np.testing.assert_allclose(softplus(z), np.log1p(np.exp(z.astype(np.float64))), rtol=1e-6, atol=1e-7)
+    huge = np.array([-1e4, -800.0, 800.0, 1e4], dtype)
+    np.testing.assert_array_equal(softplus(huge), np.maximum(huge, 0))
+    assert softplus(z).dtype == np.dtype(dtype)
