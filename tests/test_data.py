@@ -178,6 +178,18 @@ def test_search_splits_never_read_the_test_files(copy_dir: Path) -> None:
         data.load_splits(copy_dir, splits=("test",))
 
 
+def test_splits_are_converted_once_read_only_and_reread_when_a_file_changes(copy_dir: Path) -> None:
+    first = data.load_splits(copy_dir, n_train=100, n_validation=50, splits=("train", "val"))
+    again = data.load_splits(copy_dir, n_train=100, n_validation=50, splits=("train", "val"))
+    assert again["train"].x is first["train"].x and again["val"].y is first["val"].y
+    with pytest.raises(ValueError, match="read-only"):
+        first["train"].x[0, 0] = 1.0
+    labels = replace_with_copy(copy_dir / "train-labels-idx1-ubyte.gz")
+    labels.write_bytes(gzip.compress(b"damaged"))
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz"):
+        data.load_splits(copy_dir, n_train=100, n_validation=50, splits=("train",))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
