@@ -72,7 +72,7 @@ def torch_seconds(x: np.ndarray, y: np.ndarray, repeats: int) -> float | None:
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loss_fn = torch.nn.CrossEntropyLoss()
-    xt = torch.from_numpy(x.reshape(-1, 1, 28, 28))
+    xt = torch.from_numpy(x.reshape(-1, 1, 28, 28).copy())  # the loaded splits are read-only
     yt = torch.from_numpy(y.astype(np.int64))
 
     def epoch() -> None:
@@ -101,7 +101,7 @@ def profile(net, x: np.ndarray, y: np.ndarray, steps: int = 2000) -> dict[str, f
     d_flat = np.ones_like(flat)
     parts: dict[str, Callable[[], object]] = {
         "im2col (patches, a copy)": lambda: patches(img, 5, 5),
-        "conv matmul (20 x 25) @ (25 x 10*24*24)": lambda: cp.conv.matrix().T @ cols,
+        "conv matmul (20 x 25) @ (25 x 10*24*24)": lambda: cp.conv.matrix() @ cols,
         "max-pool forward": lambda: cp.pool.forward(conv_out),
         "max-pool backward": lambda: cp.pool.backward(d_pooled),
         "conv weight grad (20 x 5760) @ (5760 x 25)": lambda: cp.conv.backward(np.ones_like(conv_out), False),

