@@ -44,14 +44,26 @@ class SGD:
         """Whether the step is w <- w - eta g: linear in the gradient, no state."""
         return self._plain
 
-    def step(self, params: Sequence[np.ndarray], grads: Sequence[np.ndarray]) -> None:
+    def step(
+        self,
+        params: Sequence[np.ndarray],
+        grads: Sequence[np.ndarray],
+        decay: Sequence[np.ndarray] = (),
+        factor: float | np.ndarray = 1.0,
+    ) -> None:
         """One update from `grads` = eta * g (see the module docstring); the gradients are used up.
 
-        A population's per-member momentum (shape (K, 1, 1)) needs params as per-layer arrays."""
+        `decay` arrays (weights: views into `params`) are first multiplied by `factor`, network2's
+        weight decay (Regularizer.weight_decay), which only a plain step may take in place of the
+        L2 gradient. A population's per-member momentum (K, 1, 1) needs params as per-layer arrays."""
         if self._plain:
+            for w in decay:
+                w *= factor
             for p, g in zip(params, grads, strict=True):
                 p -= g
             return
+        if decay:
+            raise ValueError("weight decay replaces the L2 gradient for plain SGD only; add it to g")
         if not self._velocity:
             self._velocity = [np.zeros_like(p) for p in params]
         mu = self.momentum

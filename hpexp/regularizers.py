@@ -105,26 +105,34 @@ class Regularizer:
             g += (self.lmbda * (1.0 - r) / n) * w
         return g
 
-    def step(self, eta: float | np.ndarray, n: int, decay: bool) -> Callable[[np.ndarray, np.ndarray], None]:
-        """The penalty's part of one SGD step at learning rate `eta`, as a function (w, g) -> None
-        that adds eta * grad(w, n) to the (already eta-scaled) gradient g in place. With `decay`
-        (plain SGD, whose step is linear in the gradient) the L2 term instead multiplies the weights
-        by 1 - eta lmbda (1 - r)/n: network2's weight decay, one pass over w rather than two over g.
-        The constants are worked out once here, per epoch, not per mini-batch."""
+    def weight_decay(self, eta: float | np.ndarray, n: int) -> float | np.ndarray | None:
+        """The L2 term's step as network2 takes it: the factor 1 - eta lmbda (1 - r)/n multiplying
+        the weights (None without an L2 term). For plain SGD, whose step is linear in the gradient,
+        this is the same step as adding eta lmbda (1 - r)/n w to the gradient, in one pass over the
+        weights instead of two over the gradient; the optimizer applies it (SGD.step's `decay`)."""
+        if not (self.penalized and self._with_l2):  # type: ignore[attr-defined]
+            return None
+        return 1.0 - eta * self.lmbda * (1.0 - self.l1_ratio) / n
+
+    def add_grad(
+        self, eta: float | np.ndarray, n: int, l2: bool = True
+    ) -> Callable[[np.ndarray, np.ndarray], None] | None:
+        """A function (w, g) -> None adding eta * grad(w, n) to the eta-scaled gradient g in place,
+        without the L2 term if not `l2` (then taken as weight_decay); None if it would add nothing.
+        Its constants are worked out here, once per epoch, not per mini-batch."""
         r = self.l1_ratio
-        l1, l2 = eta * self.lmbda * r / n, eta * self.lmbda * (1.0 - r) / n
-        with_l1, with_l2 = self._with_l1, self._with_l2  # type: ignore[attr-defined]
-        factor = 1.0 - l2
+        l1, l2_scale = eta * self.lmbda * r / n, eta * self.lmbda * (1.0 - r) / n
+        with_l1, with_l2 = self._with_l1, self._with_l2 and l2  # type: ignore[attr-defined]
+        if not (self.penalized and (with_l1 or with_l2)):
+            return None
 
-        def apply(w: np.ndarray, g: np.ndarray) -> None:
+        def add(w: np.ndarray, g: np.ndarray) -> None:
             if with_l1:
-                g += l1 * np.sign(w)  # before any decay: sgn(w) is the old weights' subgradient
-            if with_l2 and decay:
-                w *= factor
-            elif with_l2:
-                g += l2 * w
+                g += l1 * np.sign(w)
+            if with_l2:
+                g += l2_scale * w
 
-        return apply
+        return add
 
     # --- dropout ---
 

@@ -111,9 +111,10 @@ def train_epoch(
 ) -> None:
     """One pass over (x, y) in mini-batches of `batch_size`, in `order` if given (else as stored).
 
-    Per mini-batch: backprop (through dropout masks drawn from `rng`, if dropout is on), add the
-    penalty's gradient to the weights' (n = training-set size, the book's convention), step, and
-    apply the max-norm constraint. Parts that are off cost nothing: the plain loop is the book's.
+    Per mini-batch: backprop with eta folded in (through dropout masks drawn from `rng`, if dropout
+    is on), add the penalty's gradient to the weights' (n = training-set size, the book's
+    convention; for plain SGD the L2 term is network2's weight decay, which the optimizer applies),
+    step, and apply the max-norm constraint. Parts that are off cost nothing.
     """
     n = len(y) if order is None else order.shape[-1]
     # Plain SGD (no state) steps all parameters at once through the flat buffer; momentum's state
@@ -121,12 +122,8 @@ def train_epoch(
     flat = optimizer.plain or not network.lead
     params, grads = ([network.flat_params], [network.flat_grads]) if flat else (network.params, network.grads)
     batches = _batches(x, y, order, batch_size)
-    penalized, dropout, max_norm = (
-        regularizer.penalized,
-        regularizer.dropout,
-        regularizer.max_norm is not None,
-    )
-    if not (penalized or dropout or max_norm):
+    dropout, max_norm = regularizer.dropout, regularizer.max_norm is not None
+    if not (regularizer.penalized or dropout or max_norm):
         for xb, yb in batches:
             network.backprop(xb, yb, scale=eta)
             optimizer.step(params, grads)
@@ -134,16 +131,18 @@ def train_epoch(
     if dropout and rng is None:
         raise ValueError("dropout needs a random generator for its masks (the 'dropout' stream)")
     weights, weight_grads = network.weights, network.weight_grads
-    penalize = regularizer.step(eta, n, decay=optimizer.plain)
+    factor = regularizer.weight_decay(eta, n) if optimizer.plain else None
+    decayed = weights if factor is not None else []
+    add_penalty = regularizer.add_grad(eta, n, l2=factor is None)
     for xb, yb in batches:
         masks = None
         if dropout:
             masks = regularizer.masks(network.input_shapes(yb.shape[-1]), rng, x.dtype)  # type: ignore[arg-type]
         network.backprop(xb, yb, masks, scale=eta)
-        if penalized:
+        if add_penalty:
             for w, g in zip(weights, weight_grads, strict=True):
-                penalize(w, g)
-        optimizer.step(params, grads)
+                add_penalty(w, g)
+        optimizer.step(params, grads, decayed, 1.0 if factor is None else factor)
         if max_norm:
             for w in weights:
                 regularizer.constrain(w)

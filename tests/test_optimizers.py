@@ -7,6 +7,7 @@ import pytest
 from conftest import group_options, load_option
 
 from hpexp.optimizers import SGD
+from hpexp.regularizers import Regularizer
 
 
 def gradients(steps, shape=(4, 3), seed=0):
@@ -76,3 +77,28 @@ def test_presets_are_the_one_sgd_class(option):
 def test_bad_values_are_rejected(fields, message):
     with pytest.raises(ValueError, match=message):
         SGD(**{"eta": 0.1, **fields})
+
+
+@pytest.mark.parametrize("l1_ratio", [0.0, 0.3, 1.0])
+def test_weight_decay_is_the_penalty_gradient_step_of_plain_sgd(l1_ratio):
+    """The training loop's plain step (L2 as weight decay, L1 added to the eta-scaled gradient)
+    against w - eta (g + grad of the penalty), the penalty's gradient checked by finite differences
+    in test_network."""
+    rng = np.random.default_rng(3)
+    w0, g = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    w0[0, 0] = 0.0  # sgn(0) = 0
+    reg, eta, n = Regularizer(lmbda=2.0, l1_ratio=l1_ratio), 0.4, 10
+    w, scaled = w0.copy(), eta * g
+    factor = reg.weight_decay(eta, n)
+    add = reg.add_grad(eta, n, l2=factor is None)
+    if add:
+        add(w, scaled)
+    SGD(eta).step([w], [scaled], [w] if factor is not None else [], 1.0 if factor is None else factor)
+    np.testing.assert_allclose(w, w0 - eta * (g + reg.grad(w0, n)), rtol=1e-12, atol=1e-15)
+    assert (factor is None) == (l1_ratio == 1.0)
+
+
+def test_weight_decay_is_refused_with_momentum():
+    w = np.ones((2, 2))
+    with pytest.raises(ValueError, match="plain SGD only"):
+        SGD(0.1, momentum=0.5).step([w], [np.ones((2, 2))], [w], 0.99)
