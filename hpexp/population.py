@@ -1,8 +1,9 @@
 """Populations: K networks of the same shape trained side by side in one vectorized pass.
 
 Hyperparameter work trains many networks that share layer sizes and mini-batch size (seeds, grids,
-study trials). Stacking them on a leading axis turns K small matrix products into one batched
-product per layer, so the per-call overhead that bounds a single small network is paid once.
+study trials). Stacking them on a leading axis turns K small matrix products into one per layer
+(one wide product while the members share their mini-batch, see hpexp.layers), so the per-call
+overhead that bounds a single small network is paid once.
 Every component already broadcasts over that axis; this module only builds and reshapes:
 
     stack(networks)             K networks -> one network whose arrays have a leading axis K
