@@ -318,7 +318,7 @@ def _files_key(data_dir: Path, keys: Sequence[str]) -> tuple[Any, ...]:
     paths = [_idx_path(data_dir, FILES[k][0]) for k in keys]
     if any(p is None for p in paths):
         paths = [data_dir / BOOK_PICKLE]
-    stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p is not None]
+    stats = [(str(p.resolve()), (st := p.stat()).st_size, st.st_mtime_ns) for p in paths if p is not None]
     return (str(data_dir.resolve()), tuple(keys), tuple(stats))
 
 

@@ -57,7 +57,6 @@ class Regularizer:
         # Decided once here, not per mini-batch: which terms of the penalty and which dropout layers
         # are on (private, not fields: `fields()`, repr and == see only the hyperparameters).
         r = np.asarray(self.l1_ratio)
-        object.__setattr__(self, "_l2_only", bool(np.all(r == 0.0)))
         object.__setattr__(self, "_with_l2", bool(np.any(r < 1.0)))
         object.__setattr__(self, "_with_l1", bool(np.any(r > 0.0)))
         object.__setattr__(
@@ -96,13 +95,10 @@ class Regularizer:
         return (self.lmbda / n * total).reshape(w.shape[:-2])
 
     def grad(self, w: np.ndarray, n: int) -> np.ndarray:
-        """lmbda/n * [(1 - r) w + r sgn(w)], with sgn(0) = 0."""
-        r = self.l1_ratio
-        if self._l2_only:  # type: ignore[attr-defined]
-            return (self.lmbda / n) * w
-        g = np.sign(w) * (self.lmbda * r / n)
-        if self._with_l2:  # type: ignore[attr-defined]
-            g += (self.lmbda * (1.0 - r) / n) * w
+        """lmbda/n * [(1 - r) w + r sgn(w)], with sgn(0) = 0 (add_grad at eta = 1, into zeros)."""
+        g = np.zeros_like(w)
+        if add := self.add_grad(1.0, n):
+            add(w, g)
         return g
 
     def weight_decay(self, eta: float | np.ndarray, n: int) -> float | np.ndarray | None:
