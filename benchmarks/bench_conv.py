@@ -21,10 +21,10 @@ from collections.abc import Callable
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from hpexp.data import load_splits
-from hpexp.regularizers import NoPenalty
-from hpexp.run import build_network, compose, validate
-from hpexp.train import train_epoch
+from hpexp.data.mnist import load_splits
+from hpexp.nn.regularizers import NoPenalty
+from hpexp.train.loop import train_epoch
+from hpexp.train.runner import build_network, compose, validate
 
 N_EPOCH, BATCH = 50_000, 10
 OVERRIDES = [
@@ -87,7 +87,7 @@ def torch_seconds(x: np.ndarray, y: np.ndarray, repeats: int) -> float | None:
 
 def profile(net, x: np.ndarray, y: np.ndarray, steps: int = 2000) -> dict[str, float]:
     """Microseconds per mini-batch of each part of one SGD step of hpexp's conv1 network."""
-    from hpexp.conv import patches
+    from hpexp.nn.conv import patches
 
     stack, fc, out = net.layers
     cp = stack.layers[0]

@@ -25,12 +25,16 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from oracle import sgd_epoch  # noqa: E402
 
-from hpexp import activations, costs, init  # noqa: E402
-from hpexp.data import load_splits  # noqa: E402
-from hpexp.network import Network  # noqa: E402
-from hpexp.optimizers import SGD  # noqa: E402
-from hpexp.regularizers import NoPenalty  # noqa: E402
-from hpexp.train import evaluate, train_epoch  # noqa: E402
+from hpexp.data.mnist import load_splits  # noqa: E402
+from hpexp.nn import (
+    activations,
+    costs,
+    init,  # noqa: E402
+)
+from hpexp.nn.network import Network  # noqa: E402
+from hpexp.nn.optimizers import SGD  # noqa: E402
+from hpexp.nn.regularizers import NoPenalty  # noqa: E402
+from hpexp.train.loop import evaluate, train_epoch  # noqa: E402
 
 
 def engine_epoch_seconds(sizes, batch_size, dtype, train, epochs):

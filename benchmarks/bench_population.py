@@ -18,13 +18,13 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from hpexp import activations, costs, init
-from hpexp.data import load_splits
-from hpexp.network import Network
-from hpexp.optimizers import SGD
-from hpexp.population import stack, stack_fields
-from hpexp.regularizers import Regularizer
-from hpexp.train import train_epoch
+from hpexp.data.mnist import load_splits
+from hpexp.nn import activations, costs, init
+from hpexp.nn.network import Network
+from hpexp.nn.optimizers import SGD
+from hpexp.nn.population import stack, stack_fields
+from hpexp.nn.regularizers import Regularizer
+from hpexp.train.loop import train_epoch
 
 
 def members(k: int, sizes: list[int]):

@@ -18,13 +18,13 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from hpexp.activations import Sigmoid
-from hpexp.costs import CrossEntropy
-from hpexp.init import Default
-from hpexp.network import Network
-from hpexp.optimizers import SGD
-from hpexp.regularizers import Regularizer
-from hpexp.train import train_epoch
+from hpexp.nn.activations import Sigmoid
+from hpexp.nn.costs import CrossEntropy
+from hpexp.nn.init import Default
+from hpexp.nn.network import Network
+from hpexp.nn.optimizers import SGD
+from hpexp.nn.regularizers import Regularizer
+from hpexp.train.loop import train_epoch
 
 CONFIGS = {
     "none": Regularizer(),
@@ -36,7 +36,7 @@ TARGETS = {"l2": 1.15, "dropout": 1.5}
 
 
 def training_data(n: int) -> tuple[np.ndarray, np.ndarray, str]:
-    from hpexp import data
+    from hpexp.data import mnist as data
 
     try:
         train = data.load_splits(data.find_data_dir(download=False), n_train=n, splits=["train"])["train"]

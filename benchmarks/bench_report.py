@@ -1,7 +1,7 @@
 """Reporting speed: `hpexp report` on 100 synthetic but valid run directories of 30 epochs.
 
 Target: under 20 s for loading, tables, figures and both pages. The runs are written with
-hpexp.rundir (the format every run uses): 5 configurations (regularizer.lmbda) x 20 seeds,
+hpexp.train.rundir (the format every run uses): 5 configurations (regularizer.lmbda) x 20 seeds,
 train/val/test monitored, curves shaped like a small MNIST run.
 
     python benchmarks/bench_report.py
@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from hpexp import report, rundir
+from hpexp.report import runs as report
+from hpexp.train import rundir
 
 RUNS, EPOCHS, LIMIT = 100, 30, 20.0
 
@@ -29,8 +30,8 @@ def make_runs(root: Path, rng: np.random.Generator) -> None:
         config = {
             "data": {"dir": None, "n_train": 1000, "n_validation": 10000, "scale": 256.0},
             "network": {"sizes": [784, 30, 10]},
-            "regularizer": {"_target_": "hpexp.regularizers.Regularizer", "lmbda": lmbda},
-            "optimizer": {"_target_": "hpexp.optimizers.SGD", "eta": 0.5},
+            "regularizer": {"_target_": "hpexp.nn.regularizers.Regularizer", "lmbda": lmbda},
+            "optimizer": {"_target_": "hpexp.nn.optimizers.SGD", "eta": 0.5},
             "seed": seed,
             "train": {"epochs": EPOCHS, "batch_size": 10, "monitor": ["train", "val", "test"]},
             "choices": {"regularizer": "l2" if lmbda else "none", "network": "mlp30"},

@@ -20,8 +20,9 @@ from pathlib import Path
 import optuna
 from omegaconf import OmegaConf
 
-from hpexp import rundir, study
-from hpexp.run import compose, run
+from hpexp.study import workers as study
+from hpexp.train import rundir
+from hpexp.train.runner import compose, run
 
 BASE = ["network=mlp30", "regularizer=l2", "train.batch_size=10"]
 SEARCH = {

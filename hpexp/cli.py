@@ -30,9 +30,9 @@ def train(argv: Sequence[str]) -> None:
     from hydra.types import RunMode
     from omegaconf import DictConfig, OmegaConf, open_dict
 
-    from hpexp.data import DataError
+    from hpexp.data.mnist import DataError
     from hpexp.paths import config_dir
-    from hpexp.run import run, run_seeds
+    from hpexp.train.runner import run, run_seeds
 
     def main(cfg: DictConfig) -> None:
         hydra_cfg = HydraConfig.get()
@@ -65,7 +65,7 @@ def train(argv: Sequence[str]) -> None:
 
 
 def data_command(argv: Sequence[str]) -> None:
-    from hpexp import data
+    from hpexp.data import mnist as data
 
     parser = argparse.ArgumentParser(prog="hpexp data", description="MNIST: fetch, verify, where")
     sub = parser.add_subparsers(dest="action", required=True)
@@ -105,10 +105,10 @@ def _delegate(module: str) -> Callable[[Sequence[str]], None]:
 COMMANDS: dict[str, Callable[[Sequence[str]], None]] = {
     "train": train,
     "data": data_command,
-    "gradcheck": _delegate("gradcheck"),
-    "study": _delegate("study"),
-    "report": _delegate("report"),
-    "book": _delegate("book"),
+    "gradcheck": _delegate("train.gradcheck"),
+    "study": _delegate("study.workers"),
+    "report": _delegate("report.command"),
+    "book": _delegate("book.command"),
 }
 
 
@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if argv and argv[0] not in ("-h", "--help"):
             print(f"hpexp: unknown command {argv[0]!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
-    from hpexp.data import DataError
+    from hpexp.data.mnist import DataError
 
     try:
         COMMANDS[argv[0]](argv[1:])

@@ -14,7 +14,7 @@ from hpexp.paths import config_dir
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     """The real MNIST: $HPEXP_DATA_DIR (CI sets it) or hpexp's cache (filled by `hpexp data fetch`)."""
-    from hpexp import data
+    from hpexp.data import mnist as data
 
     try:
         return data.find_data_dir(os.environ.get("HPEXP_DATA_DIR"), download=False)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import group_options, load_option
 
-from hpexp.augment import SIDE, BookShifts, NoExpansion, RandomDistortion, bilinear
+from hpexp.data.augment import SIDE, BookShifts, NoExpansion, RandomDistortion, bilinear
 
 
 def images(n=3, seed=0, dtype=np.float32):

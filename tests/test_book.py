@@ -10,8 +10,11 @@ import pytest
 from hydra.utils import get_method
 from omegaconf import open_dict
 
-from hpexp import book, book_report, rundir
-from hpexp.run import compose
+from hpexp.book import command
+from hpexp.book import experiments as book
+from hpexp.book import pages as book_report
+from hpexp.train import rundir
+from hpexp.train.runner import compose
 
 PRESETS = sorted(p.stem for p in book.presets_dir().glob("*.yaml"))
 IDS = [e.id for e in book.registry()]
@@ -49,7 +52,7 @@ def test_every_run_of_every_preset_composes(experiment_id):
         cfg = book.compose_run(e, name, seed=1)
         assert cfg.choices.experiment == f"book/{experiment_id}"
         assert cfg.seed == 1 and cfg.book.chapter == e.chapter
-        if e.runner == "hpexp.run.run":
+        if e.runner == "hpexp.train.runner.run":
             assert cfg.data.scale == 256.0, "the book's pixels are byte / 256"
 
 
@@ -154,16 +157,16 @@ def test_select_reads_the_books_selection_rules(metric, selection, epoch, expect
 def test_run_then_report_compares_with_the_book(tmp_path, capsys):
     runs, reports = tmp_path / "runs", tmp_path / "reports"
     argv = ["--runs-dir", str(runs), "--reports-dir", str(reports)]
-    book.main([*argv, "run", "ch3-toy-quad-good", "ch3-toy-quad-bad"])
+    command.main([*argv, "run", "ch3-toy-quad-good", "ch3-toy-quad-bad"])
     assert "left ~" in capsys.readouterr().out
-    book.main([*argv, "run", "ch3-toy-quad-good"])  # already done: nothing to rerun
+    command.main([*argv, "run", "ch3-toy-quad-good"])  # already done: nothing to rerun
     assert "[1/" not in capsys.readouterr().out
     summary = (reports / "README.md").read_text()
     assert "| [ch3-toy-quad-good](ch3-toy-quad-good/README.md) | 3 | output at epoch 300 | 0.09 |" in summary
     page = (reports / "ch3-toy-quad-bad" / "README.md").read_text()
     assert "| output at epoch 150 | 0.93 | 0.9334" in page and "| yes |" in page
     assert (reports / "ch3-toy-quad-bad" / "toy.png").stat().st_size > 0
-    book.main([*argv, "list"])
+    command.main([*argv, "list"])
     listed = capsys.readouterr().out
     assert "ch3-toy-quad-good" in listed and "ch5-speed-init" in listed
     row = next(line for line in listed.splitlines() if line.startswith("ch3-toy-quad-bad "))
@@ -180,7 +183,7 @@ def test_unknown_experiment_and_missing_ids_are_clear_errors():
     with pytest.raises(ValueError, match="hpexp book list"):
         book.load("ch9-nothing")
     with pytest.raises(ValueError, match="--all"):
-        book.main(["run"])
+        command.main(["run"])
 
 
 def test_estimate_grows_with_the_work():
@@ -194,7 +197,7 @@ def test_run_selects_by_id_chapter_or_all():
     from argparse import Namespace
 
     def chosen(ids=(), chapter=None, all=False):
-        return [e.id for e in book._select(Namespace(ids=list(ids), chapter=chapter, all=all))]
+        return [e.id for e in command._select(Namespace(ids=list(ids), chapter=chapter, all=all))]
 
     assert chosen(["ch3-overfit-1k"]) == ["ch3-overfit-1k"]
     assert set(chosen(chapter=[1, 5])) == {e.id for e in book.registry() if e.chapter in (1, 5)}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import SMALL
 
-from hpexp import rundir
+from hpexp.train import rundir
 
 
 def hpexp(*args, cwd, check=True):
@@ -92,7 +92,7 @@ def test_configs_are_found_from_an_installed_wheel(tmp_path):
     zipfile.ZipFile(wheel).extractall(site)
     assert (site / "hpexp/conf/train.yaml").exists()
     code = (
-        "from hpexp.paths import config_dir, studies_dir; from hpexp.run import compose;"
+        "from hpexp.paths import config_dir, studies_dir; from hpexp.train.runner import compose;"
         "print(config_dir()); print(studies_dir()); print(compose(['network=mlp100']).network.sizes)"
     )
     env = {**os.environ, "PYTHONPATH": str(site)}

@@ -10,12 +10,12 @@ import pytest
 from conftest import SMALL
 from threadpoolctl import threadpool_limits
 
-from hpexp import rundir
-from hpexp.activations import Identity, Sigmoid, Tanh
-from hpexp.conv import Conv2D, ConvPool, ConvPoolSpec, ConvStack, Flatten, L2Pool, MaxPool
-from hpexp.init import Fan, Network3
-from hpexp.network import DenseSpec, shapes
-from hpexp.run import ConfigError, build_network, compose, run, validate
+from hpexp.nn.activations import Identity, Sigmoid, Tanh
+from hpexp.nn.conv import Conv2D, ConvPool, ConvPoolSpec, ConvStack, Flatten, L2Pool, MaxPool
+from hpexp.nn.init import Fan, Network3
+from hpexp.nn.network import DenseSpec, shapes
+from hpexp.train import rundir
+from hpexp.train.runner import ConfigError, build_network, compose, run, validate
 
 
 def direct_conv(x, w):
@@ -106,7 +106,7 @@ def conv_network(overrides, seed=0, dtype="float64"):
 
 
 def mnist_rows(mnist_dir, m):
-    from hpexp import data
+    from hpexp.data import mnist as data
 
     split = data.load_splits(mnist_dir, n_train=m, dtype="float64", splits=["train"])["train"]
     return split.x, split.y
@@ -167,7 +167,7 @@ def test_whole_conv_network_gradients_match_finite_differences(overrides, mnist_
     """Real digits (blank borders make ties in max-pooling regions) through the config path."""
     network, _, _ = conv_network([*overrides, "init=default"])
     x, y = mnist_rows(mnist_dir, 3)
-    from hpexp.regularizers import L2
+    from hpexp.nn.regularizers import L2
 
     assert sampled_gradcheck(network, L2(3.0), x, y, n=20) < 1e-6
 
@@ -176,7 +176,7 @@ def test_conv_network_gradients_with_dropout_masks(mnist_dir):
     network, _, _ = conv_network(
         ["network=conv2_2fc", "network.fc=6", "activation=sigmoid", "cost=log_likelihood", "init=default"]
     )
-    from hpexp.regularizers import Regularizer
+    from hpexp.nn.regularizers import Regularizer
 
     reg = Regularizer(p=0.5, p_input=0.2, inverted=False)
     x, y = mnist_rows(mnist_dir, 3)
@@ -213,8 +213,8 @@ def test_sizes_is_the_dense_shorthand():
     cfg = compose(
         [
             "+network.input=[784]",
-            "+network.layers=[{_target_: hpexp.network.DenseSpec, units: 30},"
-            "{_target_: hpexp.network.DenseSpec, units: 10}]",
+            "+network.layers=[{_target_: hpexp.nn.network.DenseSpec, units: 30},"
+            "{_target_: hpexp.nn.network.DenseSpec, units: 10}]",
             "dtype=float64",
         ]
     )
@@ -251,7 +251,7 @@ def test_weights_and_input_shapes_of_a_conv_network():
     network.weights[0][...] *= 2.0
     np.testing.assert_array_equal(network.weights[0][0], stack.layers[0].w[0].ravel())
     # L2 acts on every weight array and on no bias: sum of squares of filters and matrices.
-    from hpexp.regularizers import L2
+    from hpexp.nn.regularizers import L2
 
     total = sum(float(L2(2.0).value(w, 10)) for w in network.weights)
     squares = sum(float(np.sum(layer.w**2)) for layer in stack.layers) + sum(

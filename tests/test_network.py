@@ -7,13 +7,13 @@ import pytest
 from conftest import group_options, load_option
 from oracle import sgd_epoch
 
-from hpexp.activations import Identity
-from hpexp.costs import softplus
-from hpexp.layers import Dense
-from hpexp.network import Network
-from hpexp.optimizers import SGD
-from hpexp.regularizers import NoPenalty
-from hpexp.train import train_epoch
+from hpexp.nn.activations import Identity
+from hpexp.nn.costs import softplus
+from hpexp.nn.layers import Dense
+from hpexp.nn.network import Network
+from hpexp.nn.optimizers import SGD
+from hpexp.nn.regularizers import NoPenalty
+from hpexp.train.loop import train_epoch
 
 SIZES = [6, 5, 4, 3]
 
@@ -129,7 +129,7 @@ def book_layout(network):
 )
 def test_epoch_matches_per_example_backprop(activation, cost, batch_size, lmbda):
     """From the same weights and mini-batch order, one epoch agrees with the book's algorithm."""
-    from hpexp.regularizers import L2
+    from hpexp.nn.regularizers import L2
 
     sizes = [20, 8, 6, 10]
     x, y, rng = small_problem(3, m=203, sizes=sizes)

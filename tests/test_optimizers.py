@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import group_options, load_option
 
-from hpexp.optimizers import SGD
-from hpexp.regularizers import Regularizer
+from hpexp.nn.optimizers import SGD
+from hpexp.nn.regularizers import Regularizer
 
 
 def gradients(steps, shape=(4, 3), seed=0):

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from conftest import load_option
 
-from hpexp.data import Split
-from hpexp.network import Network
-from hpexp.optimizers import SGD
-from hpexp.population import select, stack, stack_fields
-from hpexp.regularizers import Regularizer
-from hpexp.stopping import MaxEpochs, NoImprovement
-from hpexp.train import Member, fit_population
+from hpexp.data.mnist import Split
+from hpexp.nn.network import Network
+from hpexp.nn.optimizers import SGD
+from hpexp.nn.population import select, stack, stack_fields
+from hpexp.nn.regularizers import Regularizer
+from hpexp.train.loop import Member, fit_population
+from hpexp.train.stopping import MaxEpochs, NoImprovement
 
 SIZES = [12, 7, 5]
 
@@ -241,7 +241,7 @@ def test_without_shuffling_the_stored_order_is_used_whatever_the_generator():
     assert_same(results[0], results[1])
     by_hand = new_network(0)
     for _ in range(MEMBERS[0]["epochs"]):
-        from hpexp.train import train_epoch
+        from hpexp.train.loop import train_epoch
 
         train_epoch(by_hand, SGD(MEMBERS[0]["eta"]), Regularizer(), train.x, train.y, 10, MEMBERS[0]["eta"])
     for a, b in zip(results[0].params, by_hand.params, strict=True):

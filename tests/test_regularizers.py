@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from conftest import group_options, load_option
 
-from hpexp.data import Split
-from hpexp.gradcheck import check
-from hpexp.network import Network
-from hpexp.optimizers import SGD
-from hpexp.regularizers import L2, NoPenalty, Regularizer
-from hpexp.train import evaluate, fit, train_epoch
+from hpexp.data.mnist import Split
+from hpexp.nn.network import Network
+from hpexp.nn.optimizers import SGD
+from hpexp.nn.regularizers import L2, NoPenalty, Regularizer
+from hpexp.train.gradcheck import check
+from hpexp.train.loop import evaluate, fit, train_epoch
 
 SIZES = [6, 5, 4, 3]
 

@@ -16,8 +16,10 @@ import pytest
 
 matplotlib.use("Agg")
 
-from hpexp import pages, plots, report, rundir  # noqa: E402
-from hpexp.run import compose, run  # noqa: E402
+from hpexp.report import command, pages, plots
+from hpexp.report import runs as report
+from hpexp.train import rundir  # noqa: E402
+from hpexp.train.runner import compose, run  # noqa: E402
 
 TINY = ["data.n_train=300", "data.n_validation=100", "train.epochs=3", "network=linear"]
 CONFIGS = {
@@ -115,13 +117,6 @@ def test_configs_pool_seeds(df):
     }
     table = report.summarize(df[~df["incomplete"]], "regularizer").set_index("config")
     assert table.loc["regularizer=none", "n"] == 2 and table.loc["regularizer=l2", "n"] == 1
-
-
-@pytest.mark.parametrize(
-    ("df_", "expected"), [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (29, 2.0452)]
-)
-def test_t_quantile_matches_tables(df_, expected):
-    assert report.t_quantile(0.95, df_) == pytest.approx(expected, abs=1e-4)
 
 
 def _made_up() -> pd.DataFrame:
@@ -224,7 +219,7 @@ def test_overfitting_and_n_train_figures(df):
 
 @pytest.fixture(scope="module")
 def study_dir(runs_dir, tmp_path_factory) -> Path:
-    """A small Journal-file study as hpexp.study writes it: val_accuracy reported per epoch, user
+    """A small Journal-file study as hpexp.study.workers writes it: val_accuracy reported per epoch, user
     attrs run_dir/status/best_epoch, one pruned trial."""
     import optuna
     from optuna.distributions import FloatDistribution
@@ -302,7 +297,7 @@ def test_cli_writes_escaped_self_contained_report(runs_dir, study_dir, tmp_path,
     evil = tmp_path / "src" / "<script>alert(1)</script>"
     shutil.copytree(runs_dir / "none-0", evil)
     shutil.copytree(runs_dir / "l2-0", tmp_path / "src" / "l2")
-    report.main(
+    command.main(
         [str(tmp_path / "src"), "--by", "regularizer", "--name", "cmp", "--out", str(tmp_path / "reports")]
     )
     out = tmp_path / "reports" / "cmp"
@@ -320,7 +315,7 @@ def test_cli_writes_escaped_self_contained_report(runs_dir, study_dir, tmp_path,
     assert "![" in (out / "README.md").read_text()
     summary = pd.read_csv(out / "tables" / "summary.csv")
     assert list(summary["config"]) == ["regularizer=l2", "regularizer=none"]
-    report.main(["--study", str(study_dir), "--out", str(tmp_path / "reports")])
+    command.main(["--study", str(study_dir), "--out", str(tmp_path / "reports")])
     study_page = (tmp_path / "reports" / "demo" / "report.html").read_text()
     assert "&lt;b&gt;x&lt;/b&gt;" in study_page and "<b>x</b>" not in study_page
     figures = {p.stem for p in (tmp_path / "reports" / "demo" / "figures").iterdir()}
@@ -333,9 +328,9 @@ def test_cli_writes_escaped_self_contained_report(runs_dir, study_dir, tmp_path,
         "best_trial_curves",
     }
     with pytest.raises(SystemExit):
-        report.main([])
+        command.main([])
     with pytest.raises(report.ReportError, match="plain folder name"):
-        report.main([str(runs_dir / "l2-0"), "--name", "../x", "--out", str(tmp_path)])
+        command.main([str(runs_dir / "l2-0"), "--name", "../x", "--out", str(tmp_path)])
 
 
 def _browser() -> str | None:

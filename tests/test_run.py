@@ -9,8 +9,9 @@ import pytest
 from conftest import SMALL
 from omegaconf import OmegaConf
 
-from hpexp import data, rundir
-from hpexp.run import ConfigError, compose, run
+from hpexp.data import mnist as data
+from hpexp.train import rundir
+from hpexp.train.runner import ConfigError, compose, run
 
 
 @pytest.fixture
@@ -129,7 +130,7 @@ def _curves(out):
 
 def test_seeds_trained_together_equal_separate_runs(mnist_dir, tmp_path):
     """train.seeds with independent orders: each seed's run is the run it would be alone."""
-    from hpexp.run import run_seeds
+    from hpexp.train.runner import run_seeds
 
     base = [*SMALL, "dtype=float64", "train.shared_order=false", "regularizer=l2", "regularizer.lmbda=1"]
     together = run_seeds(compose([*base, "train.seeds=[3,4]"]), tmp_path / "pop", progress=False)
@@ -143,7 +144,7 @@ def test_seeds_trained_together_equal_separate_runs(mnist_dir, tmp_path):
 
 
 def test_population_refuses_configs_that_cannot_share_a_pass(tmp_path, no_data):
-    from hpexp.run import run_population
+    from hpexp.train.runner import run_population
 
     cfgs = [compose([*SMALL]), compose([*SMALL, "train.batch_size=20"])]
     with pytest.raises(ConfigError, match="train.batch_size"):
@@ -175,7 +176,7 @@ def test_without_shuffling_the_run_differs_from_the_shuffled_one(mnist_dir, tmp_
 
 def test_conv_nets_with_several_seeds_train_one_by_one(mnist_dir, tmp_path):
     """Populations stack fully-connected networks only; conv nets still get one run per seed."""
-    from hpexp.run import run_seeds
+    from hpexp.train.runner import run_seeds
 
     cfg = compose(
         [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import group_options, load_option
 
-from hpexp.schedules import Book, Constant, Exponential, StepDecay
+from hpexp.train.schedules import Book, Constant, Exponential, StepDecay
 
 
 def history(accuracies):

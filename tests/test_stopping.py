@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import group_options, load_option
 
-from hpexp.stopping import (
+from hpexp.train.stopping import (
     GeneralizationLoss,
     MaxEpochs,
     Never,

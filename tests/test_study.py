@@ -18,8 +18,11 @@ import pytest
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from hpexp import data, rundir, study, study_final
-from hpexp.run import ConfigError, SealedSplitError, compose, run
+from hpexp.data import mnist as data
+from hpexp.study import finalize as study_final
+from hpexp.study import workers as study
+from hpexp.train import rundir
+from hpexp.train.runner import ConfigError, SealedSplitError, compose, run
 
 TINY = [
     "network=linear",
@@ -346,11 +349,6 @@ def test_bad_input_is_a_clear_error_before_any_trial(tmp_path, changes, message)
 def test_mask_hides_passwords():
     assert study.mask("postgresql://u:s3cret@h/db") == "postgresql://u:***@h/db"
     assert study.mask("postgresql://h/db?password=s3cret&x=1") == "postgresql://h/db?password=***&x=1"
-
-
-def test_mean_ci_worked_example():
-    mean, half = study.mean_ci([0.96, 0.97, 0.98])
-    assert mean == pytest.approx(0.97) and half == pytest.approx(4.303 * 0.01 / 3**0.5)
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------------

@@ -10,15 +10,15 @@ import pytest
 from conftest import SMALL
 from test_regularizers import make_network, toy_data
 
-from hpexp import data
-from hpexp.augment import BookShifts
-from hpexp.data import Split
-from hpexp.optimizers import SGD
-from hpexp.regularizers import Regularizer
-from hpexp.run import ConfigError, compose, run
-from hpexp.schedules import StepDecay
-from hpexp.stopping import NoImprovement
-from hpexp.train import evaluate, fit
+from hpexp.data import mnist as data
+from hpexp.data.augment import BookShifts
+from hpexp.data.mnist import Split
+from hpexp.nn.optimizers import SGD
+from hpexp.nn.regularizers import Regularizer
+from hpexp.train.loop import evaluate, fit
+from hpexp.train.runner import ConfigError, compose, run
+from hpexp.train.schedules import StepDecay
+from hpexp.train.stopping import NoImprovement
 
 
 def splits(seed=0):

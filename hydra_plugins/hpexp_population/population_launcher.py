@@ -2,8 +2,8 @@
 
 Hydra hands a launcher every job of a sweep at once. This one composes each job's config, groups
 the jobs that differ only in per-member values (seed, eta, lmbda, momentum, dropout p, epochs,
-schedule, stopping, init; see hpexp.run.population_key) and trains each group in one vectorized
-pass with hpexp.run.run_population. Every job still gets its own run directory in the sweep
+schedule, stopping, init; see hpexp.train.runner.population_key) and trains each group in one vectorized
+pass with hpexp.train.runner.run_population. Every job still gets its own run directory in the sweep
 folder, exactly as the basic launcher would make it, so reports cannot tell the difference.
 """
 
@@ -41,8 +41,8 @@ class PopulationLauncher(Launcher):
         self.config, self.hydra_context = config, hydra_context
 
     def launch(self, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
-        from hpexp.data import DataError
-        from hpexp.run import population_key, run_population, task_config
+        from hpexp.data.mnist import DataError
+        from hpexp.train.runner import population_key, run_population, task_config
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)

@@ -3,7 +3,7 @@
 `backward` receives dC/da for the layer's output, fills the layer's gradients (never its
 parameters: only the optimizer changes those) and returns dC/da for its input.
 Activations are batch-major, x of shape (m, n_in); weights are stored as the book writes them,
-(n_out, n_in), a row of incoming weights per unit. A population of K networks (hpexp.population)
+(n_out, n_in), a row of incoming weights per unit. A population of K networks (hpexp.nn.population)
 adds a leading axis: weights (K, n_out, n_in), and x either (K, m, n_in), each member its own
 mini-batch, or (m, n_in) shared by all, when the K weight matrices act as one (K * n_out, n_in)
 matrix: one wide product instead of K narrow ones.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hpexp.activations import Activation, Identity
+from hpexp.nn.activations import Activation, Identity
 
 
 def _wide(w: np.ndarray, x: np.ndarray) -> bool:

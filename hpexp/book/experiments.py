@@ -7,7 +7,7 @@ A preset is `conf/experiment/book/<id>.yaml`, a `@package _global_` config selec
       chapter, section, demonstrates, source, note   where the experiment is and what it shows
       value, metric, selection, tolerance            the book's headline number and how it was read
       run, epoch, log                                (optional) which run / epoch; compare in log10
-      runner                                         (optional) a function like hpexp.run.run
+      runner                                         (optional) a function like hpexp.train.runner.run
       seeds                                          (optional) 1 for deterministic experiments
       runs: [{name, overrides: [...]}, ...]          (optional) several runs, e.g. a sweep over eta
       checks: [{run, metric, selection, value, tolerance, epoch, log, across_seeds, note}, ...]
@@ -21,7 +21,6 @@ Values are in the history's units: accuracies are fractions.
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import sys
@@ -33,8 +32,8 @@ from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
-from hpexp import rundir
 from hpexp.paths import config_dir
+from hpexp.train import rundir
 
 Record = dict[str, Any]
 REQUIRED = (
@@ -50,7 +49,7 @@ REQUIRED = (
 )
 SELECTIONS = ("peak", "min", "final", "first", "epoch", "epoch_of_min", "epoch_of_max", "best_val")
 RUNS_DIR, REPORTS_DIR = Path("runs/book"), Path("reports/book")
-DEFAULT_RUNNER = "hpexp.run.run"
+DEFAULT_RUNNER = "hpexp.train.runner.run"
 
 
 @dataclass(frozen=True)
@@ -214,7 +213,7 @@ def compare(experiment: Experiment, check: Check, runs_dir: Path = RUNS_DIR) -> 
 
 
 def compose_run(experiment: Experiment, run: str, seed: int, extra: Sequence[str] = ()) -> Any:
-    from hpexp.run import compose
+    from hpexp.train.runner import compose
 
     # Seeds train together (a population) but each in its own mini-batch order: every seed's run is
     # the run it would be alone, as the book's independent repeats were.
@@ -309,8 +308,8 @@ def run_experiments(
     of runs skipped (a missing optional dependency) or failed, which do not stop the others."""
     from hydra.utils import get_method
 
-    from hpexp.book_runners import Skip
-    from hpexp.run import run_population
+    from hpexp.book.runners import Skip
+    from hpexp.train.runner import run_population
 
     plan = []
     for e in experiments:
@@ -356,78 +355,3 @@ def run_experiments(
             continue
         print(f"    {skipped[-1]}", file=sys.stderr)
     return skipped
-
-
-# --- the command ---------------------------------------------------------------------------------
-
-
-def _pct(check: Check | dict[str, Any], value: float | None) -> str:
-    metric = check.metric if isinstance(check, Check) else check["metric"]
-    selection = check.selection if isinstance(check, Check) else check["selection"]
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if metric.endswith("accuracy") and not selection.startswith("epoch_of"):
-        return f"{100 * value:.2f}%"
-    return f"{value:.4g}"
-
-
-def list_command(chapter: int | None, runs_dir: Path) -> None:
-    rows = [("id", "ch", "book", "ours", "what")]
-    for e in registry(chapter):
-        head = e.checks[0]
-        row = compare(e, head, runs_dir)
-        ours = "-" if not row["seeds"] else f"{_pct(head, row['mean'])} (n={len(row['seeds'])})"
-        book = _pct(head, head.value) if head.value is not None else f"figure: {e.meta.get('figure', '-')}"
-        rows.append((e.id, str(e.chapter), book, ours, head.label))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[4])
-
-
-def _select(args: argparse.Namespace) -> list[Experiment]:
-    chapters = set(args.chapter or [])
-    if args.ids:
-        return [e for e in map(load, args.ids) if not chapters or e.chapter in chapters]
-    if not (args.all or chapters):
-        raise ValueError("name experiments (see `hpexp book list`), or use --all or --chapter N")
-    return [e for e in registry() if args.all or e.chapter in chapters]
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="hpexp book", description="Reproduce the book's experiments")
-    parser.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="default: runs/book")
-    parser.add_argument("--reports-dir", type=Path, default=REPORTS_DIR, help="default: reports/book")
-    sub = parser.add_subparsers(dest="action", required=True)
-    listing = sub.add_parser("list", help="every experiment with the book's number and our last result")
-    listing.add_argument("--chapter", type=int, default=None)
-    run = sub.add_parser("run", help="run experiments with several seeds, then write their reports")
-    run.add_argument("ids", nargs="*", help="experiment ids (see `hpexp book list`)")
-    run.add_argument("--seeds", type=int, default=3, help="seeds per run (default 3)")
-    run.add_argument("--all", action="store_true", help="every experiment")
-    run.add_argument(
-        "--chapter", type=int, action="append", help="every experiment of a chapter (repeatable)"
-    )
-    run.add_argument("--force", action="store_true", help="rerun runs that are already done")
-    run.add_argument("--override", action="append", default=[], help="extra Hydra override for every run")
-    report = sub.add_parser("report", help="write reports/book/ from the runs so far")
-    report.add_argument("ids", nargs="*", help="experiments to write pages for (default: all)")
-    args = parser.parse_args(argv)
-    if args.action == "list":
-        list_command(args.chapter, args.runs_dir)
-        return
-    from hpexp import book_report
-
-    if args.action == "run":
-        if args.seeds < 1:
-            raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-        chosen = _select(args)
-        skipped = run_experiments(chosen, args.seeds, args.runs_dir, args.override, args.force)
-        pages = [e.id for e in chosen]
-    else:
-        skipped, pages = [], list(args.ids) or [e.id for e in registry()]
-    written = book_report.write(pages, args.runs_dir, args.reports_dir)
-    print(f"report: {written}")
-    for line in skipped:
-        print(line, file=sys.stderr)
-    if any(": failed, " in line for line in skipped):
-        raise SystemExit(1)

@@ -1,4 +1,4 @@
-"""Figures for generalization reports: each function takes a DataFrame from `hpexp.report` and
+"""Figures for generalization reports: each function takes a DataFrame from `hpexp.report.runs` and
 returns the Axes it drew on (pass `ax=` to draw into your own figure).
 
 Colours follow configurations, line styles follow splits (train dashed, validation solid, test
@@ -18,7 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure, SubFigure
 from matplotlib.ticker import FuncFormatter
 
-from hpexp.report import SPLITS, epoch_stats, label_configs, run_metrics
+from hpexp.report.runs import SPLITS, epoch_stats, label_configs, run_metrics
 
 STYLES = {"train": "--", "val": "-", "test": ":"}
 NAMES = {"train": "training", "val": "validation", "test": "test"}
@@ -134,7 +134,7 @@ def plot_overfitting(
 def plot_accuracy_vs_n_train(runs: pd.DataFrame, ax: Axes | None = None) -> Axes:
     """Validation (and test) accuracy against the training-set size on a log axis, from
     `run_metrics`: the final-epoch and best-epoch validation accuracy, mean +/- 95% CI."""
-    from hpexp.report import mean_ci
+    from hpexp.report.runs import mean_ci
 
     ax = _ax(ax)
     series = {

@@ -2,12 +2,12 @@
 
 A study spec (`studies/NAME.yaml`, composed by Hydra so any key is overridable) names the base
 training overrides, the search space, the objective, the sampler and pruner, a total `n_trials`,
-`workers` and the storage. Every trial composes its config with `hpexp.run.compose` (base overrides
-plus the sampled values) and trains through `hpexp.run.run_population` with the test split sealed;
+`workers` and the storage. Every trial composes its config with `hpexp.train.runner.compose` (base overrides
+plus the sampled values) and trains through `hpexp.train.runner.run_population` with the test split sealed;
 its hook reports the validation metric each epoch and returns a `Stop` when Optuna prunes.
 
 Populations (`population: K`, default 1): a worker pops up to K waiting trials at once (a batched
-ask), samples and composes each, and trains those with equal `hpexp.run.population_key` (same
+ask), samples and composes each, and trains those with equal `hpexp.train.runner.population_key` (same
 network, data, batch size...) as one population in one vectorized pass. Each member reports to its
 own trial and is pruned alone (it leaves the population, the others go on); a diverging member is
 a failed trial; every trial keeps its own run directory; then each trial is told. The trials share
@@ -27,9 +27,9 @@ on one machine, `hpexp study NAME --storage postgresql://USER@HOST/DB` with the 
 $HPEXP_DB_PASSWORD (or a file named by $HPEXP_DB_PASSWORD_FILE), then on each other machine the same
 command with `--join`; every machine runs `workers` processes and writes its trials' run
 directories locally (the trial's `host` and `run_dir` user attributes say where).
-Only the study modules import Optuna: study_spec (the spec and its search space), study_storage
-(storage, secrets, stale trials), study_progress (what the coordinator prints), study_final (the
-test set, once) and this one (the search: coordinator, workers, trials, command line).
+Only the study package imports Optuna: `spec` (the spec and its search space), `storage`
+(storage, secrets, stale trials), `progress` (what the coordinator prints), `finalize` (the
+test set, once) and this module (the search: coordinator, workers, trials, command line).
 """
 
 from __future__ import annotations
@@ -50,12 +50,10 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
-from hpexp import rundir
-from hpexp.run import compose, population_key, run_population, validate
-from hpexp.study_final import finalize, mean_ci
-from hpexp.study_progress import _watch, summary_text
-from hpexp.study_spec import Param, _monitor, check_spec, compose_trial, load_spec, parse_space, sample
-from hpexp.study_storage import (
+from hpexp.study.finalize import finalize
+from hpexp.study.progress import _watch, summary_text
+from hpexp.study.spec import Param, _monitor, check_spec, compose_trial, load_spec, parse_space, sample
+from hpexp.study.storage import (
     FINISHED,
     HOST,
     PASSWORD_ENV,
@@ -69,7 +67,9 @@ from hpexp.study_storage import (
     open_storage,
     study_dir,
 )
-from hpexp.train import Stop
+from hpexp.train import rundir
+from hpexp.train.loop import Stop
+from hpexp.train.runner import compose, population_key, run_population, validate
 
 __all__ = [
     "PASSWORD_ENV",
@@ -79,7 +79,6 @@ __all__ = [
     "load_spec",
     "main",
     "mask",
-    "mean_ci",
     "open_storage",
     "parse_space",
     "prepare",

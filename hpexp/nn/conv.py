@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from hpexp.activations import Activation
-from hpexp.init import Fan, Initializer
+from hpexp.nn.activations import Activation
+from hpexp.nn.init import Fan, Initializer
 
 
 def patches(x: np.ndarray, kh: int, kw: int) -> np.ndarray:

@@ -2,7 +2,8 @@
 (README.md, a self-contained report.html with images embedded as data: URIs, figures/*.png,
 tables/*.csv), and the two pages hpexp makes: `runs_page` and `study_page`.
 
-Rendering here is plain text work; the data comes from `hpexp.report`, the drawing from `hpexp.plots`.
+Rendering here is plain text work; the data comes from `hpexp.report.runs`, the drawing from
+`hpexp.report.plots`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpexp import rundir
-from hpexp.report import _value
+from hpexp.report.runs import _value
+from hpexp.train import rundir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -121,7 +122,8 @@ def runs_page(df: pd.DataFrame, by: str | list[str] | None = None, title: str = 
     """Overfitting comparison of runs: summary table, learning curves, gap, side-by-side panels."""
     from matplotlib import pyplot as plt
 
-    from hpexp import plots, report
+    from hpexp.report import plots
+    from hpexp.report import runs as report
 
     df = report.label_configs(df, by)
     configs = list(df["config"].cat.categories)
@@ -190,7 +192,8 @@ def runs_page(df: pd.DataFrame, by: str | list[str] | None = None, title: str = 
 def study_page(study: Any, title: str | None = None) -> Page:
     """Study report: trials, optimization history, curves, importances, slices, eta x lmbda map,
     the best trial's learning curves and the finalized result (final.json, final/) where present."""
-    from hpexp import plots, report
+    from hpexp.report import plots
+    from hpexp.report import runs as report
 
     study_obj = report.open_study(study)
     trials = report.load_trials(study_obj)
@@ -239,7 +242,8 @@ def study_page(study: Any, title: str | None = None) -> Page:
 
 
 def _best_run(page: Page, study: Any, number: int, folder: Path | None) -> None:
-    from hpexp import plots, report
+    from hpexp.report import plots
+    from hpexp.report import runs as report
 
     try:
         runs = report._load_study_runs(study, folder)
@@ -253,7 +257,7 @@ def _best_run(page: Page, study: Any, number: int, folder: Path | None) -> None:
 
 
 def _final(page: Page, folder: Path) -> None:
-    from hpexp import report
+    from hpexp.report import runs as report
 
     if (final := folder / "final.json").is_file():
         page.add("h2", "Finalized on the test set")

@@ -10,9 +10,9 @@ probabilities. An ensemble is a run of its own, written in the run-directory for
     OUT/summary.json         status, that record as `final`, each member's accuracies, errors
     OUT/filters.png          member 0's first-layer filters, drawn as the book does
 
-A config with `ensemble.members: K` runs through `run()` below, which has hpexp.run.run's signature,
+A config with `ensemble.members: K` runs through `run()` below, which has hpexp.train.runner.run's signature,
 so a book preset names it as its runner (`hpexp book run ch6-ensemble5`); from a shell,
-`python -m hpexp.ensemble +experiment=book/ch6-ensemble5 [overrides]`. Member k of seed s trains
+`python -m hpexp.train.ensemble +experiment=book/ch6-ensemble5 [overrides]`. Member k of seed s trains
 with seed s * K + k, so seeds never share members. Members already completed with the same config
 are not retrained.
 """
@@ -30,10 +30,10 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 from threadpoolctl import threadpool_limits
 
-from hpexp import rundir
-from hpexp.network import Network
-from hpexp.run import build_network, load_data, validate
-from hpexp.run import run as run_one
+from hpexp.nn.network import Network
+from hpexp.train import rundir
+from hpexp.train.runner import build_network, load_data, validate
+from hpexp.train.runner import run as run_one
 
 Record = dict[str, Any]
 CHUNK = 2_000  # images per evaluation product: bounds the conv patches held at once
@@ -216,7 +216,7 @@ def filters(
 
 
 def main(argv: Sequence[str]) -> None:
-    from hpexp.run import compose
+    from hpexp.train.runner import compose
 
     print(f"ensemble: {run(compose(argv))}")
 

@@ -18,7 +18,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from threadpoolctl import threadpool_limits
 
-from hpexp import data, rundir
+from hpexp.data import mnist as data
+from hpexp.train import rundir
 
 Record = dict[str, Any]
 Hook = Callable[[Record], Any] | None
@@ -91,8 +92,8 @@ def speed_of_learning(
     book's full-batch runs (generate_gradient.py measures before each update). The initial per-neuron
     dC/db (the book's bar picture) goes to gradients.json.
     """
-    from hpexp.run import build_network, load_data, validate
-    from hpexp.train import evaluate, fit, rng_streams
+    from hpexp.train.loop import evaluate, fit, rng_streams
+    from hpexp.train.runner import build_network, load_data, validate
 
     started, parts = time.perf_counter(), validate(cfg)
     splits = load_data(cfg)

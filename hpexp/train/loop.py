@@ -19,14 +19,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from hpexp.augment import NoExpansion
-from hpexp.data import Split
-from hpexp.network import Masks, Network
-from hpexp.optimizers import SGD
-from hpexp.population import member_params, select, stack_fields
-from hpexp.regularizers import Regularizer
-from hpexp.schedules import Constant, Schedule
-from hpexp.stopping import Never, Rule
+from hpexp.data.augment import NoExpansion
+from hpexp.data.mnist import Split
+from hpexp.nn.network import Masks, Network
+from hpexp.nn.optimizers import SGD
+from hpexp.nn.population import member_params, select, stack_fields
+from hpexp.nn.regularizers import Regularizer
+from hpexp.train.schedules import Constant, Schedule
+from hpexp.train.stopping import Never, Rule
 
 Record = dict[str, Any]
 STREAMS = ("init", "shuffle", "dropout", "augment")
@@ -243,7 +243,7 @@ def fit_population(
     shuffle: bool = True,
 ) -> list[Result]:
     """The one training loop: K members (a population network with a leading axis K, see
-    hpexp.population, or a plain network for K = 1) trained side by side, epoch by epoch.
+    hpexp.nn.population, or a plain network for K = 1) trained side by side, epoch by epoch.
 
     Each member keeps its own history, best epoch, stopping rule, schedule and hook, exactly as if
     trained alone. One generator `rng` gives every member the same mini-batch order (common random

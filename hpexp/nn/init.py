@@ -1,6 +1,6 @@
 """Weight initializers: `weights(shape, rng)` and `biases(shape, rng)` draw the starting parameters.
 
-Weights are drawn as (n_in, n_out) (dense layers store the transpose, see hpexp.network.DenseSpec)
+Weights are drawn as (n_in, n_out) (dense layers store the transpose, see hpexp.nn.network.DenseSpec)
 and biases as (1, n_out); a leading population axis (K, ...) is allowed, so fan-in is by default
 shape[-2] and fan-out shape[-1]. Layers whose
 weights are not such a matrix (convolution filters) or that an initializer treats specially (the

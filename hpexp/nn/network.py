@@ -6,12 +6,12 @@ connected, output), each a frozen dataclass named in config by `_target_`:
 
     input: [1, 28, 28]      # how each (784-pixel) row is seen by the first layer
     layers:
-      - {_target_: hpexp.conv.ConvPoolSpec, filters: 20, size: 5, pool: 2}
-      - {_target_: hpexp.network.DenseSpec, units: 100}
-      - {_target_: hpexp.network.DenseSpec, units: 10}      # the output layer: linear, the cost owns softmax
+      - {_target_: hpexp.nn.conv.ConvPoolSpec, filters: 20, size: 5, pool: 2}
+      - {_target_: hpexp.nn.network.DenseSpec, units: 100}
+      - {_target_: hpexp.nn.network.DenseSpec, units: 10}  # output: linear, the cost owns softmax
 
 `sizes: [784, 30, 10]` is the shorthand for dense layers only: input [784], DenseSpec(30), DenseSpec(10)
-(hpexp.run.network_specs reads both forms).
+(hpexp.train.runner.network_specs reads both forms).
 Every layer of the Network maps flat rows to flat rows: consecutive conv-pool specs become one
 `ConvStack` (reshape, conv-pools, flatten), so dropout, which masks each layer's input, sees the
 inputs of the fully-connected layers only, and never a conv layer's, as in network3.
@@ -26,11 +26,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from hpexp.activations import Activation, Identity
-from hpexp.conv import ConvPoolSpec, ConvStack
-from hpexp.costs import Cost
-from hpexp.init import Fan, Initializer
-from hpexp.layers import Dense
+from hpexp.nn.activations import Activation, Identity
+from hpexp.nn.conv import ConvPoolSpec, ConvStack
+from hpexp.nn.costs import Cost
+from hpexp.nn.init import Fan, Initializer
+from hpexp.nn.layers import Dense
 
 Masks = Sequence[np.ndarray | float | None]
 Shape = tuple[int, ...]
@@ -109,7 +109,7 @@ class Network:
         # A population axis is the leading axes of the (dense) output layer's weights beyond the matrix.
         self.lead: Shape = _weights(self.layers[-1])[0].shape[:-2]
         # Array by array, each (with its population axis) one contiguous block: a population's
-        # weights of a layer are then one (K * n_out, n_in) matrix (see hpexp.layers).
+        # weights of a layer are then one (K * n_out, n_in) matrix (see hpexp.nn.layers).
         sizes = [a.size for pair in arrays for a in pair]
         self.flat_params = np.empty(sum(sizes), arrays[-1][0].dtype)
         self.flat_grads = np.zeros_like(self.flat_params)

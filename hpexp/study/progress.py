@@ -12,7 +12,7 @@ import optuna
 from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
-from hpexp.study_storage import FINISHED, mask, study_dir
+from hpexp.study.storage import FINISHED, mask, study_dir
 
 
 def _watch(study: optuna.Study, workers: list[Any], spec: DictConfig, quiet: bool) -> None:

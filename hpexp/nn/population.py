@@ -2,7 +2,7 @@
 
 Hyperparameter work trains many networks that share layer sizes and mini-batch size (seeds, grids,
 study trials). Stacking them on a leading axis turns K small matrix products into one per layer
-(one wide product while the members share their mini-batch, see hpexp.layers), so the per-call
+(one wide product while the members share their mini-batch, see hpexp.nn.layers), so the per-call
 overhead that bounds a single small network is paid once.
 Every component already broadcasts over that axis; this module only builds and reshapes:
 
@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from hpexp.layers import Dense
-from hpexp.network import DenseSpec, Network
+from hpexp.nn.layers import Dense
+from hpexp.nn.network import DenseSpec, Network
 
 T = TypeVar("T")
 

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from hpexp.activations import sigmoid
+from hpexp.nn.activations import sigmoid
 
 
 class Cost(Protocol):

@@ -41,7 +41,7 @@ class Regularizer:
     max_norm: float | None = None
 
     def __post_init__(self) -> None:
-        # np.all / np.any: in a population (hpexp.population) a field may hold one value per member.
+        # np.all / np.any: in a population (hpexp.nn.population) a field may hold one value per member.
         if not np.all(np.asarray(self.lmbda) >= 0):
             raise ValueError(f"regularizer.lmbda must be >= 0, got {self.lmbda}")
         if not np.all((np.asarray(self.l1_ratio) >= 0) & (np.asarray(self.l1_ratio) <= 1)):

@@ -18,8 +18,8 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from hpexp.run import ConfigError
-from hpexp.study_spec import PRUNERS, SAMPLERS, Param
+from hpexp.study.spec import PRUNERS, SAMPLERS, Param
+from hpexp.train.runner import ConfigError
 
 PASSWORD_ENV, PASSWORD_FILE_ENV = "HPEXP_DB_PASSWORD", "HPEXP_DB_PASSWORD_FILE"
 HOST = socket.gethostname()

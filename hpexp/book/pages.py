@@ -20,7 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from hpexp import book, rundir  # noqa: E402
+from hpexp.book import experiments as book
+from hpexp.train import rundir  # noqa: E402
 
 MARK = {True: "yes", False: "**no**", None: "-"}
 
@@ -278,7 +279,7 @@ def page(experiment: book.Experiment, rows: list[dict[str, Any]], figures: list[
         )
     notes = [f"- {r['check']}: {r['note']}" for r in rows if r["note"]]
     out += ["Notes on checks:", "", *notes, ""] if notes else []
-    trains = experiment.runner == "hpexp.run.run"
+    trains = experiment.runner == "hpexp.train.runner.run"
     out += [
         "## Runs",
         "",

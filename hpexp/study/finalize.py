@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,45 +14,12 @@ import numpy as np
 from omegaconf import DictConfig
 from optuna.trial import FrozenTrial
 
-from hpexp import rundir
-from hpexp.run import ConfigError, compose, run_population, validate
-from hpexp.study_progress import _best
-from hpexp.study_spec import _monitor, parse_space
-from hpexp.study_storage import _load, study_dir
-
-# Two-sided 95% Student t quantiles for 1..30 degrees of freedom (then the normal 1.96).
-T95 = [
-    12.706,
-    4.303,
-    3.182,
-    2.776,
-    2.571,
-    2.447,
-    2.365,
-    2.306,
-    2.262,
-    2.228,
-    2.201,
-    2.179,
-    2.160,
-    2.145,
-    2.131,
-    2.120,
-    2.110,
-    2.101,
-    2.093,
-    2.086,
-    2.080,
-    2.074,
-    2.069,
-    2.064,
-    2.060,
-    2.056,
-    2.052,
-    2.048,
-    2.045,
-    2.042,
-]
+from hpexp.stats import mean_ci
+from hpexp.study.progress import _best
+from hpexp.study.spec import _monitor, parse_space
+from hpexp.study.storage import _load, study_dir
+from hpexp.train import rundir
+from hpexp.train.runner import ConfigError, compose, run_population, validate
 
 
 def finalize(spec: DictConfig, runs: Path = Path("runs"), seeds: int | None = None) -> dict[str, Any]:
@@ -96,7 +62,7 @@ def finalize(spec: DictConfig, runs: Path = Path("runs"), seeds: int | None = No
 
 
 def _test_split(cfg: DictConfig) -> Any:
-    from hpexp import data
+    from hpexp.data import mnist as data
 
     d = cfg.data
     splits = data.load_splits(
@@ -107,8 +73,8 @@ def _test_split(cfg: DictConfig) -> Any:
 
 def _score(cfg: DictConfig, out: Path, test: Any) -> dict[str, Any]:
     """One seed's row: its validation-chosen epoch (restored weights) scored on the test split."""
-    from hpexp.run import build_network
-    from hpexp.train import evaluate, rng_streams
+    from hpexp.train.loop import evaluate, rng_streams
+    from hpexp.train.runner import build_network
 
     summary, parts = rundir.read_summary(out), validate(cfg)
     network = build_network(cfg, parts, rng_streams(cfg.seed)["init"])
@@ -129,20 +95,11 @@ def _score(cfg: DictConfig, out: Path, test: Any) -> dict[str, Any]:
     }
 
 
-def mean_ci(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% confidence interval (Student t; 0 for one value)."""
-    x = np.asarray(values, dtype=float)
-    if len(x) < 2:
-        return float(x.mean()), math.nan
-    t = T95[len(x) - 2] if len(x) - 1 <= len(T95) else 1.96
-    return float(x.mean()), float(t * x.std(ddof=1) / math.sqrt(len(x)))
-
-
 COLUMNS = ("val_accuracy", "test_accuracy", "val_cost", "test_cost")
 
 
 def _final_result(spec: DictConfig, best: FrozenTrial, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    stats = {c: mean_ci([r[c] for r in rows]) for c in COLUMNS}
+    stats = {c: mean_ci([r[c] for r in rows])[:2] for c in COLUMNS}
     return {
         "study": spec.name,
         "objective": spec.objective.metric,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from hpexp.stopping import improvements
+from hpexp.train.stopping import improvements
 
 Record = dict[str, Any]
 

@@ -24,12 +24,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from threadpoolctl import threadpool_limits
 
 import hpexp
-from hpexp import data, rundir
-from hpexp.network import DenseSpec, LayerSpec, Network, Shape, shapes
+from hpexp.data import mnist as data
+from hpexp.nn.network import DenseSpec, LayerSpec, Network, Shape, shapes
+from hpexp.nn.population import stack, stackable
 from hpexp.paths import config_dir
-from hpexp.population import stack, stackable
-from hpexp.stopping import Never
-from hpexp.train import Member, Record, Stop, fit_population, rng_streams
+from hpexp.train import rundir
+from hpexp.train.loop import Member, Record, Stop, fit_population, rng_streams
+from hpexp.train.stopping import Never
 
 SPLITS = ("train", "val", "test")
 N_INPUTS, N_CLASSES = 784, 10

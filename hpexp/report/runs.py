@@ -7,26 +7,24 @@ Loaders return DataFrames and are meant for notebooks too:
     load_trial_curves("runs/studies/NAME")           # one row per trial x reported step
 
 `run_metrics` reduces the long frame to one row per run, `summarize` to one row per configuration
-(mean +/- 95% confidence half-width over seeds). Drawing lives in `hpexp.plots`;
-`hpexp.pages` assembles figures and tables into `reports/<name>/` (README.md, report.html).
+(mean +/- 95% confidence half-width over seeds). Drawing lives in `hpexp.report.plots`;
+`hpexp.report.pages` assembles figures and tables into `reports/<name>/` (README.md, report.html).
 """
 
 from __future__ import annotations
 
-import argparse
 import glob
 import math
 import os
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import yaml
 
-from hpexp import rundir
+from hpexp.stats import mean_ci
+from hpexp.train import rundir
 
 SPLITS = ("train", "val", "test")
 ENDED = ("completed", "diverged", "pruned")  # statuses of runs that finished writing their summary
@@ -187,44 +185,6 @@ def label_configs(df: pd.DataFrame, by: str | Sequence[str] | None = None) -> pd
 
 
 # --- statistics -------------------------------------------------------------------------------
-
-
-def _t_two_sided(t: float, df: int) -> float:
-    """P(|T| < t) for Student's t with integer df (Abramowitz & Stegun 26.7.3-4, exact)."""
-    theta = math.atan(t / math.sqrt(df))
-    c2, s = math.cos(theta) ** 2, math.sin(theta)
-    if df % 2:
-        term, total = math.cos(theta), 0.0
-        for k in range(1, (df - 1) // 2 + 1):
-            total += term
-            term *= (2 * k) / (2 * k + 1) * c2
-        return 2 / math.pi * (theta + s * total)
-    term, total = 1.0, 0.0
-    for k in range(df // 2):
-        total += term
-        term *= (2 * k + 1) / (2 * k + 2) * c2
-    return s * total
-
-
-def t_quantile(confidence: float, df: int) -> float:
-    """The two-sided critical value t with P(|T| < t) = confidence (0.95 -> 2.776 for df=4)."""
-    lo, hi = 0.0, 1e4
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _t_two_sided(mid, df) < confidence else (lo, mid)
-    return (lo + hi) / 2
-
-
-def mean_ci(values: Any, confidence: float = 0.95) -> tuple[float, float, int]:
-    """(mean, half-width, n): half-width = t_{n-1} * s / sqrt(n), NaN for fewer than 2 values."""
-    x = np.asarray(values, dtype=float)
-    x = x[~np.isnan(x)]
-    n = len(x)
-    if n == 0:
-        return math.nan, math.nan, 0
-    if n == 1:
-        return float(x[0]), math.nan, 1
-    return float(x.mean()), t_quantile(confidence, n - 1) * float(x.std(ddof=1)) / math.sqrt(n), n
 
 
 def epoch_stats(df: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -450,52 +410,3 @@ def format_summary(table: pd.DataFrame) -> pd.DataFrame:
     if table["incomplete"].any():
         shown["incomplete"] = table["incomplete"]
     return shown
-
-
-# --- command line -----------------------------------------------------------------------------
-
-
-def _folder_name(name: str) -> str:
-    if not name or name in (".", "..") or "/" in name or "\\" in name:
-        raise ReportError(f"--name must be a plain folder name, got {name!r}")
-    return name
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """`hpexp report RUNS... [--by KEY] | --study NAME` -> reports/<name>/."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from hpexp import pages
-
-    parser = argparse.ArgumentParser(
-        prog="hpexp report",
-        description="Write a generalization report (README.md, report.html, figures/, tables/) "
-        "on training runs or an Optuna study to reports/<name>/.",
-    )
-    parser.add_argument(
-        "runs", nargs="*", help="run directories, globs, or folders of runs (a multirun folder)"
-    )
-    parser.add_argument(
-        "--by",
-        action="append",
-        metavar="KEY",
-        help="compare by this config key or group (regularizer, regularizer.lmbda, "
-        "data.n_train); repeat for several; default: every key that varies",
-    )
-    parser.add_argument("--study", metavar="NAME", help="report on a study (runs/studies/NAME or a path)")
-    parser.add_argument("--name", help="output folder under --out (default: the study or run folder name)")
-    parser.add_argument("--out", type=Path, default=Path("reports"), help="parent folder (default: reports)")
-    args = parser.parse_args(argv)
-    if bool(args.runs) == bool(args.study):
-        parser.error("name either runs (paths, globs, a multirun folder) or --study NAME")
-    if args.study:
-        name = _folder_name(args.name or Path(args.study).name.removesuffix(".log"))
-        page = pages.study_page(args.study)
-    else:
-        default = Path(args.runs[0]).name if len(args.runs) == 1 else "runs"
-        name = _folder_name(args.name or default)
-        page = pages.runs_page(load_runs(args.runs), args.by, title=f"Report: {name}")
-    page.blocks.insert(0, ("p", "Made with: hpexp report " + " ".join(argv or sys.argv[2:])))
-    out = pages.write_page(page, args.out / name)
-    print(f"report: {out / 'README.md'}\n        {out / 'report.html'}")

@@ -15,7 +15,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 
 from hpexp.paths import config_dir, studies_dir
-from hpexp.run import ConfigError, compose, validate
+from hpexp.train.runner import ConfigError, compose, validate
 
 TYPES = ("float", "int", "categorical")
 METRICS = {"val_accuracy": "maximize", "val_cost": "minimize", "val_loss": "minimize"}

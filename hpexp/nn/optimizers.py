@@ -30,7 +30,7 @@ class SGD:
     _plain: bool = field(default=True, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # np.all: in a population (hpexp.population) a field may hold one value per member.
+        # np.all: in a population (hpexp.nn.population) a field may hold one value per member.
         if not np.all(np.asarray(self.eta) > 0):
             raise ValueError(f"optimizer.eta must be > 0, got {self.eta}")
         if not np.all((np.asarray(self.momentum) >= 0) & (np.asarray(self.momentum) < 1)):

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from hpexp.network import Masks, Network
+from hpexp.nn.network import Masks, Network
 
 THRESHOLD = 1e-6
 
@@ -86,7 +86,7 @@ def check(
 
 
 def _problem(cfg, m: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:
-    from hpexp import data
+    from hpexp.data import mnist as data
 
     try:
         found = data.find_data_dir(cfg.data.dir, download=False)  # a check never downloads
@@ -115,8 +115,8 @@ def main(argv: Sequence[str]) -> None:
     if args.examples < 1:
         parser.error(f"--examples must be >= 1, got {args.examples}")
 
-    from hpexp.run import build_network, compose, validate
-    from hpexp.train import rng_streams
+    from hpexp.train.loop import rng_streams
+    from hpexp.train.runner import build_network, compose, validate
 
     cfg = compose([*args.overrides, "dtype=float64"])
     parts = validate(cfg)

@@ -1,0 +1,96 @@
+"""`hpexp book list|run|report`: the book's experiments from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hpexp.book.experiments import (
+    REPORTS_DIR,
+    RUNS_DIR,
+    Check,
+    Experiment,
+    compare,
+    load,
+    registry,
+    run_experiments,
+)
+
+__all__ = ["list_command", "main"]
+
+
+from hpexp.book import pages as book_pages
+
+
+def _pct(check: Check | dict[str, Any], value: float | None) -> str:
+    metric = check.metric if isinstance(check, Check) else check["metric"]
+    selection = check.selection if isinstance(check, Check) else check["selection"]
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if metric.endswith("accuracy") and not selection.startswith("epoch_of"):
+        return f"{100 * value:.2f}%"
+    return f"{value:.4g}"
+
+
+def list_command(chapter: int | None, runs_dir: Path) -> None:
+    rows = [("id", "ch", "book", "ours", "what")]
+    for e in registry(chapter):
+        head = e.checks[0]
+        row = compare(e, head, runs_dir)
+        ours = "-" if not row["seeds"] else f"{_pct(head, row['mean'])} (n={len(row['seeds'])})"
+        book = _pct(head, head.value) if head.value is not None else f"figure: {e.meta.get('figure', '-')}"
+        rows.append((e.id, str(e.chapter), book, ours, head.label))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[4])
+
+
+def _select(args: argparse.Namespace) -> list[Experiment]:
+    chapters = set(args.chapter or [])
+    if args.ids:
+        return [e for e in map(load, args.ids) if not chapters or e.chapter in chapters]
+    if not (args.all or chapters):
+        raise ValueError("name experiments (see `hpexp book list`), or use --all or --chapter N")
+    return [e for e in registry() if args.all or e.chapter in chapters]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="hpexp book", description="Reproduce the book's experiments")
+    parser.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="default: runs/book")
+    parser.add_argument("--reports-dir", type=Path, default=REPORTS_DIR, help="default: reports/book")
+    sub = parser.add_subparsers(dest="action", required=True)
+    listing = sub.add_parser("list", help="every experiment with the book's number and our last result")
+    listing.add_argument("--chapter", type=int, default=None)
+    run = sub.add_parser("run", help="run experiments with several seeds, then write their reports")
+    run.add_argument("ids", nargs="*", help="experiment ids (see `hpexp book list`)")
+    run.add_argument("--seeds", type=int, default=3, help="seeds per run (default 3)")
+    run.add_argument("--all", action="store_true", help="every experiment")
+    run.add_argument(
+        "--chapter", type=int, action="append", help="every experiment of a chapter (repeatable)"
+    )
+    run.add_argument("--force", action="store_true", help="rerun runs that are already done")
+    run.add_argument("--override", action="append", default=[], help="extra Hydra override for every run")
+    report = sub.add_parser("report", help="write reports/book/ from the runs so far")
+    report.add_argument("ids", nargs="*", help="experiments to write pages for (default: all)")
+    args = parser.parse_args(argv)
+    if args.action == "list":
+        list_command(args.chapter, args.runs_dir)
+        return
+    if args.action == "run":
+        if args.seeds < 1:
+            raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+        chosen = _select(args)
+        skipped = run_experiments(chosen, args.seeds, args.runs_dir, args.override, args.force)
+        pages = [e.id for e in chosen]
+    else:
+        skipped, pages = [], list(args.ids) or [e.id for e in registry()]
+    written = book_pages.write(pages, args.runs_dir, args.reports_dir)
+    print(f"report: {written}")
+    for line in skipped:
+        print(line, file=sys.stderr)
+    if any(": failed, " in line for line in skipped):
+        raise SystemExit(1)
