@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+__all__ = ["data_command", "main", "train"]
+
 USAGE = """usage: hpexp COMMAND [ARGS]
 
 commands:

@@ -35,6 +35,21 @@ from omegaconf import DictConfig, OmegaConf
 from hpexp.paths import config_dir
 from hpexp.train import rundir
 
+__all__ = [
+    "Check",
+    "Experiment",
+    "Progress",
+    "compare",
+    "compose_run",
+    "estimate_seconds",
+    "load",
+    "presets_dir",
+    "registry",
+    "run_dirs",
+    "run_experiments",
+    "select",
+]
+
 Record = dict[str, Any]
 REQUIRED = (
     "chapter",

@@ -23,6 +23,18 @@ from omegaconf import OmegaConf  # noqa: E402
 from hpexp.book import experiments as book
 from hpexp.train import rundir  # noqa: E402
 
+__all__ = [
+    "curves",
+    "figure",
+    "page",
+    "plot_curves",
+    "plot_gradient_bars",
+    "plot_points",
+    "points",
+    "summary",
+    "write",
+]
+
 MARK = {True: "yes", False: "**no**", None: "-"}
 
 

@@ -21,6 +21,8 @@ from threadpoolctl import threadpool_limits
 from hpexp.data import mnist as data
 from hpexp.train import rundir
 
+__all__ = ["Skip", "average_darkness", "random_guess", "speed_of_learning", "svm", "toy_neuron"]
+
 Record = dict[str, Any]
 Hook = Callable[[Record], Any] | None
 

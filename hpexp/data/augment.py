@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+__all__ = ["BookShifts", "NoExpansion", "RandomDistortion", "bilinear", "one_pixel_shifts"]
+
 SIDE = 28
 CHUNK = 5_000  # images transformed at once: bounds the temporary coordinate arrays
 

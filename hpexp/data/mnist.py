@@ -33,6 +33,18 @@ from typing import Any
 import numpy as np
 import platformdirs
 
+__all__ = [
+    "DataError",
+    "Split",
+    "cache_dir",
+    "fetch",
+    "find_data_dir",
+    "load_raw",
+    "load_splits",
+    "read_idx",
+    "verify_dir",
+]
+
 ENV_VAR = "HPEXP_DATA_DIR"
 CACHE_ENV_VAR = "HPEXP_CACHE_DIR"
 SOURCES_ENV_VAR = "HPEXP_MNIST_SOURCES"

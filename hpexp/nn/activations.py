@@ -11,6 +11,8 @@ from typing import Protocol
 
 import numpy as np
 
+__all__ = ["Activation", "Identity", "ReLU", "Sigmoid", "Tanh", "sigmoid"]
+
 
 class Activation(Protocol):
     def value(self, z: np.ndarray) -> np.ndarray: ...

@@ -19,6 +19,18 @@ import numpy as np
 from hpexp.nn.activations import Activation
 from hpexp.nn.init import Fan, Initializer
 
+__all__ = [
+    "Conv2D",
+    "ConvPool",
+    "ConvPoolSpec",
+    "ConvStack",
+    "Flatten",
+    "L2Pool",
+    "MaxPool",
+    "patches",
+    "unpatch",
+]
+
 
 def patches(x: np.ndarray, kh: int, kw: int) -> np.ndarray:
     """(m, c, H, W) -> (c * kh * kw, m * oh * ow) with oh = H - kh + 1: every kh x kw patch as a

@@ -16,6 +16,8 @@ import numpy as np
 
 from hpexp.nn.activations import sigmoid
 
+__all__ = ["Cost", "CrossEntropy", "LogLikelihood", "Quadratic", "log_softmax", "one_hot", "softplus"]
+
 
 class Cost(Protocol):
     def value(self, z: np.ndarray, y: np.ndarray) -> np.ndarray: ...

@@ -14,6 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
+__all__ = ["Default", "Fan", "Glorot", "He", "Initializer", "Large", "Network3", "fan_of"]
+
 Shape = tuple[int, ...]
 
 

@@ -15,6 +15,8 @@ import numpy as np
 
 from hpexp.nn.activations import Activation, Identity
 
+__all__ = ["Dense", "weighted_input"]
+
 
 def _wide(w: np.ndarray, x: np.ndarray) -> bool:
     """Whether the K members' weights meet one shared input x (and so can act as one matrix)."""

@@ -32,6 +32,8 @@ from hpexp.nn.costs import Cost
 from hpexp.nn.init import Fan, Initializer
 from hpexp.nn.layers import Dense
 
+__all__ = ["DenseSpec", "LayerSpec", "Network", "shapes"]
+
 Masks = Sequence[np.ndarray | float | None]
 Shape = tuple[int, ...]
 

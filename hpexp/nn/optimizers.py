@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+__all__ = ["SGD"]
+
 
 @dataclass
 class SGD:

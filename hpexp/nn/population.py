@@ -23,6 +23,8 @@ import numpy as np
 from hpexp.nn.layers import Dense
 from hpexp.nn.network import DenseSpec, Network
 
+__all__ = ["member_params", "select", "stack", "stack_fields", "stackable"]
+
 T = TypeVar("T")
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+__all__ = ["L2", "NoPenalty", "Regularizer"]
+
 Masks = list[np.ndarray | float | None]
 
 

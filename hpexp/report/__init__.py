@@ -1,1 +1,37 @@
-"""report"""
+"""Reports: run directories and studies as DataFrames, statistics, figures and pages.
+
+Loaders return DataFrames (`load_runs`, `load_trials`), plot functions take a DataFrame and
+return Axes, and `pages` writes `reports/<name>/` (README.md, report.html, figures/, tables/).
+"""
+
+from hpexp._lazy import exports
+
+__all__, __getattr__, __dir__ = exports(
+    __name__,
+    {
+        "load_runs": "runs",
+        "run_metrics": "runs",
+        "summarize": "runs",
+        "epoch_stats": "runs",
+        "label_configs": "runs",
+        "varying_keys": "runs",
+        "load_trials": "runs",
+        "load_trial_curves": "runs",
+        "param_importances": "runs",
+        "open_study": "runs",
+        "ReportError": "runs",
+        "plot_learning_curves": "plots",
+        "plot_gap": "plots",
+        "plot_overfitting": "plots",
+        "plot_accuracy_vs_n_train": "plots",
+        "plot_optimization_history": "plots",
+        "plot_trial_curves": "plots",
+        "plot_param_importances": "plots",
+        "plot_slices": "plots",
+        "plot_param_map": "plots",
+        "Page": "pages",
+        "runs_page": "pages",
+        "study_page": "pages",
+        "write_page": "pages",
+    },
+)

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from hpexp.report.runs import _value
 from hpexp.train import rundir
 
+__all__ = ["Page", "html", "markdown", "runs_page", "study_page", "write_page"]
+
 if TYPE_CHECKING:
     import pandas as pd
 

@@ -20,6 +20,19 @@ from matplotlib.ticker import FuncFormatter
 
 from hpexp.report.runs import SPLITS, epoch_stats, label_configs, run_metrics
 
+__all__ = [
+    "plot_accuracy_vs_n_train",
+    "plot_gap",
+    "plot_learning_curves",
+    "plot_optimization_history",
+    "plot_overfitting",
+    "plot_param_importances",
+    "plot_param_map",
+    "plot_slices",
+    "plot_trial_curves",
+    "png",
+]
+
 STYLES = {"train": "--", "val": "-", "test": ":"}
 NAMES = {"train": "training", "val": "validation", "test": "test"}
 
@@ -134,7 +147,7 @@ def plot_overfitting(
 def plot_accuracy_vs_n_train(runs: pd.DataFrame, ax: Axes | None = None) -> Axes:
     """Validation (and test) accuracy against the training-set size on a log axis, from
     `run_metrics`: the final-epoch and best-epoch validation accuracy, mean +/- 95% CI."""
-    from hpexp.report.runs import mean_ci
+    from hpexp.stats import mean_ci
 
     ax = _ax(ax)
     series = {

@@ -26,6 +26,26 @@ import yaml
 from hpexp.stats import mean_ci
 from hpexp.train import rundir
 
+__all__ = [
+    "ReportError",
+    "check_runs",
+    "config_columns",
+    "epoch_stats",
+    "find_run_dirs",
+    "flatten",
+    "format_summary",
+    "label_configs",
+    "load_runs",
+    "load_trial_curves",
+    "load_trials",
+    "open_study",
+    "param_importances",
+    "run_metrics",
+    "study_dir",
+    "summarize",
+    "varying_keys",
+]
+
 SPLITS = ("train", "val", "test")
 ENDED = ("completed", "diverged", "pruned")  # statuses of runs that finished writing their summary
 RUN_COLUMNS = ("run", "path", "status", "incomplete", "stop_reason", "epochs_run", "trial")

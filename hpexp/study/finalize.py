@@ -21,6 +21,8 @@ from hpexp.study.storage import _load, study_dir
 from hpexp.train import rundir
 from hpexp.train.runner import ConfigError, compose, run_population, validate
 
+__all__ = ["finalize"]
+
 
 def finalize(spec: DictConfig, runs: Path = Path("runs"), seeds: int | None = None) -> dict[str, Any]:
     """Retrain the best trial's config with K fresh seeds (epoch chosen by validation), score test once.

@@ -14,6 +14,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpexp.study.storage import FINISHED, mask, study_dir
 
+__all__ = ["summary_text"]
+
 
 def _watch(study: optuna.Study, workers: list[Any], spec: DictConfig, quiet: bool) -> None:
     seen: set[int] = set()

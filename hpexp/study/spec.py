@@ -17,6 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from hpexp.paths import config_dir, studies_dir
 from hpexp.train.runner import ConfigError, compose, validate
 
+__all__ = ["Param", "check_spec", "compose_trial", "load_spec", "parse_space", "sample"]
+
 TYPES = ("float", "int", "categorical")
 METRICS = {"val_accuracy": "maximize", "val_cost": "minimize", "val_loss": "minimize"}
 SAMPLERS = {

@@ -21,6 +21,8 @@ from optuna.trial import FrozenTrial, TrialState
 from hpexp.study.spec import PRUNERS, SAMPLERS, Param
 from hpexp.train.runner import ConfigError
 
+__all__ = ["fail_stale", "make_pruner", "make_sampler", "mask", "open_storage", "study_dir"]
+
 PASSWORD_ENV, PASSWORD_FILE_ENV = "HPEXP_DB_PASSWORD", "HPEXP_DB_PASSWORD_FILE"
 HOST = socket.gethostname()
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)

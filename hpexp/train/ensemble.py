@@ -35,6 +35,20 @@ from hpexp.train import rundir
 from hpexp.train.runner import build_network, load_data, validate
 from hpexp.train.runner import run as run_one
 
+__all__ = [
+    "average",
+    "combine",
+    "draw_filters",
+    "filters",
+    "load_network",
+    "main",
+    "member_config",
+    "plot_filters",
+    "probabilities",
+    "run",
+    "vote",
+]
+
 Record = dict[str, Any]
 CHUNK = 2_000  # images per evaluation product: bounds the conv patches held at once
 

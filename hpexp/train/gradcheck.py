@@ -22,6 +22,8 @@ from threadpoolctl import threadpool_limits
 
 from hpexp.nn.network import Masks, Network
 
+__all__ = ["backprop_grads", "check", "main", "numeric_grad", "relative_error", "total_cost"]
+
 THRESHOLD = 1e-6
 
 

@@ -5,7 +5,7 @@ The history is a list of per-epoch records (dicts) with keys
 the regularizer's penalty, as the book's network2 reports it), `{split}_accuracy` for every monitored
 split, then `eta`, `weight_norm` and `seconds`. `{split}_cost` uses the training-set size n in the
 penalty for every split (network2's total_cost used the evaluated set's size, which inflates the
-test cost of regularized runs; see EXPERIMENTS.md section 6.7). One hook, `on_epoch(record)`, sees
+test cost of regularized runs; see docs/book.md section 6.7). One hook, `on_epoch(record)`, sees
 each record and may return a `Stop` to end training (progress display, Optuna pruning and the like
 hang off it); the stopping rule and the schedule may end training too.
 """
@@ -27,6 +27,20 @@ from hpexp.nn.population import member_params, select, stack_fields
 from hpexp.nn.regularizers import Regularizer
 from hpexp.train.schedules import Constant, Schedule
 from hpexp.train.stopping import Never, Rule
+
+__all__ = [
+    "Expansion",
+    "Member",
+    "Result",
+    "Stop",
+    "evaluate",
+    "fit",
+    "fit_population",
+    "penalty",
+    "rng_streams",
+    "train_epoch",
+    "weight_norm",
+]
 
 Record = dict[str, Any]
 STREAMS = ("init", "shuffle", "dropout", "augment")

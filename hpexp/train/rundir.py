@@ -23,6 +23,17 @@ from typing import Any
 
 import numpy as np
 
+__all__ = [
+    "HistoryWriter",
+    "history_csv",
+    "read_history",
+    "read_summary",
+    "write_atomic",
+    "write_history",
+    "write_summary",
+    "write_weights",
+]
+
 Record = dict[str, Any]
 
 

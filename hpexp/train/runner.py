@@ -32,6 +32,23 @@ from hpexp.train import rundir
 from hpexp.train.loop import Member, Record, Stop, fit_population, rng_streams
 from hpexp.train.stopping import Never
 
+__all__ = [
+    "ConfigError",
+    "Parts",
+    "SealedSplitError",
+    "build_network",
+    "compose",
+    "load_data",
+    "network_specs",
+    "population_key",
+    "restore_best",
+    "run",
+    "run_population",
+    "run_seeds",
+    "task_config",
+    "validate",
+]
+
 SPLITS = ("train", "val", "test")
 N_INPUTS, N_CLASSES = 784, 10
 

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 from hpexp.train.stopping import improvements
 
+__all__ = ["Book", "Constant", "Exponential", "Schedule", "StepDecay"]
+
 Record = dict[str, Any]
 
 

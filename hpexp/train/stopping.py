@@ -16,6 +16,20 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+__all__ = [
+    "GeneralizationLoss",
+    "MaxEpochs",
+    "Never",
+    "NoImprovement",
+    "ProgressQuotient",
+    "Rule",
+    "UpStrips",
+    "error",
+    "generalization_loss",
+    "improvements",
+    "training_progress",
+]
+
 Record = dict[str, Any]
 METRICS = ("val_accuracy", "val_loss", "val_cost", "train_accuracy", "train_loss", "train_cost")
 
