@@ -11,13 +11,14 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["data_command", "main", "train"]
+__all__ = ["complete", "data_command", "hydra_argv", "main", "train"]
 
 USAGE = """usage: hpexp COMMAND [ARGS]
 
 commands:
   train [OVERRIDES]   train a network (Hydra overrides, e.g. network=mlp100 optimizer.eta=0.1; -m for grids)
   data fetch|verify|where   download, check or locate MNIST
+  eval RUN_DIR [split=val|test]   score a run's saved weights on a split
   gradcheck [OVERRIDES]     compare backpropagation with finite differences for a config
   study NAME [OVERRIDES]    run an Optuna study from studies/NAME.yaml
   report ...          write reports on runs and studies to reports/
@@ -34,7 +35,7 @@ def train(argv: Sequence[str]) -> None:
 
     from hpexp.data.mnist import DataError
     from hpexp.paths import config_dir
-    from hpexp.train.runner import run, run_seeds
+    from hpexp.train.runner import plain_overrides, run, run_seeds
 
     def main(cfg: DictConfig) -> None:
         hydra_cfg = HydraConfig.get()
@@ -62,8 +63,68 @@ def train(argv: Sequence[str]) -> None:
         multirun = hydra_cfg.mode == RunMode.MULTIRUN and not cfg.out_dir
         print(f"report: hpexp report {hydra_cfg.sweep.dir if multirun else out}")  # the whole sweep
 
-    sys.argv = ["hpexp train", *argv]
+    completing = any(a in ("-sc", "--shell-completion") for a in argv)
+    # Hydra names the program in the completion script it installs after argv[0]: `hpexp`.
+    sys.argv = ["hpexp" if completing else "hpexp train", *hydra_argv(plain_overrides(argv))]
     hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(main)()
+
+
+# Hydra's options that take a value; its parser wants every option before the overrides.
+HYDRA_VALUED = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn"}
+HYDRA_VALUED |= {"--config-dir", "-cd", "--experimental-rerun"}
+HYDRA_INFO = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
+def hydra_argv(argv: Sequence[str]) -> list[str]:
+    """`hpexp train` arguments with Hydra's options first, so options and overrides mix freely."""
+    options: list[str] = []
+    overrides: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        takes_value = arg in HYDRA_VALUED or (
+            arg in ("--info", "-i") and i + 1 < len(argv) and argv[i + 1] in HYDRA_INFO
+        )
+        if arg.startswith("-"):
+            options.extend(argv[i : i + 1 + takes_value])
+            i += takes_value
+        else:
+            overrides.append(arg)
+        i += 1
+    return [*options, *overrides]
+
+
+def complete(argv: Sequence[str]) -> None:
+    """`hpexp -sc install=bash|query=bash|...`: Hydra's shell completion for `hpexp train` overrides.
+
+    The script Hydra installs asks `hpexp -sc query=bash` with the line typed so far in $COMP_LINE;
+    the subcommand's word is answered here, and the overrides after `train` (or `gradcheck`) by Hydra.
+    """
+    import os
+
+    words = os.environ.get("COMP_LINE", "").split(" ")
+    if any(a.startswith("query=") for a in argv) and len(words) >= 2:
+        if len(words) == 2:  # still typing the subcommand
+            print(" ".join(c for c in COMMANDS if c.startswith(words[1])))
+            return
+        if words[1] not in ("train", "gradcheck"):
+            return  # options of the argparse subcommands: left to the shell's default completion
+        if _complete_experiment(words[-1]):
+            return
+        os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]])
+    train(argv)
+
+
+def _complete_experiment(word: str) -> bool:
+    """Presets are chosen as `experiment=book/ID` (Hydra would offer the nested group `experiment/book=`)."""
+    from hpexp.paths import config_dir
+
+    if not word or not ("experiment=".startswith(word) or word.startswith("experiment=")):
+        return False
+    root = config_dir() / "experiment"
+    presets = sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+    print(" ".join(f"experiment={p}" for p in presets if f"experiment={p}".startswith(word)))
+    return True
 
 
 def data_command(argv: Sequence[str]) -> None:
@@ -107,6 +168,7 @@ def _delegate(module: str) -> Callable[[Sequence[str]], None]:
 COMMANDS: dict[str, Callable[[Sequence[str]], None]] = {
     "train": train,
     "data": data_command,
+    "eval": _delegate("train.evaluate"),
     "gradcheck": _delegate("train.gradcheck"),
     "study": _delegate("study.workers"),
     "report": _delegate("report.command"),
@@ -116,6 +178,9 @@ COMMANDS: dict[str, Callable[[Sequence[str]], None]] = {
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-sc", "--shell-completion"):
+        complete(argv)
+        return
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         if argv and argv[0] not in ("-h", "--help"):

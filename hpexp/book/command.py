@@ -58,14 +58,23 @@ def _select(args: argparse.Namespace) -> list[Experiment]:
     return [e for e in registry() if args.all or e.chapter in chapters]
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="hpexp book", description="Reproduce the book's experiments")
-    parser.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="default: runs/book")
-    parser.add_argument("--reports-dir", type=Path, default=REPORTS_DIR, help="default: reports/book")
-    sub = parser.add_subparsers(dest="action", required=True)
-    listing = sub.add_parser("list", help="every experiment with the book's number and our last result")
+def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The command's parser and one per action; the folders are options of each, in any position."""
+    folders = argparse.ArgumentParser(add_help=False)
+    folders.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="default: runs/book")
+    folders.add_argument("--reports-dir", type=Path, default=REPORTS_DIR, help="default: reports/book")
+    parser = argparse.ArgumentParser(
+        prog="hpexp book",
+        parents=[folders],
+        description="Reproduce the book's experiments. Actions: list (every experiment with the book's "
+        "number and our last result), run (experiments with several seeds, then their reports), "
+        "report (reports/book/ from the runs so far); `hpexp book ACTION --help` shows its options.",
+    )
+    parser.add_argument("action", choices=["list", "run", "report"])
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="the action's arguments and options")
+    listing = argparse.ArgumentParser(prog="hpexp book list", parents=[folders])
     listing.add_argument("--chapter", type=int, default=None)
-    run = sub.add_parser("run", help="run experiments with several seeds, then write their reports")
+    run = argparse.ArgumentParser(prog="hpexp book run", parents=[folders])
     run.add_argument("ids", nargs="*", help="experiment ids (see `hpexp book list`)")
     run.add_argument("--seeds", type=int, default=3, help="seeds per run (default 3)")
     run.add_argument("--all", action="store_true", help="every experiment")
@@ -74,9 +83,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     run.add_argument("--force", action="store_true", help="rerun runs that are already done")
     run.add_argument("--override", action="append", default=[], help="extra Hydra override for every run")
-    report = sub.add_parser("report", help="write reports/book/ from the runs so far")
+    report = argparse.ArgumentParser(prog="hpexp book report", parents=[folders])
     report.add_argument("ids", nargs="*", help="experiments to write pages for (default: all)")
-    args = parser.parse_args(argv)
+    return parser, {"list": listing, "run": run, "report": report}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser, actions = _parsers()
+    top = parser.parse_args(argv)
+    args = actions[top.action].parse_intermixed_args(top.args, namespace=top)
     if args.action == "list":
         list_command(args.chapter, args.runs_dir)
         return

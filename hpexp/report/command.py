@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--study", metavar="NAME", help="report on a study (runs/studies/NAME or a path)")
     parser.add_argument("--name", help="output folder under --out (default: the study or run folder name)")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="parent folder (default: reports)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if bool(args.runs) == bool(args.study):
         parser.error("name either runs (paths, globs, a multirun folder) or --study NAME")
     if args.study:

@@ -371,7 +371,7 @@ def main(argv: Sequence[str]) -> None:
         help="a training override appended to the spec's base (repeat), e.g. --base train.epochs=5",
     )
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="the runs folder (default: runs)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     spec = load_spec(args.name, args.overrides)
     if args.workers is not None:
         spec.workers = args.workers

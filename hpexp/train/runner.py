@@ -40,6 +40,7 @@ __all__ = [
     "compose",
     "load_data",
     "network_specs",
+    "plain_overrides",
     "population_key",
     "restore_best",
     "run",
@@ -60,8 +61,14 @@ class ConfigError(ValueError):
 def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
     """The config `hpexp train OVERRIDES` would run, with the group choices under `choices`."""
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = hydra_compose(config_name, overrides=list(overrides), return_hydra_config=True)
+        cfg = hydra_compose(config_name, overrides=plain_overrides(overrides), return_hydra_config=True)
     return task_config(cfg)
+
+
+def plain_overrides(overrides: Sequence[str]) -> list[str]:
+    """`+experiment=X` as `experiment=X`: conf/train.yaml lists `experiment` as an optional default
+    (so `experiment=book/ch3-l2-1k` needs no `+`), which Hydra would refuse to add a second time."""
+    return [o.removeprefix("+") if o.startswith("+experiment=") else o for o in overrides]
 
 
 def task_config(hydra_cfg: DictConfig) -> DictConfig:
