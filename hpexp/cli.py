@@ -16,7 +16,8 @@ __all__ = ["complete", "data_command", "hydra_argv", "main", "train"]
 USAGE = """usage: hpexp COMMAND [ARGS]
 
 commands:
-  train [OVERRIDES]   train a network (Hydra overrides, e.g. network=mlp100 optimizer.eta=0.1; -m for grids)
+  train [OVERRIDES]   train a network (Hydra overrides, e.g. network=mlp100 optimizer.eta=0.1; -m for grids;
+                      --quiet: warnings only on the console)
   data fetch|verify|where   download, check or locate MNIST
   eval RUN_DIR [split=val|test]   score a run's saved weights on a split
   gradcheck [OVERRIDES]     compare backpropagation with finite differences for a config
@@ -35,6 +36,7 @@ def train(argv: Sequence[str]) -> None:
 
     from hpexp.data.mnist import DataError
     from hpexp.paths import config_dir
+    from hpexp.progress import log
     from hpexp.train.runner import plain_overrides, run, run_seeds
 
     def main(cfg: DictConfig) -> None:
@@ -59,10 +61,12 @@ def train(argv: Sequence[str]) -> None:
         except (ValueError, DataError) as e:  # Hydra would print these as crashes
             print(f"hpexp train: error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
-        print(f"run directory: {out}")
+        log.info(f"run directory: {out}")
         multirun = hydra_cfg.mode == RunMode.MULTIRUN and not cfg.out_dir
-        print(f"report: hpexp report {hydra_cfg.sweep.dir if multirun else out}")  # the whole sweep
+        log.info(f"report: hpexp report {hydra_cfg.sweep.dir if multirun else out}")  # the whole sweep
 
+    if quiet := [a for a in argv if a in ("-q", "--quiet")]:  # the console shows warnings and errors only
+        argv = [a for a in argv if a not in quiet] + ["hydra.job_logging.handlers.console.level=WARNING"]
     completing = any(a in ("-sc", "--shell-completion") for a in argv)
     # Hydra names the program in the completion script it installs after argv[0]: `hpexp`.
     sys.argv = ["hpexp" if completing else "hpexp train", *hydra_argv(plain_overrides(argv))]
@@ -187,7 +191,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"hpexp: unknown command {argv[0]!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     from hpexp.data.mnist import DataError
+    from hpexp.progress import use_console
 
+    if argv[0] != "train":  # Hydra configures logging for train
+        use_console(sys.stderr)
     try:
         COMMANDS[argv[0]](argv[1:])
     except (ValueError, DataError) as e:

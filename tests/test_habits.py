@@ -80,3 +80,48 @@ def test_study_and_book_take_options_after_their_arguments(tmp_path):
     assert result.returncode == 2 and "--seeds must be >= 1, got 0" in result.stderr
     listing = hpexp("book", "list", "--chapter", "1", "--runs-dir", str(tmp_path / "none"), cwd=tmp_path)
     assert "ch1-mlp30-quad" in listing.stdout and "ch3-l2-1k" not in listing.stdout
+
+
+def test_piped_train_logs_plain_lines_and_train_log_holds_them(mnist_dir, tmp_path):
+    result = hpexp("train", *SMALL, "hydra.run.dir=out", cwd=tmp_path)
+    assert "\r" not in result.stdout + result.stderr
+    shown = result.stdout.splitlines()
+    assert shown[0].startswith("epoch 1/2") and shown[0].endswith("left")  # time left on every epoch
+    logged = (tmp_path / "out/train.log").read_text().splitlines()
+    assert [line.split("] ", 1)[1] for line in logged] == shown  # train.log holds what the console shows
+    quiet = hpexp("train", *SMALL, "--quiet", "hydra.run.dir=quiet", cwd=tmp_path)
+    assert quiet.stdout == ""
+    assert "epoch 2/2" in (tmp_path / "quiet/train.log").read_text()
+
+
+def test_train_on_a_terminal_draws_a_bar_with_time_left(mnist_dir, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 24 x 120 characters
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpexp.cli", "train", *SMALL, "hydra.run.dir=out"],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=secondary,
+        stderr=secondary,
+    )
+    os.close(secondary)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(primary)
+    assert proc.wait(timeout=120) == 0
+    text = screen.decode(errors="replace")
+    assert "train:" in text and "epoch/s" in text and "<" in text  # tqdm: elapsed<left
+    assert "\r" in text  # the bar redraws in place on a terminal
+    assert "\r" not in (tmp_path / "out/train.log").read_text()

@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
@@ -32,6 +33,8 @@ from typing import Any
 
 import numpy as np
 import platformdirs
+
+from hpexp.progress import Progress
 
 __all__ = [
     "DataError",
@@ -354,24 +357,19 @@ Getter = Callable[[str], tuple[bytes, str]]  # IDX file name -> (its bytes, "" o
 
 
 def _download(url: str, timeout: float, progress: bool) -> bytes:
-    """GET `url` into memory, drawing "url  done / total MB" on one stderr line."""
+    """GET `url` into memory; with `progress`, a bar on a terminal, else a line every 10 s and at the end."""
     chunks: list[bytes] = []
-    done = 0
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            total = (
-                f" / {int(response.headers['Content-Length']) / 1e6:.1f}"
-                if response.headers.get("Content-Length")
-                else ""
-            )
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        total = int(response.headers.get("Content-Length") or 0)
+        with (
+            Progress(total, url.rsplit("/", 1)[-1], unit="B", every=10.0)
+            if progress
+            else nullcontext() as bar
+        ):
             while chunk := response.read(1 << 16):
                 chunks.append(chunk)
-                done += len(chunk)
-                if progress:
-                    print(f"\r{url}  {done / 1e6:.1f}{total} MB", end="", file=sys.stderr)
-    finally:
-        if progress and done:
-            print(file=sys.stderr)
+                if isinstance(bar, Progress):
+                    bar.update(len(chunk))
     return b"".join(chunks)
 
 

@@ -12,6 +12,7 @@ import optuna
 from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
+from hpexp.progress import duration
 from hpexp.study.storage import FINISHED, mask, study_dir
 
 __all__ = ["summary_text"]
@@ -20,19 +21,22 @@ __all__ = ["summary_text"]
 def _watch(study: optuna.Study, workers: list[Any], spec: DictConfig, quiet: bool) -> None:
     seen: set[int] = set()
     tty = sys.stdout.isatty() and not quiet
-    last = time.monotonic()
+    last = started = time.monotonic()
+    before: int | None = None  # trials finished before this command started
     while True:
         alive = any(w.is_alive() for w in workers)
         trials = study.get_trials(deepcopy=False)
+        before = _done(trials) if before is None else before
+        left = _left(trials, spec, started, before)
         for t in trials:
             if t.state in FINISHED and t.number not in seen:
                 seen.add(t.number)
                 if not quiet:
-                    print(("\r\033[K" if tty else "") + _trial_line(t, trials, spec, seen), flush=True)
+                    print(("\r\033[K" if tty else "") + _trial_line(t, trials, spec, seen) + left, flush=True)
         if tty:
-            print("\r\033[K" + _status_line(trials, spec), end="", flush=True)
+            print("\r\033[K" + _status_line(trials, spec, left), end="", flush=True)
         elif not quiet and time.monotonic() - last >= 60:  # a log file gets the running epochs once a minute
-            print(_status_line(trials, spec), flush=True)
+            print(_status_line(trials, spec, left), flush=True)
             last = time.monotonic()
         if not alive:
             break
@@ -47,21 +51,34 @@ def _best(trials: Sequence[FrozenTrial], spec: DictConfig) -> FrozenTrial | None
     return pick(complete, key=lambda t: t.value, default=None)  # type: ignore[arg-type,return-value]
 
 
-def _counts(trials: Sequence[FrozenTrial], spec: DictConfig, numbers: set[int] | None = None) -> str:
-    """ "k/n done": finished trials (among `numbers`, if given), a failed-and-retried trial not counted."""
+def _done(trials: Sequence[FrozenTrial], numbers: set[int] | None = None) -> int:
+    """Finished trials (among `numbers`, if given), a failed-and-retried trial not counted."""
     retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
-    done = sum(
+    return sum(
         t.state in FINISHED and t.number not in retried and (numbers is None or t.number in numbers)
         for t in trials
     )
-    return f"{done}/{spec.n_trials} done"
 
 
-def _status_line(trials: Sequence[FrozenTrial], spec: DictConfig) -> str:
+def _counts(trials: Sequence[FrozenTrial], spec: DictConfig, numbers: set[int] | None = None) -> str:
+    """ "k/n done"."""
+    return f"{_done(trials, numbers)}/{spec.n_trials} done"
+
+
+def _left(trials: Sequence[FrozenTrial], spec: DictConfig, started: float, before: int) -> str:
+    """ "; ~T left": the time per trial finished since `started` times the trials still to run."""
+    done = _done(trials)
+    if done <= before:
+        return ""
+    per_trial = (time.monotonic() - started) / (done - before)
+    return f"; ~{duration(per_trial * max(0, spec.n_trials - done))} left"
+
+
+def _status_line(trials: Sequence[FrozenTrial], spec: DictConfig, left: str = "") -> str:
     best = _best(trials, spec)
     running = [f"#{t.number} epoch {t.last_step or 0}" for t in trials if t.state == TrialState.RUNNING]
     best_text = f"best {best.value:.4f} (#{best.number})" if best else "best -"
-    return f"[{_counts(trials, spec)}, {best_text}; running {', '.join(running) or '-'}]"
+    return f"[{_counts(trials, spec)}{left}, {best_text}; running {', '.join(running) or '-'}]"
 
 
 def _trial_line(t: FrozenTrial, trials: Sequence[FrozenTrial], spec: DictConfig, seen: set[int]) -> str:

@@ -62,6 +62,10 @@ def _rdb_url(spec: DictConfig) -> str:
     if url.drivername in ("postgres", "postgresql"):  # SQLAlchemy 2.1 means psycopg 3 by it
         import importlib.util
 
+        if not (importlib.util.find_spec("psycopg") or importlib.util.find_spec("psycopg2")):
+            raise ConfigError(
+                "PostgreSQL storage needs a driver: pip install 'hpexp[postgres]' (psycopg2-binary)"
+            )
         url = url.set(
             drivername="postgresql+psycopg" if importlib.util.find_spec("psycopg") else "postgresql+psycopg2"
         )
@@ -80,13 +84,15 @@ def open_storage(spec: DictConfig, folder: Path) -> optuna.storages.BaseStorage:
     url = _rdb_url(spec)
     kwargs = {"connect_args": {"connect_timeout": 10}} if url.startswith("postgres") else {}
     try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=kwargs,
-            heartbeat_interval=10,
-            grace_period=30,
-            heartbeat_stale_trial_callback=_retry,
-        )
+        with warnings.catch_warnings():  # heartbeats are experimental in Optuna: said once in the README
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=kwargs,
+                heartbeat_interval=10,
+                grace_period=30,
+                heartbeat_stale_trial_callback=_retry,
+            )
     except Exception as e:  # sqlalchemy and driver errors share no useful base class
         reason = mask(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
         raise ConfigError(f"cannot reach storage {mask(spec.storage)}: {reason}") from None

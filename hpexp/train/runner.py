@@ -28,6 +28,7 @@ from hpexp.data import mnist as data
 from hpexp.nn.network import DenseSpec, LayerSpec, Network, Shape, shapes
 from hpexp.nn.population import stack, stackable
 from hpexp.paths import config_dir
+from hpexp.progress import Progress, use_console
 from hpexp.train import rundir
 from hpexp.train.loop import Member, Record, Stop, fit_population, rng_streams
 from hpexp.train.stopping import Never
@@ -212,7 +213,7 @@ def load_data(cfg: DictConfig, *, allow_test: bool = True) -> dict[str, data.Spl
     )
 
 
-def _progress(record: Record, epochs: int, label: str = "") -> None:
+def _progress_line(record: Record, epochs: int, label: str = "") -> str:
     parts = [f"{label}epoch {record['epoch']:>{len(str(epochs))}}/{epochs}"]
     for split in SPLITS:
         if f"{split}_accuracy" in record:
@@ -220,7 +221,7 @@ def _progress(record: Record, epochs: int, label: str = "") -> None:
                 f"{split} cost {record[f'{split}_cost']:.4f} acc {100 * record[f'{split}_accuracy']:.2f}%"
             )
     parts.append(f"eta {record['eta']:.4g}  {record['seconds']:.2f}s")
-    print("  ".join(parts), flush=True)
+    return "  ".join(parts)
 
 
 def _summary(cfg: DictConfig, parts: Parts, result: Any, seconds: float, n_params: int) -> Record:
@@ -328,11 +329,15 @@ def run_population(
     network = networks[0] if len(networks) == 1 else stack(networks)
     n_params = sum(p.size for p in networks[0].params)
     members = []
+    bar = None
+    if progress:
+        use_console()
+        bar = Progress(max(cfg.train.epochs for cfg in cfgs), "train", unit="epoch")
     for cfg, p, out, hook in zip(cfgs, parts, outs, hooks, strict=True):
         out.mkdir(parents=True, exist_ok=True)
         rundir.write_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         rundir.write_summary(out, {"status": "running", "seed": cfg.seed})
-        on_epoch = _recorder(out, cfg, hook, progress, label=len(cfgs) > 1)
+        on_epoch = _recorder(out, cfg, hook, bar, label=len(cfgs) > 1)
         members.append(
             Member(
                 p.optimizer,
@@ -363,6 +368,8 @@ def run_population(
                 shuffle=cfg0.train.get("shuffle", True),
             )
     except BaseException as e:
+        if bar is not None:
+            bar.close()
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         for cfg, out in zip(cfgs, outs, strict=True):
             history = rundir.read_history(out)
@@ -370,6 +377,8 @@ def run_population(
                 out, {"status": status, "stop_reason": repr(e), "epochs_run": len(history), "seed": cfg.seed}
             )
         raise
+    if bar is not None:
+        bar.close()
     seconds = (time.perf_counter() - started) / len(cfgs)
     for cfg, p, out, result in zip(cfgs, parts, outs, results, strict=True):
         rundir.write_summary(out, _summary(cfg, p, result, seconds, n_params))
@@ -379,15 +388,27 @@ def run_population(
 
 
 def _recorder(
-    out: Path, cfg: DictConfig, hook: Callable[[Record], Stop | None] | None, progress: bool, label: bool
+    out: Path,
+    cfg: DictConfig,
+    hook: Callable[[Record], Stop | None] | None,
+    bar: Progress | None,
+    label: bool,
 ) -> Callable[[Record], Stop | None]:
-    """The per-epoch hook of one run: append to history.csv, print progress, call the caller's hook."""
+    """The per-epoch hook of one run: append to history.csv, log progress, call the caller's hook."""
     history = rundir.HistoryWriter(out)
 
     def on_epoch(record: Record) -> Stop | None:
         history.append(record)
-        if progress:
-            _progress(record, cfg.train.epochs, f"[{out.name}]  " if label else "")
+        if bar is not None:
+            if record["epoch"] > bar.done:  # a population's members share the bar
+                bar.update(
+                    record["epoch"] - bar.done,
+                    note=f"val acc {100 * record.get('val_accuracy', 0):.2f}%"
+                    if "val_accuracy" in record
+                    else "",
+                )
+            line = _progress_line(record, cfg.train.epochs, f"[{out.name}]  " if label else "")
+            bar.write(f"{line}  {bar.left_text()}".rstrip())
         return hook(record) if hook else None
 
     return on_epoch
