@@ -11,6 +11,22 @@ from omegaconf import OmegaConf
 from hpexp.paths import config_dir
 
 
+@pytest.fixture(scope="session", autouse=True)
+def batching_cache(tmp_path_factory):
+    """Populations measure how to run on this machine (hpexp.train.batching); tests keep that
+    measurement in a file of their own, never in the user's cache."""
+    from hpexp.train import batching
+
+    path = tmp_path_factory.mktemp("batching") / "batching.json"
+    previous = os.environ.get(batching.CACHE_ENV_VAR)
+    os.environ[batching.CACHE_ENV_VAR] = str(path)
+    yield path
+    if previous is None:
+        del os.environ[batching.CACHE_ENV_VAR]
+    else:
+        os.environ[batching.CACHE_ENV_VAR] = previous
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     """The real MNIST: $HPEXP_DATA_DIR (CI sets it) or hpexp's cache (filled by `hpexp data fetch`)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from conftest import load_option
@@ -76,8 +78,9 @@ def assert_same(got, want):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("chunk", [None, 1, 3])
 @pytest.mark.parametrize("momentum", [(0.0, 0.0, 0.0, 0.0), (0.9, 0.0, 0.5, 0.9)])
-def test_each_member_ends_where_it_would_alone(momentum):
+def test_each_member_ends_where_it_would_alone(momentum, chunk):
     train, val = problem()
     specs = [dict(s, momentum=mu) for s, mu in zip(MEMBERS, momentum, strict=True)]
     population = stack([new_network(seed) for seed in range(len(specs))])
@@ -90,13 +93,15 @@ def test_each_member_ends_where_it_would_alone(momentum):
         rng=np.random.default_rng(42),
         dropout_rng=np.random.default_rng(9),
         augment_rng=np.random.default_rng(9),
+        chunk=chunk,
     )
     assert [len(r.history) for r in results] == [s["epochs"] for s in specs]
     for seed, (spec, result) in enumerate(zip(specs, results, strict=True)):
         assert_same(result, train_alone(seed, spec, train, val, order_seed=42))
 
 
-def test_independent_orders_match_their_own_generator():
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_independent_orders_match_their_own_generator(chunk):
     train, val = problem(1)
     specs = MEMBERS[:3]
     results = fit_population(
@@ -108,6 +113,7 @@ def test_independent_orders_match_their_own_generator():
         rng=[np.random.default_rng(100 + k) for k in range(3)],
         dropout_rng=np.random.default_rng(9),
         augment_rng=np.random.default_rng(9),
+        chunk=chunk,
     )
     for seed, (spec, result) in enumerate(zip(specs, results, strict=True)):
         net = new_network(seed)
@@ -246,3 +252,129 @@ def test_without_shuffling_the_stored_order_is_used_whatever_the_generator():
         train_epoch(by_hand, SGD(MEMBERS[0]["eta"]), Regularizer(), train.x, train.y, 10, MEMBERS[0]["eta"])
     for a, b in zip(results[0].params, by_hand.params, strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+
+REGULARIZED = [  # every part of the step, and per-member values where a population allows them
+    dict(lmbda=0.0, l1_ratio=0.0, p=0.5, max_norm=None, eta=0.5, momentum=0.0),
+    dict(lmbda=5.0, l1_ratio=0.5, p=0.2, max_norm=2.0, eta=0.2, momentum=0.0),
+    dict(lmbda=0.5, l1_ratio=1.0, p=0.3, max_norm=None, eta=1.0, momentum=0.0),
+    dict(lmbda=1.0, l1_ratio=0.0, p=0.5, max_norm=1.0, eta=0.3, momentum=0.0),
+    dict(lmbda=2.0, l1_ratio=0.2, p=0.1, max_norm=3.0, eta=0.6, momentum=0.0),
+]
+
+
+def train_regularized(chunk, momentum, dropout):
+    train, val = problem(3)
+    members = [
+        Member(
+            SGD(s["eta"], momentum=momentum * (k % 2)),
+            3,
+            Regularizer(lmbda=s["lmbda"], l1_ratio=s["l1_ratio"], p=s["p"] * dropout, max_norm=s["max_norm"]),
+        )
+        for k, s in enumerate(REGULARIZED)
+    ]
+    return fit_population(
+        stack([new_network(seed) for seed in range(len(members))]),
+        train,
+        {"val": val},
+        members,
+        batch_size=10,
+        rng=np.random.default_rng(5),
+        dropout_rng=np.random.default_rng(6),
+        augment_rng=np.random.default_rng(7),
+        chunk=chunk,
+    )
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("chunk", [1, 2, 4])
+def test_every_chunking_gives_the_weights_of_one_wide_pass(chunk, momentum, dropout):
+    """Chunks of members take the same steps as all members at once: L1, weight decay, max-norm
+    and momentum per member, and with dropout each chunk its rows of the masks (float64, 1e-9).
+    Without dropout each chunk runs the whole epoch, with it each mini-batch. The wide pass itself
+    equals each member alone (the tests above), so every chunking does too."""
+    reference = train_regularized(None, momentum, dropout)
+    chunked = train_regularized(chunk, momentum, dropout)
+    for want, got in zip(reference, chunked, strict=True):
+        assert_same(got, want)
+    # and the members did train (a chunking that skipped some would still "match" the initial weights)
+    assert any(not np.allclose(a, b) for a, b in zip(reference[0].params, new_network(0).params, strict=True))
+
+
+def test_parts_are_views_of_their_members():
+    from hpexp.nn.population import parts
+
+    population = stack([new_network(seed) for seed in range(5)])
+    groups = parts(population, 2)
+    assert [rows for rows, _ in groups] == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    for rows, part in groups:
+        assert part.lead == (rows.stop - rows.start,)
+        for p, whole in zip(part.params, population.params, strict=True):
+            assert np.shares_memory(p, whole)
+            np.testing.assert_array_equal(p, whole[rows])
+
+
+def test_batching_measures_every_population_and_chunk_once_per_machine(monkeypatch, tmp_path):
+    from hpexp.train import batching
+
+    monkeypatch.setenv(batching.CACHE_ENV_VAR, str(tmp_path / "batching.json"))
+    monkeypatch.setattr(batching, "_tables", {})
+    measured = batching.table(SIZES, 10, "float64")
+    assert set(measured) == {str(k) for k in batching.SIZES}
+    assert all(0 < t < 1 for t in measured.values())  # seconds per network-step of a tiny network
+    on_disk = json.loads((tmp_path / "batching.json").read_text())
+    assert on_disk[batching.machine()]["12-7-5 mb10 float64"] == measured
+
+    def must_not_measure(*args):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(batching, "measure", must_not_measure)
+    monkeypatch.setattr(batching, "_tables", {})  # a new process: the file answers
+    assert batching.table(SIZES, 10, "float64") == measured
+    (tmp_path / "batching.json").write_text("{not json")  # damaged: measured again, rewritten
+    monkeypatch.setattr(batching, "_tables", {})
+    monkeypatch.setattr(batching, "measure", lambda *a: {"1": 1.0})
+    assert batching.table(SIZES, 10, "float64") == {"1": 1.0}
+    assert json.loads((tmp_path / "batching.json").read_text())[batching.machine()]
+
+
+def test_batching_takes_the_fastest_population_size_up_to_k(monkeypatch):
+    from hpexp.train import batching
+
+    def measured(times):  # microseconds per network-step for K = 1, 2, 4, 8, 16
+        monkeypatch.setattr(batching, "table", lambda *a: {str(k): t * 1e-6 for k, t in times.items()})
+
+    measured({1: 40, 2: 30, 4: 24, 8: 23.5, 16: 60})  # 8 gains less than the margin over 4; 16 spills
+    chunks = {k: batching.chunk(SIZES, 10, "float32", k) for k in (1, 2, 3, 4, 8, 12, 16, 40)}
+    assert chunks == {1: 1, 2: 2, 3: 2, 4: 4, 8: 4, 12: 4, 16: 4, 40: 4}
+    assert batching.population(SIZES, 10, "float32") == 4
+    assert batching.population(SIZES, 10, "float32", largest=2) == 2
+    measured({1: 40, 2: 45, 4: 41, 8: 39.5, 16: 42})  # nothing gains 3%: one at a time
+    assert batching.population(SIZES, 10, "float32") == 1
+    assert batching.chunk(SIZES, 10, "float32", 16) == 1
+    measured({1: 40, 2: 30, 4: 20, 8: 12, 16: 10})
+    assert batching.chunk(SIZES, 10, "float32", 16) == 16 and batching.population(SIZES, 10, "float32") == 16
+
+
+def test_fit_population_runs_in_the_chunks_batching_chooses(monkeypatch):
+    from hpexp.train import batching, loop
+
+    asked, used = [], []
+    monkeypatch.setattr(batching, "chunk", lambda sizes, m, dtype, k: asked.append((sizes, m, dtype, k)) or 2)
+    original = loop.split
+    monkeypatch.setattr(loop, "split", lambda *a: used.append(a[-1]) or original(*a))
+    train, val = problem()
+    specs = MEMBERS[:3]
+    results = fit_population(
+        stack([new_network(s) for s in range(3)]),
+        train,
+        {"train": train, "val": val},
+        [member(**s) for s in specs],
+        batch_size=10,
+        rng=np.random.default_rng(42),
+    )
+    assert asked[0] == (SIZES, 10, "float64", 3) and set(used) == {2}
+    assert [k for *_, k in asked] == [3, 3, 3, 2]  # the second member stops after its 3 epochs
+    for seed, (spec, result) in enumerate(zip(specs, results, strict=True)):
+        assert_same(result, train_alone(seed, spec, train, val, order_seed=42))

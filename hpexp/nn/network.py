@@ -103,7 +103,11 @@ def shapes(input_shape: Shape, specs: Sequence[LayerSpec]) -> list[Shape]:
 
 class Network:
     """Layers plus cost. All parameters live in one flat buffer (and all gradients in another),
-    each layer holding views into them, so the optimizer updates everything in one vector step."""
+    each layer holding views into them, so the optimizer updates everything in one vector step.
+    (`Network.of_views` makes one over arrays held elsewhere: no flat buffers, stepped array by array.)"""
+
+    flat_params: np.ndarray | None
+    flat_grads: np.ndarray | None
 
     def __init__(self, layers: Sequence[Dense | ConvStack], cost: Cost) -> None:
         self.layers, self.cost = list(layers), cost
@@ -113,20 +117,30 @@ class Network:
         # Array by array, each (with its population axis) one contiguous block: a population's
         # weights of a layer are then one (K * n_out, n_in) matrix (see hpexp.nn.layers).
         sizes = [a.size for pair in arrays for a in pair]
-        self.flat_params = np.empty(sum(sizes), arrays[-1][0].dtype)
-        self.flat_grads = np.zeros_like(self.flat_params)
+        self.flat_params = flat_params = np.empty(sum(sizes), arrays[-1][0].dtype)
+        self.flat_grads = flat_grads = np.zeros_like(flat_params)
         offsets = iter(np.cumsum([0, *sizes]).tolist())
         start = next(offsets)
         for layer, pair in zip(self.layers, arrays, strict=True):
             bound: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
             for a in pair:
                 end = next(offsets)
-                p = self.flat_params[start:end].reshape(a.shape, copy=False)
+                p = flat_params[start:end].reshape(a.shape, copy=False)
                 p[...] = a
                 bound[0].append(p)
-                bound[1].append(self.flat_grads[start:end].reshape(a.shape, copy=False))
+                bound[1].append(flat_grads[start:end].reshape(a.shape, copy=False))
                 start = end
             layer.bind(*bound)
+
+    @classmethod
+    def of_views(cls, layers: Sequence[Dense | ConvStack], cost: Cost) -> Network:
+        """A network whose layers keep the arrays they hold (views into another network, e.g. some
+        members of a population, see hpexp.nn.population.parts): training it changes those arrays."""
+        network = cls.__new__(cls)
+        network.layers, network.cost = list(layers), cost
+        network.lead = _weights(network.layers[-1])[0].shape[:-2]
+        network.flat_params = network.flat_grads = None
+        return network
 
     @classmethod
     def create(

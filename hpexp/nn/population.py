@@ -8,6 +8,8 @@ Every component already broadcasts over that axis; this module only builds and r
 
     stack(networks)             K networks -> one network whose arrays have a leading axis K
     select(network, rows)       the members to keep, when others have stopped
+    parts(network, size)        consecutive groups of up to `size` members, as networks over views:
+                                how a population runs in chunks (see hpexp.train.batching)
     stack_fields(objects, ...)  K hyperparameter objects (SGD, Regularizer) -> one whose differing
                                 fields hold a (K, 1, ...) array, e.g. eta per member
 """
@@ -23,7 +25,7 @@ import numpy as np
 from hpexp.nn.layers import Dense
 from hpexp.nn.network import DenseSpec, Network
 
-__all__ = ["member_params", "select", "stack", "stack_fields", "stackable"]
+__all__ = ["member_params", "parts", "select", "stack", "stack_fields", "stackable", "take_fields"]
 
 T = TypeVar("T")
 
@@ -58,6 +60,31 @@ def select(network: Network, rows: Sequence[int]) -> Network:
     index = np.asarray(rows)
     layers = [Dense(layer.w[index], layer.b[index], layer.activation) for layer in _dense_layers(network)]
     return Network(layers, network.cost)
+
+
+def parts(network: Network, size: int) -> list[tuple[slice, Network]]:
+    """The members in consecutive groups of up to `size`, each with a network over views of its
+    members' parameters and gradients (no copies): training a part trains those members in place.
+
+    Smaller groups keep their weights in cache through a whole mini-batch step, where one wide
+    product over all K members would stream them from memory several times a step."""
+    k = network.lead[0]
+    groups = []
+    for start in range(0, k, size):
+        rows = slice(start, min(start + size, k))
+        layers = []
+        for layer in _dense_layers(network):
+            view = Dense(layer.w[rows], layer.b[rows], layer.activation)
+            view.bind([layer.w[rows], layer.b[rows]], [layer.gw[rows], layer.gb[rows]])
+            layers.append(view)
+        groups.append((rows, Network.of_views(layers, network.cost)))
+    return groups
+
+
+def take_fields(stacked: T, rows: slice) -> T:
+    """The object for some members of a population: `stack_fields`'s per-member arrays cut to `rows`."""
+    values = {f.name: getattr(stacked, f.name) for f in dataclasses.fields(stacked) if f.init}  # type: ignore[arg-type]
+    return type(stacked)(**{name: v[rows] if np.ndim(v) else v for name, v in values.items()})
 
 
 def member_params(network: Network, row: int | None) -> list[np.ndarray]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -25,7 +25,9 @@ from hpexp.nn.network import Masks, Network
 from hpexp.nn.optimizers import SGD
 from hpexp.nn.population import member_params, select, stack_fields
 from hpexp.nn.regularizers import Regularizer
+from hpexp.train import batching
 from hpexp.train.schedules import Constant, Schedule
+from hpexp.train.step import mini_batch_steps, split
 from hpexp.train.stopping import Never, Rule
 
 __all__ = [
@@ -122,44 +124,37 @@ def train_epoch(
     eta: float | np.ndarray,
     rng: np.random.Generator | None = None,
     order: np.ndarray | None = None,
+    chunk: int | None = None,
 ) -> None:
     """One pass over (x, y) in mini-batches of `batch_size`, in `order` if given (else as stored).
 
-    Per mini-batch: backprop with eta folded in (through dropout masks drawn from `rng`, if dropout
-    is on), add the penalty's gradient to the weights' (n = training-set size, the book's
-    convention; for plain SGD the L2 term is network2's weight decay, which the optimizer applies),
-    step, and apply the max-norm constraint. Parts that are off cost nothing.
+    Each mini-batch is one step of hpexp.train.step (n = training-set size, the book's convention
+    for the penalty), through dropout masks drawn from `rng` if dropout is on; a population takes
+    it in chunks of `chunk` members (None: all at once), with the same result whatever the chunk.
     """
     n = len(y) if order is None else order.shape[-1]
-    # Plain SGD (no state) steps all parameters at once through the flat buffer; momentum's state
-    # is kept per layer array, where a population's per-member momentum (K, 1, 1) broadcasts.
-    flat = optimizer.plain or not network.lead
-    params, grads = ([network.flat_params], [network.flat_grads]) if flat else (network.params, network.grads)
-    batches = _batches(x, y, order, batch_size)
-    dropout, max_norm = regularizer.dropout, regularizer.max_norm is not None
-    if not (regularizer.penalized or dropout or max_norm):
-        for xb, yb in batches:
-            network.backprop(xb, yb, scale=eta)
-            optimizer.step(params, grads)
-        return
-    if dropout and rng is None:
+    if regularizer.dropout and rng is None:
         raise ValueError("dropout needs a random generator for its masks (the 'dropout' stream)")
-    weights, weight_grads = network.weights, network.weight_grads
-    factor = regularizer.weight_decay(eta, n) if optimizer.plain else None
-    decayed = weights if factor is not None else []
-    add_penalty = regularizer.add_grad(eta, n, l2=factor is None)
-    for xb, yb in batches:
+    if network.lead and chunk is not None and chunk < network.lead[0] and not regularizer.dropout:
+        # Chunk by chunk through the whole epoch: each keeps its weights in cache as a population
+        # of its size alone would. (Dropout draws one mask per mini-batch for all members, so it
+        # steps chunk by chunk within each mini-batch instead, to draw the same masks.)
+        for rows, part, part_optimizer, part_regularizer, part_eta in split(
+            network, optimizer, regularizer, eta, chunk
+        ):
+            part_order = order[rows] if order is not None and order.ndim == 2 else order
+            train_epoch(part, part_optimizer, part_regularizer, x, y, batch_size, part_eta, rng, part_order)
+        return
+    steps = mini_batch_steps(network, optimizer, regularizer, eta, n, chunk)
+    shapes = network.input_shapes(batch_size)
+    for xb, yb in _batches(x, y, order, batch_size):
         masks = None
-        if dropout:
-            masks = regularizer.masks(network.input_shapes(yb.shape[-1]), rng, x.dtype)  # type: ignore[arg-type]
-        network.backprop(xb, yb, masks, scale=eta)
-        if add_penalty:
-            for w, g in zip(weights, weight_grads, strict=True):
-                add_penalty(w, g)
-        optimizer.step(params, grads, decayed, 1.0 if factor is None else factor)
-        if max_norm:
-            for w in weights:
-                regularizer.constrain(w)
+        if regularizer.dropout:
+            if yb.shape[-1] != batch_size:
+                shapes = network.input_shapes(yb.shape[-1])
+            masks = regularizer.masks(shapes, rng, x.dtype)  # type: ignore[arg-type]
+        for step in steps:
+            step(xb, yb, masks)
 
 
 @dataclass
@@ -255,6 +250,7 @@ def fit_population(
     augment_rng: np.random.Generator | None = None,
     eval_every: int = 1,
     shuffle: bool = True,
+    chunk: int | None | Literal["auto"] = "auto",
 ) -> list[Result]:
     """The one training loop: K members (a population network with a leading axis K, see
     hpexp.nn.population, or a plain network for K = 1) trained side by side, epoch by epoch.
@@ -268,12 +264,14 @@ def fit_population(
     previous record. With `eval_every` k > 1 the monitored splits are evaluated, and a record made,
     only every k-th epoch and at each member's last (for runs of thousands of tiny epochs); stopping
     rules, schedules and hooks then see one record per evaluation. With `shuffle` false the
-    mini-batches follow the stored order every epoch (the book's network3).
+    mini-batches follow the stored order every epoch (the book's network3). A population takes
+    each step in chunks of `chunk` members (None: all at once; "auto": the fastest on this machine,
+    hpexp.train.batching), which changes the speed, not the arithmetic.
     """
     population = bool(network.lead)
     if (network.lead[0] if population else 1) != len(members):
         raise ValueError(f"{len(members)} members for a network of population shape {network.lead}")
-    dtype = network.flat_params.dtype
+    dtype = network.params[0].dtype
     expansion = expansion or NoExpansion()
     if not population and not isinstance(rng, np.random.Generator):
         (rng,) = rng  # one member's own order is simply its order
@@ -299,7 +297,10 @@ def fit_population(
         else:
             order = np.stack([rng[k].permutation(len(y)) for k in active])  # type: ignore[index]
         x_epoch = expansion.augment(x, augment_rng)
-        train_epoch(network, optimizer, regularizer, x_epoch, y, batch_size, eta, dropout_rng, order)
+        members_per_pass = batching.chunk_for(network, batch_size) if chunk == "auto" else chunk
+        train_epoch(
+            network, optimizer, regularizer, x_epoch, y, batch_size, eta, dropout_rng, order, members_per_pass
+        )
         if epoch % eval_every and all(epoch != members[k].epochs for k in active):
             continue
         masks = regularizer.eval_masks(len(network.layers))

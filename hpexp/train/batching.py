@@ -1,0 +1,192 @@
+"""How populations run fastest on this machine, from a short measurement made once and cached.
+
+A population of K networks can train as one (a wide product per layer over all K members), or in
+chunks of c members one after the other (hpexp.train.loop.train_epoch; c = 1 is one at a time).
+Which is fastest depends on the CPU's caches and on the BLAS kernels: on one machine 784-100-10
+networks at mini-batch 10 ran 1.3x faster per network as one population of 8, on another 0.7x as
+fast as one by one, because the weights of 8 no longer fit in the cache a step passes over several
+times. A chunk runs as fast as a population of its size alone, so the rule is: K members go in
+chunks of the fastest population size c <= K, never slower than one at a time (c = 1).
+Which size is fastest is not guessed: for a network shape, mini-batch size and dtype, `measure`
+times real training steps of populations of 1, 2, 4, 8, 16 (a few seconds at most), and the table
+is kept in a JSON file in the user's cache
+(`$HPEXP_BATCHING_CACHE`, else platformdirs' user cache dir /hpexp/batching.json), keyed by the
+machine: CPU model, BLAS library, version, kernel and threads (threadpoolctl) and NumPy's version.
+
+    chunk(sizes, batch_size, dtype, k)   members per pass for a population of k (k: all at once)
+    population(sizes, batch_size, dtype) the K with the most network-steps per second (studies'
+                                         `population: auto`)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import platformdirs
+from threadpoolctl import threadpool_info
+
+from hpexp.nn.activations import Sigmoid
+from hpexp.nn.costs import CrossEntropy
+from hpexp.nn.init import Default
+from hpexp.nn.layers import Dense
+from hpexp.nn.network import Network
+from hpexp.nn.optimizers import SGD
+from hpexp.nn.population import stack, stack_fields
+from hpexp.nn.regularizers import Regularizer
+from hpexp.train.step import mini_batch_steps
+
+__all__ = [
+    "CACHE_ENV_VAR",
+    "SIZES",
+    "cache_path",
+    "chunk",
+    "chunk_for",
+    "machine",
+    "measure",
+    "population",
+    "table",
+]
+
+CACHE_ENV_VAR = "HPEXP_BATCHING_CACHE"
+SIZES = (1, 2, 4, 8, 16)  # population sizes measured; chunks are the sizes up to K
+STEPS, ROUNDS = 4, 7  # mini-batch steps per timing, timings per case
+MARGIN = 0.03  # a larger population must be this much faster per network to be chosen
+_tables: dict[str, dict[str, float]] = {}  # this process's tables, by machine + case
+
+
+def cache_path() -> Path:
+    env = os.environ.get(CACHE_ENV_VAR)
+    return Path(env) if env else Path(platformdirs.user_cache_dir("hpexp")) / "batching.json"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    """What the timings depend on: CPU model, BLAS (library, version, kernel, threads), NumPy."""
+    blas = [
+        f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} x{i.get('num_threads')}"
+        for i in threadpool_info()
+        if i.get("user_api") == "blas"
+    ]
+    return f"{_cpu_model()} | {', '.join(blas) or 'no BLAS found'} | numpy {np.__version__}"
+
+
+def _case(sizes: Sequence[int], batch_size: int, dtype: str) -> str:
+    return f"{'-'.join(map(str, sizes))} mb{batch_size} {np.dtype(dtype).name}"
+
+
+def _case_steps(sizes: Sequence[int], batch_size: int, dtype: str, k: int) -> Callable[[], None]:
+    """A function taking a few real mini-batch steps of K members (sigmoid,
+    cross-entropy, L2 weight decay: the common case of a study)."""
+    rng = np.random.default_rng(0)
+    nets = [Network.create(sizes, Sigmoid(), CrossEntropy(), Default(), rng, dtype) for _ in range(k)]
+    if k == 1:
+        network, optimizer, regularizer, eta = nets[0], SGD(0.1), Regularizer(lmbda=1.0), 0.1
+    else:
+        network = stack(nets)
+        optimizer = stack_fields([SGD(0.1 + i / 100) for i in range(k)], (1, 1), dtype)
+        regularizer = stack_fields([Regularizer(lmbda=1.0 + i) for i in range(k)], (1, 1), dtype)
+        eta = optimizer.eta
+    steps = mini_batch_steps(network, optimizer, regularizer, eta, 50_000)
+    x = rng.random((STEPS * batch_size, sizes[0])).astype(dtype)
+    y = rng.integers(0, sizes[-1], STEPS * batch_size)
+    batches = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size)]
+
+    def run() -> None:
+        for xb, yb in batches:
+            for step in steps:
+                step(xb, yb, None)
+
+    return run
+
+
+def measure(sizes: Sequence[int], batch_size: int, dtype: str) -> dict[str, float]:
+    """Seconds per network per mini-batch step of a population of K, for each K in SIZES.
+
+    The sizes take turns, ROUNDS times, and each keeps its fastest round: on a shared machine
+    another process's work then slows every size alike and is mostly left out of the minimum."""
+    cases = {k: _case_steps(sizes, batch_size, dtype, k) for k in SIZES}
+    best = dict.fromkeys(cases, np.inf)
+    for _ in range(ROUNDS):
+        for k, run in cases.items():
+            run()  # warm: the cache as it is after the previous step of this same population
+            start = time.perf_counter()
+            run()
+            best[k] = min(best[k], time.perf_counter() - start)
+    return {str(k): best[k] / (STEPS * k) for k in SIZES}
+
+
+def _load() -> dict[str, Any]:
+    try:
+        return json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        return {}  # none yet, or damaged: measured again and rewritten
+
+
+def _save(key: str, case: str, result: dict[str, float]) -> None:
+    path = cache_path()
+    data = _load()
+    data.setdefault(key, {})[case] = result
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the old table or the new one
+    except OSError:
+        pass  # a read-only cache costs a measurement per process, nothing else
+
+
+def table(sizes: Sequence[int], batch_size: int, dtype: str, fresh: bool = False) -> dict[str, float]:
+    """The measured table for this machine and case: from this process, the cache file, or (none
+    yet, or `fresh`) measured now and cached."""
+    key, case = machine(), _case(sizes, batch_size, dtype)
+    found = None if fresh else _tables.get(f"{key} || {case}") or _load().get(key, {}).get(case)
+    if found is None:
+        found = measure(sizes, batch_size, dtype)
+        _save(key, case, found)
+    _tables[f"{key} || {case}"] = found
+    return found
+
+
+def _fastest(measured: dict[str, float], largest: int) -> int:
+    """The fastest population size up to `largest`; a larger one must win by MARGIN (noise is
+    not a reason to sample more trials at once)."""
+    best_k, best_t = 1, measured["1"]
+    for k in SIZES[1:]:
+        if k <= largest and measured[str(k)] < best_t * (1 - MARGIN):
+            best_k, best_t = k, measured[str(k)]
+    return best_k
+
+
+def chunk(sizes: Sequence[int], batch_size: int, dtype: str, k: int) -> int:
+    """Members per pass for a population of k: the fastest population size up to k."""
+    return k if k <= 1 else _fastest(table(sizes, batch_size, dtype), k)
+
+
+def chunk_for(network: Network, batch_size: int) -> int | None:
+    """`chunk` for this network (None, all at once, for one network or one that is not dense)."""
+    if not network.lead or not all(isinstance(layer, Dense) for layer in network.layers):
+        return None
+    sizes = [network.layers[0].w.shape[-1], *(layer.w.shape[-2] for layer in network.layers)]  # type: ignore[union-attr]
+    return chunk(sizes, batch_size, network.params[0].dtype.name, network.lead[0])
+
+
+def population(sizes: Sequence[int], batch_size: int, dtype: str, largest: int = SIZES[-1]) -> int:
+    """The population size (of SIZES, at most `largest`) with the most network-steps per second:
+    what a study's `population: auto` trains at once."""
+    return _fastest(table(sizes, batch_size, dtype), largest)
