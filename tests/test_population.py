@@ -378,3 +378,32 @@ def test_fit_population_runs_in_the_chunks_batching_chooses(monkeypatch):
     assert [k for *_, k in asked] == [3, 3, 3, 2]  # the second member stops after its 3 epochs
     for seed, (spec, result) in enumerate(zip(specs, results, strict=True)):
         assert_same(result, train_alone(seed, spec, train, val, order_seed=42))
+
+
+def test_study_population_auto_is_the_fastest_size_and_a_number_is_kept(monkeypatch):
+    from hpexp.study import spec as study_spec
+    from hpexp.train import batching
+
+    asked = []
+    monkeypatch.setattr(batching, "population", lambda *a, **kw: asked.append((a, kw)) or 4)
+    spec = study_spec.load_spec("book_l2_mlp30", ["~population"])  # the default: auto
+    assert spec.population == "auto"
+    _, base = study_spec.check_spec(spec)
+    assert study_spec.population_size(spec, base) == 4
+    share = max(1, spec.n_trials // spec.workers)
+    assert asked == [(([784, 30, 10], base.train.batch_size, base.dtype), {"largest": share})]
+    spec.population = 3
+    assert study_spec.population_size(spec, base) == 3 and len(asked) == 1
+    spec.population = "auto"
+    conv = study_spec.compose([*spec.base, "network=conv1"])
+    assert study_spec.population_size(spec, conv) == 1 and len(asked) == 1  # conv nets: one at a time
+
+
+@pytest.mark.parametrize("bad", [0, "fast", 2.5])
+def test_study_population_must_be_a_count_or_auto(bad):
+    from hpexp.study import spec as study_spec
+    from hpexp.train.runner import ConfigError
+
+    spec = study_spec.load_spec("book_l2_mlp30", [f"population={bad}"])
+    with pytest.raises(ConfigError, match=rf"population must be an integer >= 1 .* or auto .*got {bad!r}"):
+        study_spec.check_spec(spec)

@@ -43,6 +43,7 @@ def write_spec(folder: Path, name: str = "tiny", **changes) -> Path:
         "pruner": {"name": "none"},
         "n_trials": 6,
         "workers": 1,
+        "population": 1,  # trials one by one unless a test says otherwise (the default is auto)
     } | changes
     path = folder / f"{name}.yaml"
     OmegaConf.save(OmegaConf.create(spec), path)

@@ -14,10 +14,12 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
+from hpexp.nn.network import DenseSpec
 from hpexp.paths import config_dir, studies_dir
-from hpexp.train.runner import ConfigError, compose, validate
+from hpexp.train import batching
+from hpexp.train.runner import ConfigError, compose, network_specs, validate
 
-__all__ = ["Param", "check_spec", "compose_trial", "load_spec", "parse_space", "sample"]
+__all__ = ["Param", "check_spec", "compose_trial", "load_spec", "parse_space", "population_size", "sample"]
 
 TYPES = ("float", "int", "categorical")
 METRICS = {"val_accuracy": "maximize", "val_cost": "minimize", "val_loss": "minimize"}
@@ -79,11 +81,29 @@ def load_spec(name: str, overrides: Sequence[str] = ()) -> DictConfig:
         "seed": 0,
         "final_seeds": 3,
         "finalize": False,
-        "population": 1,
+        "population": "auto",
     }
     merged = OmegaConf.merge(defaults, spec)
     assert isinstance(merged, DictConfig)
     return merged
+
+
+def population_size(spec: DictConfig, base: DictConfig) -> int:
+    """How many trials a worker trains at once: `population` if a number; for `auto`, the fastest
+    population size on this machine for the base config's network, batch size and dtype, measured
+    with one BLAS thread as workers train (hpexp.train.batching; 1 for conv nets, which train one
+    by one), and no more than a worker's share of the trials."""
+    if spec.population != "auto":
+        return int(spec.population)
+    from threadpoolctl import threadpool_limits
+
+    input_shape, specs = network_specs(base)
+    if len(input_shape) != 1 or not all(isinstance(s, DenseSpec) for s in specs):
+        return 1
+    sizes = [input_shape[0], *(s.units for s in specs if isinstance(s, DenseSpec))]
+    share = max(1, spec.n_trials // spec.workers)
+    with threadpool_limits(limits=1, user_api="blas"):
+        return batching.population(sizes, base.train.batch_size, base.dtype, largest=share)
 
 
 def _flatten(node: Any, prefix: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
@@ -154,9 +174,10 @@ def check_spec(spec: DictConfig) -> tuple[list[Param], DictConfig]:
         raise ConfigError(f"n_trials must be an integer >= 1, got {spec.n_trials!r}")
     if not (isinstance(spec.workers, int) and spec.workers >= 1):
         raise ConfigError(f"workers must be an integer >= 1, got {spec.workers!r}")
-    if not (isinstance(spec.population, int) and spec.population >= 1):
+    if not (spec.population == "auto" or (isinstance(spec.population, int) and spec.population >= 1)):
         raise ConfigError(
-            f"population must be an integer >= 1 (trials trained together), got {spec.population!r}"
+            f"population must be an integer >= 1 (trials trained together) or auto (the fastest on "
+            f"this machine), got {spec.population!r}"
         )
     if spec.timeout is not None and not (isinstance(spec.timeout, int | float) and spec.timeout > 0):
         raise ConfigError(f"timeout must be a number of seconds > 0 or null, got {spec.timeout!r}")

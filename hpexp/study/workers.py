@@ -52,7 +52,16 @@ from optuna.trial import TrialState
 
 from hpexp.study.finalize import finalize
 from hpexp.study.progress import _watch, summary_text
-from hpexp.study.spec import Param, _monitor, check_spec, compose_trial, load_spec, parse_space, sample
+from hpexp.study.spec import (
+    Param,
+    _monitor,
+    check_spec,
+    compose_trial,
+    load_spec,
+    parse_space,
+    population_size,
+    sample,
+)
 from hpexp.study.storage import (
     FINISHED,
     HOST,
@@ -127,7 +136,7 @@ def work(spec_data: dict[str, Any], runs: Path, worker: int = 0, deadline: float
     spec = OmegaConf.create(spec_data)
     params, base = parse_space(spec.search), compose(list(spec.base))
     study = _load(spec, runs, params, worker, create=False)
-    size, done = spec.get("population") or 1, 0
+    size, done = population_size(spec, base), 0
     while deadline is None or time.time() < deadline:
         fail_stale(study)
         # Only waiting (enqueued) trials run, so the budget is exact with any number of workers;
@@ -290,7 +299,8 @@ def search(
     study, _ = prepare(spec, runs, join=join)
     offset = 1000 * len(study.get_trials(deepcopy=False, states=FINISHED))
     deadline = time.time() + spec.timeout if spec.timeout else None
-    data = OmegaConf.to_container(spec, resolve=True)
+    size = population_size(spec, compose(list(spec.base)))  # `auto` measured once, here, not per worker
+    data = {**OmegaConf.to_container(spec, resolve=True), "population": size}  # type: ignore[dict-item]
     context = multiprocessing.get_context("spawn")
     with _one_blas_thread():
         workers = [
@@ -302,7 +312,7 @@ def search(
         for w in workers:
             w.start()
     print(
-        f"study {spec.name}: {spec.n_trials} trials, {spec.workers} worker(s), storage "
+        f"study {spec.name}: {spec.n_trials} trials, {spec.workers} worker(s), population {size}, storage "
         f"{mask(spec.storage or str(study_dir(spec, runs) / 'journal.log'))}",
         flush=True,
     )
