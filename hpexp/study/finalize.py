@@ -4,6 +4,7 @@ validation, score the test set once, and write `final.json` and `final.csv` (mea
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import json
 import math
@@ -24,9 +25,13 @@ from hpexp.train.runner import ConfigError, compose, run_population, validate
 __all__ = ["finalize"]
 
 
-def finalize(spec: DictConfig, runs: Path = Path("runs"), seeds: int | None = None) -> dict[str, Any]:
+def finalize(
+    spec: DictConfig, runs: Path = Path("runs"), seeds: int | None = None, *, again: bool = False
+) -> dict[str, Any]:
     """Retrain the best trial's config with K fresh seeds (epoch chosen by validation), score test once.
 
+    A study is scored once: a second scoring is refused (saying when the first was, and its result)
+    unless `again`; every scoring is recorded in the study (user attribute `finalized`).
     The K seeds train as one population, each in its own seed's mini-batch order, so each ends
     where it would alone."""
     k = seeds or spec.final_seeds
@@ -34,6 +39,9 @@ def finalize(spec: DictConfig, runs: Path = Path("runs"), seeds: int | None = No
         raise ConfigError(f"final_seeds must be an integer >= 1, got {k!r}")
     params = parse_space(spec.search)
     study = _load(spec, runs, params, 0, create=False)
+    scorings = list(study.user_attrs.get("finalized", [])) or _scored_by_file(study_dir(spec, runs))
+    if scorings and not again:
+        raise ConfigError(_scored_before(spec, scorings))
     best = _best(study.get_trials(deepcopy=False), spec)
     if best is None:
         raise ConfigError(f"study {spec.name} has no completed trial to finalize; run the search first")
@@ -53,6 +61,7 @@ def finalize(spec: DictConfig, runs: Path = Path("runs"), seeds: int | None = No
             flush=True,
         )
     result = _final_result(spec, best, rows)
+    study.set_user_attr("finalized", [*scorings, _scoring(result)])  # before anything can fail
     rundir.write_atomic(folder / "final.json", json.dumps(result, indent=2) + "\n")
     rundir.write_atomic(folder / "final.csv", _final_csv(result))
     print(
@@ -95,6 +104,38 @@ def _score(cfg: DictConfig, out: Path, test: Any) -> dict[str, Any]:
         "test_cost": float(test_cost),
         "run_dir": str(out.resolve()),
     }
+
+
+def _scoring(result: dict[str, Any]) -> dict[str, Any]:
+    """What the study records of one scoring of the test set."""
+    return {
+        "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "best_trial": result["best_trial"],
+        "seeds": len(result["seeds"]),
+        "test_accuracy": result["mean"]["test_accuracy"],
+        "test_accuracy_ci95": result["ci95"]["test_accuracy"],
+    }
+
+
+def _scored_by_file(folder: Path) -> list[dict[str, Any]]:
+    """A scoring recorded only by its final.json (a study finalized before scorings were recorded)."""
+    path = folder / "final.json"
+    if not path.is_file():
+        return []
+    result = json.loads(path.read_text())
+    mtime = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.UTC)
+    return [{**_scoring(result), "at": mtime.isoformat(timespec="seconds")}]
+
+
+def _scored_before(spec: DictConfig, scorings: list[dict[str, Any]]) -> str:
+    last = scorings[-1]
+    when = "once" if len(scorings) == 1 else f"{len(scorings)} times, last"
+    return (
+        f"study {spec.name} has been scored on the test set {when} at {last['at']} (best trial "
+        f"#{last['best_trial']}, {last['seeds']} seeds: test "
+        f"{100 * last['test_accuracy']:.2f}% +/- {100 * last['test_accuracy_ci95']:.2f}); "
+        "the test set is scored once. Pass --again to score it again (both scorings stay recorded)"
+    )
 
 
 COLUMNS = ("val_accuracy", "test_accuracy", "val_cost", "test_cost")

@@ -4,7 +4,9 @@ trial configs (Optuna suggestions -> Hydra overrides -> a composed config)."""
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
+import inspect
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -19,7 +21,16 @@ from hpexp.paths import config_dir, studies_dir
 from hpexp.train import batching
 from hpexp.train.runner import ConfigError, compose, network_specs, validate
 
-__all__ = ["Param", "check_spec", "compose_trial", "load_spec", "parse_space", "population_size", "sample"]
+__all__ = [
+    "Param",
+    "check_arguments",
+    "check_spec",
+    "compose_trial",
+    "load_spec",
+    "parse_space",
+    "population_size",
+    "sample",
+]
 
 TYPES = ("float", "int", "categorical")
 METRICS = {"val_accuracy": "maximize", "val_cost": "minimize", "val_loss": "minimize"}
@@ -38,7 +49,21 @@ PRUNERS = {
     "successive_halving": "SuccessiveHalvingPruner",
     "none": "NopPruner",
 }
-# Two-sided 95% Student t quantiles for 1..30 degrees of freedom (then the normal 1.96).
+# The keys a spec must set, and the others with their defaults; any other key is refused.
+REQUIRED = ("search", "objective", "sampler", "pruner", "n_trials", "workers")
+DEFAULTS: dict[str, Any] = {
+    "name": None,  # the spec's file name
+    "base": [],
+    "baseline": None,
+    "timeout": None,
+    "population": "auto",
+    "storage": None,
+    "storage_password_file": None,
+    "seed": 0,
+    "final_seeds": 3,
+    "finalize": False,
+}
+OBJECTIVE_KEYS = ("metric", "direction")
 
 
 @dataclass(frozen=True)
@@ -71,18 +96,11 @@ def load_spec(name: str, overrides: Sequence[str] = ()) -> DictConfig:
             spec = hydra_compose(stem, overrides=list(overrides))
     except HydraException as e:
         raise ConfigError(f"study spec {stem}: {e}") from e
-    defaults: dict[str, Any] = {
-        "name": stem,
-        "base": [],
-        "baseline": None,
-        "timeout": None,
-        "storage": None,
-        "storage_password_file": None,
-        "seed": 0,
-        "final_seeds": 3,
-        "finalize": False,
-        "population": "auto",
-    }
+    _check_keys(spec, [*REQUIRED, *DEFAULTS], "")
+    if missing := [k for k in REQUIRED if spec.get(k) is None]:
+        raise ConfigError(f"study spec {stem} does not set {', '.join(missing)} (see studies/README.md)")
+    _check_keys(spec.objective, OBJECTIVE_KEYS, "objective.")
+    defaults: dict[str, Any] = {**DEFAULTS, "name": stem}
     merged = OmegaConf.merge(defaults, spec)
     assert isinstance(merged, DictConfig)
     return merged
@@ -104,6 +122,21 @@ def population_size(spec: DictConfig, base: DictConfig) -> int:
     share = max(1, spec.n_trials // spec.workers)
     with threadpool_limits(limits=1, user_api="blas"):
         return batching.population(sizes, base.train.batch_size, base.dtype, largest=share)
+
+
+def _check_keys(node: Any, valid: Sequence[str], where: str) -> None:
+    """Refuse keys a spec does not know (a typo would otherwise be ignored), naming a close one."""
+    for key in node:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), list(valid), n=1)
+            hint = f"; did you mean {where}{close[0]}?" if close else f"; valid keys: {', '.join(valid)}"
+            raise ConfigError(f"unknown study spec key {where}{key}{hint}")
+
+
+def check_arguments(kind: str, cls: Any, args: dict[str, Any]) -> None:
+    """Refuse a sampler or pruner argument its class does not take, naming a close one."""
+    valid = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+    _check_keys(args, valid, f"{kind}.")
 
 
 def _flatten(node: Any, prefix: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
@@ -191,6 +224,13 @@ def check_spec(spec: DictConfig) -> tuple[list[Param], DictConfig]:
         raise ConfigError(
             f"sampler.name must be one of {list(SAMPLERS)} and pruner.name one of {list(PRUNERS)}; "
             f"got {spec.sampler.name!r}, {spec.pruner.name!r}"
+        )
+    for kind, table in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
+        args = {str(k): v for k, v in spec[kind].items() if k != "name"}
+        check_arguments(
+            kind,
+            getattr(optuna.samplers if kind == "sampler" else optuna.pruners, table[spec[kind].name]),
+            args,
         )
     params, base = parse_space(spec.search), compose(list(spec.base))
     groups = _groups()

@@ -28,10 +28,31 @@ HOST = socket.gethostname()
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
+# A URL's user information runs to the last @ of the word (a password may hold / or an unencoded @).
+_USERINFO = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^\s:@'\"]*):[^\s'\"]*@")
+_QUERY = re.compile(r"(?P<head>\b(?:password|passwd|pwd)=)[^&\s'\"]*", re.IGNORECASE)
+
+
 def mask(text: str) -> str:
-    """`text` with any password in URLs (user:PASSWORD@ or password=...) replaced by ***."""
-    text = re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
-    return re.sub(r"(password=)[^&\s]+", r"\1***", text, flags=re.IGNORECASE)
+    """`text` with every password hidden: a URL's (`user:PASSWORD@`, `:PASSWORD@`, percent-encoded
+    or not), a query string's or keyword's (`password=...`), and the configured one wherever it is."""
+    text = _USERINFO.sub(r"\g<head>:***@", text)
+    text = _QUERY.sub(r"\g<head>***", text)
+    for secret in _known_secrets():
+        text = text.replace(secret, "***")
+    return text
+
+
+_SECRETS: set[str] = set()  # passwords found in storage URLs, hidden even where no pattern shows them
+
+
+def _known_secrets() -> list[str]:
+    """Passwords seen (the environment's, any in a storage URL), as written and percent-encoded."""
+    from urllib.parse import quote, quote_plus
+
+    plain = {s for s in (*_SECRETS, os.environ.get(PASSWORD_ENV) or "") if len(s) >= 3}
+    forms = plain | {quote(s, safe="") for s in plain} | {quote_plus(s) for s in plain}
+    return sorted(forms, key=len, reverse=True)
 
 
 def _password(spec: DictConfig) -> str | None:
@@ -55,6 +76,7 @@ def _rdb_url(spec: DictConfig) -> str:
     except ArgumentError as e:
         raise ConfigError(f"storage {mask(spec.storage)!r} is not a database URL: {e}") from e
     if url.password or "password" in url.query:
+        _SECRETS.update(str(v) for v in (url.password, url.query.get("password")) if v)
         raise ConfigError(
             f"storage {mask(spec.storage)} has a password in it: it would be saved with the spec. "
             f"Put it in ${PASSWORD_ENV}, or in a file named by ${PASSWORD_FILE_ENV} or storage_password_file"

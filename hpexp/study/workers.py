@@ -365,6 +365,9 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument(
         "--finalize", action="store_true", help="retrain the best config with K seeds, score test"
     )
+    parser.add_argument(
+        "--again", action="store_true", help="with --finalize: score the test set again (it was scored)"
+    )
     parser.add_argument("--seeds", type=int, default=None, help="K for --finalize (default: final_seeds, 3)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes on this machine")
     parser.add_argument(
@@ -391,7 +394,7 @@ def main(argv: Sequence[str]) -> None:
     if not args.finalize:
         search(spec, args.runs, join=args.join)
     if args.finalize or spec.finalize:
-        finalize(spec, args.runs, args.seeds)
+        finalize(spec, args.runs, args.seeds, again=args.again)
 
 
 if __name__ == "__main__":
