@@ -174,7 +174,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], None]] = {
     "data": data_command,
     "eval": _delegate("train.evaluate"),
     "gradcheck": _delegate("train.gradcheck"),
-    "study": _delegate("study.workers"),
+    "study": _delegate("study.command"),
     "report": _delegate("report.command"),
     "book": _delegate("book.command"),
 }

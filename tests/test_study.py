@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +18,11 @@ from optuna.trial import TrialState
 
 from hpexp.data import mnist as data
 from hpexp.study import finalize as study_final
+from hpexp.study import storage
 from hpexp.study import workers as study
+from hpexp.study.coordinator import search
+from hpexp.study.finalize import finalize
+from hpexp.study.spec import load_spec
 from hpexp.train import rundir
 from hpexp.train.runner import ConfigError, SealedSplitError, compose, run
 
@@ -61,8 +63,8 @@ def states(trials) -> dict[str, int]:
 
 
 def test_six_trial_study_end_to_end_then_finalize(mnist_dir, tmp_path, capsys):
-    spec = study.load_spec(str(write_spec(tmp_path)))
-    study.search(spec, tmp_path)
+    spec = load_spec(str(write_spec(tmp_path)))
+    search(spec, tmp_path)
     trials = trials_of(spec, tmp_path)
     assert states(trials) == {"COMPLETE": 6}
     assert trials[0].params == {"optimizer.eta": 0.5} and trials[0].user_attrs["baseline"]
@@ -77,7 +79,7 @@ def test_six_trial_study_end_to_end_then_finalize(mnist_dir, tmp_path, capsys):
         assert history[t.user_attrs["best_epoch"] - 1]["val_accuracy"] == t.value
     printed = capsys.readouterr().out
     assert "best trial #" in printed and "hpexp report --study tiny" in printed
-    result = study.finalize(spec, tmp_path, seeds=2)
+    result = finalize(spec, tmp_path, seeds=2)
     folder = tmp_path / "studies" / "tiny"
     assert [r["seed"] for r in result["seeds"]] == [1, 2]
     assert all(0.5 < r["test_accuracy"] <= 1 for r in result["seeds"])
@@ -93,8 +95,8 @@ def test_aggressive_pruner_prunes(mnist_dir, tmp_path):
         pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
         n_trials=8,
     )
-    spec = study.load_spec(str(path))
-    study.search(spec, tmp_path, quiet=True)
+    spec = load_spec(str(path))
+    search(spec, tmp_path, quiet=True)
     trials = trials_of(spec, tmp_path)
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert pruned and len(trials) == 8
@@ -148,69 +150,30 @@ def test_compose_trial_equals_compose(overrides):
 
 
 def test_two_workers_make_exactly_n_trials(mnist_dir, tmp_path):
-    spec = study.load_spec(str(write_spec(tmp_path, n_trials=7, workers=2)))
-    study.search(spec, tmp_path, quiet=True)
+    spec = load_spec(str(write_spec(tmp_path, n_trials=7, workers=2)))
+    search(spec, tmp_path, quiet=True)
     trials = trials_of(spec, tmp_path)
     assert len(trials) == 7 and states(trials) == {"COMPLETE": 7}
     assert len({t.user_attrs["pid"] for t in trials}) == 2
-
-
-@pytest.mark.parametrize("population", [1, 3])
-def test_killed_worker_trial_is_failed_and_retried(mnist_dir, tmp_path, population):
-    base = [
-        "network=mlp30",
-        "data.n_train=1000",
-        "data.n_validation=200",
-        "train.batch_size=10",
-        "train.epochs=12",
-    ]
-    path = write_spec(tmp_path, base=base, n_trials=3, population=population)
-    spec = study.load_spec(str(path))
-    cmd = [sys.executable, "-m", "hpexp.cli", "study", str(path), "--runs", str(tmp_path)]
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    victim, running = None, []
-    for _ in range(600):  # wait until a trial is past its first epoch, then kill its worker
-        time.sleep(0.05)
-        if (tmp_path / "studies" / "tiny" / "journal.log").exists():
-            with contextlib.suppress(ConfigError):  # the journal exists a moment before the study
-                trials = trials_of(spec, tmp_path)
-                running = [t for t in trials if t.state == TrialState.RUNNING and t.last_step]
-            if running:
-                victim = running[0]
-                os.kill(victim.user_attrs["pid"], signal.SIGKILL)
-                break
-    assert victim is not None, "no trial reached its first epoch"
-    _, err = first.communicate(timeout=120)
-    assert "ended abnormally" in err
-    lost = [t for t in trials_of(spec, tmp_path) if t.state == TrialState.RUNNING]  # its population
-    assert len(lost) == population
-    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
-    assert f"failed trial(s) {[t.number for t in lost]}" in rerun.stdout
-    trials = trials_of(spec, tmp_path)
-    for t in lost:
-        stale = trials[t.number]
-        assert stale.state == TrialState.FAIL and "died" in stale.user_attrs["fail_reason"]
-        retry = [r for r in trials if r.user_attrs.get("retry_of") == t.number]
-        assert len(retry) == 1 and retry[0].params == t.params
-    assert states(trials) == {"COMPLETE": 3, "FAIL": population}
 
 
 def test_diverging_trial_fails_with_reason_and_study_goes_on(mnist_dir, tmp_path):
     path = write_spec(
         tmp_path,
         base=[*TINY, "cost=quadratic"],
-        search={"optimizer.eta": {"type": "categorical", "choices": [0.5, 1.0e30]}},
+        search={"optimizer.eta": {"type": "categorical", "choices": [0.5, 0.3, 1.0e30]}},
         baseline={"optimizer.eta": 1.0e30},
         n_trials=3,
     )
-    spec = study.load_spec(str(path))
-    study.search(spec, tmp_path, quiet=True)
+    spec = load_spec(str(path))
+    search(spec, tmp_path, quiet=True)
     trials = trials_of(spec, tmp_path)
-    assert trials[0].state == TrialState.FAIL and len(trials) == 3
+    assert trials[0].state == TrialState.FAIL and len(trials) - len(storage.superseded(trials)) == 3
     assert trials[0].user_attrs["status"] == "diverged"
     assert "not finite" in trials[0].user_attrs["fail_reason"]
-    assert all(t.state == TrialState.COMPLETE for t in trials if t.params["optimizer.eta"] == 0.5)
+    done = [t for t in trials[1:] if t.user_attrs["status"] != "duplicate"]  # sampled again: replaced
+    assert sorted(t.params["optimizer.eta"] for t in done) == [0.3, 0.5]
+    assert all(t.state == TrialState.COMPLETE for t in done)
 
 
 def test_search_never_loads_the_test_split(mnist_dir, tmp_path, monkeypatch):
@@ -223,14 +186,14 @@ def test_search_never_loads_the_test_split(mnist_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(data, "load_splits", spy)
     path = write_spec(tmp_path, base=[*TINY, "train.monitor=[train,val,test]"], n_trials=2)
-    spec = study.load_spec(str(path))
+    spec = load_spec(str(path))
     study.prepare(spec, tmp_path)
     assert study.work(OmegaConf.to_container(spec), tmp_path) == 2  # in this process, under the spy
     assert asked and all("test" not in splits for splits in asked)
     for t in trials_of(spec, tmp_path):
         assert t.state == TrialState.COMPLETE
         assert "test_accuracy" not in rundir.read_history(Path(t.user_attrs["run_dir"]))[0]
-    study.finalize(spec, tmp_path, seeds=1)
+    finalize(spec, tmp_path, seeds=1)
     assert sum("test" in splits for splits in asked) == 1
     with pytest.raises(SealedSplitError, match="sealed"):
         run(compose([*TINY, "train.monitor=[train,val,test]"]), tmp_path / "r", allow_test=False)
@@ -263,7 +226,7 @@ def test_population_study_runs_n_trials_and_prunes_members_individually(mnist_di
         n_trials=8,
         population=3,
     )
-    spec = study.load_spec(str(path))
+    spec = load_spec(str(path))
     s = study._load(spec, tmp_path, study.parse_space(spec.search), 0, create=True)
     for eta in (0.5, 0.3, 0.005, 0.4, 0.003, 0.6, 0.002, 0.8):  # good and hopeless side by side
         s.enqueue_trial({"optimizer.eta": eta})
@@ -283,7 +246,7 @@ def test_population_study_runs_n_trials_and_prunes_members_individually(mnist_di
             assert summary["status"] == t.user_attrs["status"] and len(history) == summary["epochs_run"]
             assert t.intermediate_values == {r["epoch"]: r["val_accuracy"] for r in history}
             assert (summary["epochs_run"] < 4) == (t.state == TrialState.PRUNED)
-            assert t.user_attrs["pid"] == os.getpid() and t.user_attrs["host"] == study.HOST
+            assert t.user_attrs["pid"] == os.getpid() and t.user_attrs["host"] == storage.HOST
         mixed |= len({t.state for t in members}) > 1  # pruned members left, the others went on
     assert mixed
 
@@ -292,7 +255,7 @@ def test_population_trial_equals_the_trial_run_alone(mnist_dir, tmp_path, popula
     """All trials share the study's seed, so a population's shared mini-batch order is each trial's
     own order: every member's history is the one it would have alone (float64, to 1e-9)."""
     path = write_spec(tmp_path, base=[*TINY, "dtype=float64"], n_trials=3, population=3)
-    spec = study.load_spec(str(path))
+    spec = load_spec(str(path))
     study.prepare(spec, tmp_path)
     study.work(OmegaConf.to_container(spec), tmp_path)
     assert populations == [["0000", "0001", "0002"]]
@@ -305,7 +268,7 @@ def test_population_trial_equals_the_trial_run_alone(mnist_dir, tmp_path, popula
             assert {k: v for k, v in a.items() if k != "seconds"} == pytest.approx(
                 {k: v for k, v in b.items() if k != "seconds"}, abs=1e-9
             )
-    result = study.finalize(spec, tmp_path, seeds=2)  # the seeds as one population, own orders
+    result = finalize(spec, tmp_path, seeds=2)  # the seeds as one population, own orders
     assert populations[-1] == ["seed_1", "seed_2"]
     for row in result["seeds"]:
         fixed = ["train.restore_best=true", f"seed={row['seed']}", "train.monitor=[train,val]"]
@@ -316,8 +279,8 @@ def test_population_trial_equals_the_trial_run_alone(mnist_dir, tmp_path, popula
 
 
 def test_two_workers_with_populations_make_exactly_n_trials(mnist_dir, tmp_path):
-    spec = study.load_spec(str(write_spec(tmp_path, n_trials=9, workers=2, population=4)))
-    study.search(spec, tmp_path, quiet=True)
+    spec = load_spec(str(write_spec(tmp_path, n_trials=9, workers=2, population=4)))
+    search(spec, tmp_path, quiet=True)
     trials = trials_of(spec, tmp_path)
     assert len(trials) == 9 and states(trials) == {"COMPLETE": 9}
 
@@ -340,16 +303,11 @@ BAD = [
 
 @pytest.mark.parametrize(("changes", "message"), BAD, ids=[m for _, m in BAD])
 def test_bad_input_is_a_clear_error_before_any_trial(tmp_path, changes, message):
-    spec = study.load_spec(str(write_spec(tmp_path, **changes)))
+    spec = load_spec(str(write_spec(tmp_path, **changes)))
     with pytest.raises(ConfigError, match=message) as error:
-        study.search(spec, tmp_path)
+        search(spec, tmp_path)
     assert "hunter2" not in str(error.value)
     assert not (tmp_path / "studies" / "tiny" / "trials").exists()
-
-
-def test_mask_hides_passwords():
-    assert study.mask("postgresql://u:s3cret@h/db") == "postgresql://u:***@h/db"
-    assert study.mask("postgresql://h/db?password=s3cret&x=1") == "postgresql://h/db?password=***&x=1"
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------------
@@ -416,12 +374,12 @@ def postgres_url():
 @pytest.mark.postgres
 def test_two_workers_against_postgresql(mnist_dir, tmp_path, postgres_url, monkeypatch):
     if password := os.environ.get("HPEXP_TEST_POSTGRES_PASSWORD"):
-        monkeypatch.setenv(study.PASSWORD_ENV, password)
+        monkeypatch.setenv(storage.PASSWORD_ENV, password)
     name = f"pg_{os.getpid()}_{int(time.time())}"
-    spec = study.load_spec(str(write_spec(tmp_path, name=name, n_trials=5, workers=2, storage=postgres_url)))
-    study.search(spec, tmp_path, quiet=True)
+    spec = load_spec(str(write_spec(tmp_path, name=name, n_trials=5, workers=2, storage=postgres_url)))
+    search(spec, tmp_path, quiet=True)
     trials = trials_of(spec, tmp_path)
     assert len(trials) == 5 and states(trials) == {"COMPLETE": 5}
     assert not (tmp_path / "studies" / name / "journal.log").exists()
     with contextlib.suppress(KeyError):
-        optuna.delete_study(study_name=name, storage=study.open_storage(spec, tmp_path))
+        optuna.delete_study(study_name=name, storage=storage.open_storage(spec, tmp_path))

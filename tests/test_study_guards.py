@@ -11,7 +11,11 @@ import pytest
 from omegaconf import OmegaConf
 from test_study import trials_of, write_spec
 
+from hpexp.study import storage
 from hpexp.study import workers as study
+from hpexp.study.coordinator import search
+from hpexp.study.finalize import finalize
+from hpexp.study.spec import load_spec
 from hpexp.study.storage import mask
 from hpexp.train.runner import ConfigError
 
@@ -32,8 +36,8 @@ def test_unknown_spec_key_is_refused_before_any_work(tmp_path, changes, message)
     """Issue row: a spec with `n_trail: 5`, `workrs: 3` was silently ignored."""
     path = write_spec(tmp_path, **changes)
     with pytest.raises(ConfigError, match=message.replace("?", r"\?").replace(".", r"\.")):
-        spec = study.load_spec(str(path))
-        study.search(spec, tmp_path)
+        spec = load_spec(str(path))
+        search(spec, tmp_path)
     assert not (tmp_path / "studies").exists()
 
 
@@ -54,7 +58,7 @@ def test_a_spec_missing_a_required_key_says_which(tmp_path):
     del raw["sampler"]
     OmegaConf.save(raw, path)
     with pytest.raises(ConfigError, match="does not set sampler"):
-        study.load_spec(str(path))
+        load_spec(str(path))
 
 
 # --- secrets ------------------------------------------------------------------------------------
@@ -104,7 +108,7 @@ def test_mask_keeps_urls_without_a_password_and_hides_the_configured_one(monkeyp
     assert (
         mask("postgresql://alice@db/hpexp?sslmode=require") == "postgresql://alice@db/hpexp?sslmode=require"
     )
-    monkeypatch.setenv(study.PASSWORD_ENV, "hunter22")
+    monkeypatch.setenv(storage.PASSWORD_ENV, "hunter22")
     assert mask("FATAL: password hunter22 rejected (hunter22)") == "FATAL: password *** rejected (***)"
 
 
@@ -114,14 +118,14 @@ def test_mask_keeps_urls_without_a_password_and_hides_the_configured_one(monkeyp
 def test_finalize_twice_is_refused_unless_again(mnist_dir, tmp_path, capsys):
     """Issue row: `--finalize` run twice scored the test set again."""
     path = write_spec(tmp_path, n_trials=2)
-    spec = study.load_spec(str(path))
-    study.search(spec, tmp_path, quiet=True)
-    first = study.finalize(spec, tmp_path, seeds=1)
+    spec = load_spec(str(path))
+    search(spec, tmp_path, quiet=True)
+    first = finalize(spec, tmp_path, seeds=1)
     folder = tmp_path / "studies" / "tiny"
     written = (folder / "final.json").read_text()
     mean = 100 * first["mean"]["test_accuracy"]
     with pytest.raises(ConfigError, match="scored on the test set once at ") as refused:
-        study.finalize(spec, tmp_path, seeds=1)
+        finalize(spec, tmp_path, seeds=1)
     assert f"test {mean:.2f}%" in str(refused.value) and "--again" in str(refused.value)
     assert (folder / "final.json").read_text() == written  # nothing scored, nothing written
     cmd = [sys.executable, "-m", "hpexp.cli", "study", str(path), "--runs", str(tmp_path), "--finalize"]
@@ -135,8 +139,8 @@ def test_finalize_twice_is_refused_unless_again(mnist_dir, tmp_path, capsys):
 
 
 def test_a_study_finalized_by_an_earlier_version_is_refused_too(mnist_dir, tmp_path):
-    spec = study.load_spec(str(write_spec(tmp_path, n_trials=1)))
-    study.search(spec, tmp_path, quiet=True)
+    spec = load_spec(str(write_spec(tmp_path, n_trials=1)))
+    search(spec, tmp_path, quiet=True)
     result = {
         "best_trial": 0,
         "seeds": [{}, {}],
@@ -145,4 +149,4 @@ def test_a_study_finalized_by_an_earlier_version_is_refused_too(mnist_dir, tmp_p
     }
     (tmp_path / "studies" / "tiny" / "final.json").write_text(json.dumps(result))
     with pytest.raises(ConfigError, match=r"best trial #0, 2 seeds: test 90\.00% \+/- 1\.00"):
-        study.finalize(spec, Path(tmp_path), seeds=1)
+        finalize(spec, Path(tmp_path), seeds=1)

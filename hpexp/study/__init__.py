@@ -19,8 +19,10 @@ __all__, __getattr__, __dir__ = exports(
         "open_storage": "storage",
         "mask": "storage",
         "study_dir": "storage",
-        "search": "workers",
+        "compose_trial": "spec",
+        "search": "coordinator",
         "prepare": "workers",
         "work": "workers",
+        "worker_seed": "workers",
     },
 )

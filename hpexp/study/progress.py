@@ -6,43 +6,46 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import optuna
 from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
 from hpexp.progress import duration
-from hpexp.study.storage import FINISHED, mask, study_dir
+from hpexp.study.storage import FINISHED, mask, study_dir, superseded
 
-__all__ = ["summary_text"]
+__all__ = ["Display", "summary_text"]
 
 
-def _watch(study: optuna.Study, workers: list[Any], spec: DictConfig, quiet: bool) -> None:
-    seen: set[int] = set()
-    tty = sys.stdout.isatty() and not quiet
-    last = started = time.monotonic()
-    before: int | None = None  # trials finished before this command started
-    while True:
-        alive = any(w.is_alive() for w in workers)
-        trials = study.get_trials(deepcopy=False)
-        before = _done(trials) if before is None else before
-        left = _left(trials, spec, started, before)
+class Display:
+    """What the coordinator prints while the study runs: a line per finished trial, and the running
+    trials on a status line (rewritten in place on a terminal, once a minute in a log file), each
+    with the time left at the pace of the trials finished since this command started."""
+
+    def __init__(self, spec: DictConfig, quiet: bool) -> None:
+        self.spec, self.quiet, self.seen = spec, quiet, set[int]()
+        self.tty = sys.stdout.isatty() and not quiet
+        self.last = self.started = time.monotonic()
+        self.before: int | None = None  # trials finished before this command started
+
+    def update(self, trials: Sequence[FrozenTrial]) -> None:
+        self.before = _done(trials) if self.before is None else self.before
+        left = _left(trials, self.spec, self.started, self.before)
         for t in trials:
-            if t.state in FINISHED and t.number not in seen:
-                seen.add(t.number)
-                if not quiet:
-                    print(("\r\033[K" if tty else "") + _trial_line(t, trials, spec, seen) + left, flush=True)
-        if tty:
-            print("\r\033[K" + _status_line(trials, spec, left), end="", flush=True)
-        elif not quiet and time.monotonic() - last >= 60:  # a log file gets the running epochs once a minute
-            print(_status_line(trials, spec, left), flush=True)
-            last = time.monotonic()
-        if not alive:
-            break
-        time.sleep(0.5)
-    if tty:
-        print("\r\033[K", end="", flush=True)
+            if t.state in FINISHED and t.number not in self.seen:
+                self.seen.add(t.number)
+                if not self.quiet:
+                    line = _trial_line(t, trials, self.spec, self.seen) + left
+                    print(("\r\033[K" if self.tty else "") + line, flush=True)
+        if self.tty:
+            print("\r\033[K" + _status_line(trials, self.spec, left), end="", flush=True)
+        elif not self.quiet and time.monotonic() - self.last >= 60:
+            print(_status_line(trials, self.spec, left), flush=True)
+            self.last = time.monotonic()
+
+    def close(self) -> None:
+        if self.tty:
+            print("\r\033[K", end="", flush=True)
 
 
 def _best(trials: Sequence[FrozenTrial], spec: DictConfig) -> FrozenTrial | None:
@@ -52,8 +55,8 @@ def _best(trials: Sequence[FrozenTrial], spec: DictConfig) -> FrozenTrial | None
 
 
 def _done(trials: Sequence[FrozenTrial], numbers: set[int] | None = None) -> int:
-    """Finished trials (among `numbers`, if given), a failed-and-retried trial not counted."""
-    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    """Finished trials (among `numbers`, if given), a retried or replaced trial not counted."""
+    retried = superseded(trials)
     return sum(
         t.state in FINISHED and t.number not in retried and (numbers is None or t.number in numbers)
         for t in trials

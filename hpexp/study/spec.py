@@ -57,6 +57,8 @@ DEFAULTS: dict[str, Any] = {
     "baseline": None,
     "timeout": None,
     "population": "auto",
+    "max_restarts": 10,
+    "max_attempts": 3,
     "storage": None,
     "storage_password_file": None,
     "seed": 0,
@@ -232,6 +234,9 @@ def check_spec(spec: DictConfig) -> tuple[list[Param], DictConfig]:
             getattr(optuna.samplers if kind == "sampler" else optuna.pruners, table[spec[kind].name]),
             args,
         )
+    for key, least in (("max_restarts", 0), ("max_attempts", 1)):
+        if not (isinstance(spec[key], int) and not isinstance(spec[key], bool) and spec[key] >= least):
+            raise ConfigError(f"{key} must be an integer >= {least}, got {spec[key]!r}")
     params, base = parse_space(spec.search), compose(list(spec.base))
     groups = _groups()
     for p in params:

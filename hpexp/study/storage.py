@@ -4,10 +4,11 @@ everywhere), opening the study with its sampler and pruner, and failing trials o
 from __future__ import annotations
 
 import contextlib
+import datetime
+import functools
 import math
 import os
 import re
-import socket
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -18,13 +19,23 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
+from hpexp.study.journal import HOST, alive, journal_backend
 from hpexp.study.spec import PRUNERS, SAMPLERS, Param
 from hpexp.train.runner import ConfigError
 
-__all__ = ["fail_stale", "make_pruner", "make_sampler", "mask", "open_storage", "study_dir"]
+__all__ = [
+    "HOST",
+    "fail_stale",
+    "superseded",
+    "unclaimed",
+    "make_pruner",
+    "make_sampler",
+    "mask",
+    "open_storage",
+    "study_dir",
+]
 
 PASSWORD_ENV, PASSWORD_FILE_ENV = "HPEXP_DB_PASSWORD", "HPEXP_DB_PASSWORD_FILE"
-HOST = socket.gethostname()
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -99,12 +110,13 @@ def _rdb_url(spec: DictConfig) -> str:
 def open_storage(spec: DictConfig, folder: Path) -> optuna.storages.BaseStorage:
     """The spec's storage (default: the Journal file in `folder`), reachable, or a ConfigError."""
     if not spec.storage:
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
+        from optuna.storages.journal import JournalStorage
 
         folder.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(folder / "journal.log")))
+        return JournalStorage(journal_backend(folder / "journal.log"))
     url = _rdb_url(spec)
     kwargs = {"connect_args": {"connect_timeout": 10}} if url.startswith("postgres") else {}
+    on_stale = functools.partial(_retry_stale, max_attempts=spec.get("max_attempts"))
     try:
         with warnings.catch_warnings():  # heartbeats are experimental in Optuna: said once in the README
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -113,53 +125,85 @@ def open_storage(spec: DictConfig, folder: Path) -> optuna.storages.BaseStorage:
                 engine_kwargs=kwargs,
                 heartbeat_interval=10,
                 grace_period=30,
-                heartbeat_stale_trial_callback=_retry,
+                heartbeat_stale_trial_callback=on_stale,
             )
     except Exception as e:  # sqlalchemy and driver errors share no useful base class
         reason = mask(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
         raise ConfigError(f"cannot reach storage {mask(spec.storage)}: {reason}") from None
 
 
-def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Enqueue a failed trial again with the same parameters (it keeps its budget slot)."""
-    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-
-
-def _alive(pid: int, started: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def _retry(study: optuna.Study, trial: Any, max_attempts: int | None = None, died: bool = True) -> bool:
+    """Enqueue a failed trial again with the same parameters (it keeps its budget slot), unless
+    workers have died running it `max_attempts` times; returns whether it runs again. An
+    interrupted trial (`died=False`) always runs again, as the same attempt."""
+    attempt = trial.user_attrs.get("attempt", 1)
+    if died and max_attempts is not None and attempt >= max_attempts:
         return False
-    except PermissionError:
-        return True
-    return started is None or _process_start(pid) in (None, started)  # a reused pid is another process
+    attrs = {"retry_of": trial.number, "attempt": attempt + died}
+    study.enqueue_trial(
+        trial.params, user_attrs=attrs | {k: True for k in ("baseline",) if k in trial.user_attrs}
+    )
+    return True
 
 
-def _process_start(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+def _retry_stale(study: optuna.Study, trial: FrozenTrial, max_attempts: int | None) -> None:
+    """Optuna's callback for a trial whose heartbeat stopped (a database study)."""
+    _retry(study, trial, max_attempts)
+
+
+def superseded(trials: Sequence[FrozenTrial]) -> set[int]:
+    """Trials that another took over (a failed trial's retry, a duplicate's replacement): not counted."""
+    return {t.user_attrs[k] for t in trials for k in ("retry_of", "replaces") if k in t.user_attrs}
+
+
+ORPHAN_AFTER = 20.0  # seconds a RUNNING trial may go without its worker's name (popped, then killed)
+
+
+def unclaimed(study: optuna.Study) -> list[FrozenTrial]:
+    """RUNNING trials no worker has put its name on (yet, or ever: killed right after taking it)."""
+    return [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if "pid" not in t.user_attrs
+    ]
+
+
+def _abandoned(t: FrozenTrial) -> str | None:
+    """Why a RUNNING trial's worker is known to be gone, or None."""
+    a = t.user_attrs
+    if "pid" not in a:
+        started = t.datetime_start
+        now = datetime.datetime.now(started.tzinfo) if started else None
+        if now and (now - started).total_seconds() > ORPHAN_AFTER:  # type: ignore[operator]
+            return f"its worker never named itself in {ORPHAN_AFTER:.0f} s (killed right after taking it)"
         return None
+    if a.get("host") == HOST and not alive(a["pid"], a.get("pid_start")):
+        return f"worker {HOST}:{a['pid']} died"
+    return None
 
 
-def fail_stale(study: optuna.Study) -> list[int]:
-    """Fail (and enqueue again) RUNNING trials whose worker on this host is gone; returns them."""
+def fail_stale(study: optuna.Study, max_attempts: int | None = None) -> list[int]:
+    """Fail RUNNING trials whose worker is gone (on this host; or unnamed for ORPHAN_AFTER; or,
+    with a database, whose heartbeat stopped) and enqueue them again; returns their numbers."""
     if getattr(study._storage, "get_heartbeat_interval", lambda: None)():  # RDB heartbeats
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        a = t.user_attrs
-        if a.get("host") != HOST or "pid" not in a or _alive(a["pid"], a.get("pid_start")):
+        if (why := _abandoned(t)) is None:
             continue
+        again = t.user_attrs.get("attempt", 1) < (max_attempts or math.inf)
         try:
             # Optuna has no public way to annotate a trial another process owns.
-            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"worker {HOST}:{a['pid']} died")
+            reason = (
+                why
+                if again
+                else f"{why}; attempt {t.user_attrs.get('attempt', 1)} of {max_attempts}, not run again"
+            )
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
             study.tell(t.number, state=TrialState.FAIL)
         except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
             continue  # another process got there first
-        _retry(study, t)
+        _retry(study, t, max_attempts)
         failed.append(t.number)
     return failed
 
@@ -190,13 +234,15 @@ def _heartbeat(storage: Any, trial_ids: Sequence[int]) -> Iterator[None]:
         thread.join()
 
 
-def make_sampler(spec: DictConfig, params: Sequence[Param], worker: int = 0) -> optuna.samplers.BaseSampler:
-    """The spec's sampler, seeded with seed + `worker` (distinct per worker and per restart)."""
+def make_sampler(
+    spec: DictConfig, params: Sequence[Param], seed: int | None = None
+) -> optuna.samplers.BaseSampler:
+    """The spec's sampler; `seed` (a worker's own, see `workers.worker_seed`) replaces the spec's."""
     args = {str(k): v for k, v in OmegaConf.to_container(spec.sampler).items() if k != "name"}  # type: ignore[union-attr]
     if spec.sampler.name == "grid":
         args["search_space"] = {p.name: _grid(p) for p in params}
-    if args.get("seed") is not None:
-        args["seed"] += worker
+    if seed is not None:
+        args["seed"] = seed
     try:
         return getattr(optuna.samplers, SAMPLERS[spec.sampler.name])(**args)
     except (TypeError, ValueError, ImportError) as e:
@@ -224,12 +270,14 @@ def study_dir(spec: DictConfig, runs: Path) -> Path:
     return Path(runs) / "studies" / spec.name
 
 
-def _load(spec: DictConfig, runs: Path, params: Sequence[Param], worker: int, create: bool) -> optuna.Study:
+def _load(
+    spec: DictConfig, runs: Path, params: Sequence[Param], seed: int | None, create: bool
+) -> optuna.Study:
     storage = open_storage(spec, study_dir(spec, runs))
     kwargs = dict(
         study_name=spec.name,
         storage=storage,
-        sampler=make_sampler(spec, params, worker),
+        sampler=make_sampler(spec, params, seed),
         pruner=make_pruner(spec),
     )
     if create:

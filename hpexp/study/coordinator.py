@@ -1,0 +1,281 @@
+"""The coordinator of a study on one machine: start its worker processes, replace any that dies,
+show progress, stop them all promptly on Ctrl-C or SIGTERM, and end with an exit status that says
+whether the study finished.
+
+A worker that dies (killed, or ended by an error) has its running trials failed and enqueued again
+(`storage.fail_stale`), and is replaced while trials wait, at most `max_restarts` times in all (a
+line on stderr says so each time). Exit status of `hpexp study`: 0 when the budget is done (or the
+spec's timeout stopped new trials, or the rest runs on other machines); 1 when the study cannot
+finish here (its workers kept dying, or no trial completed), with the reason on stderr; 2 for bad
+input; 130 on Ctrl-C (SIGINT) and 143 on SIGTERM, after one line. In every case the same command
+resumes the study.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any, NoReturn
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import TrialState
+
+from hpexp.study.progress import Display, summary_text
+from hpexp.study.spec import population_size
+from hpexp.study.storage import fail_stale, mask, study_dir, unclaimed
+from hpexp.study.workers import prepare, work
+from hpexp.train.runner import compose
+
+__all__ = ["Interrupted", "Pool", "search"]
+
+STOP_WAIT = 10.0  # seconds interrupted workers get to record their trials before they are killed
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM reached the coordinator."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def search(
+    spec: DictConfig, runs: Path = Path("runs"), *, join: bool = False, quiet: bool = False
+) -> optuna.Study:
+    """Run the study: `spec.workers` processes (spawned, one BLAS thread each), replaced when one
+    dies, with a progress display; raises SystemExit(1) if the study cannot finish here."""
+    study: optuna.Study | None = None
+    pool: Pool | None = None
+    with _signals_interrupt():
+        try:
+            study, _ = prepare(spec, runs, join=join)
+            size = population_size(spec, compose(list(spec.base)))  # `auto` measured once, not per worker
+            pool = Pool(spec, runs, size)
+            _print_start(spec, runs, size)
+            pool.start_all()
+            _supervise(study, pool, spec, quiet)
+        except Interrupted as e:
+            _stop(pool, study, spec, e.signum)
+    assert study is not None and pool is not None
+    if not quiet:
+        print(summary_text(study, spec, runs), flush=True)
+    _verdict(study, pool, spec)
+    return study
+
+
+def _print_start(spec: DictConfig, runs: Path, size: int) -> None:
+    where = spec.storage or str((study_dir(spec, runs) / "journal.log").resolve())
+    print(
+        f"study {spec.name}: {spec.n_trials} trials, {spec.workers} worker(s), population {size}, "
+        f"storage {mask(where)}",
+        flush=True,
+    )
+
+
+def _supervise(study: optuna.Study, pool: Pool, spec: DictConfig, quiet: bool) -> None:
+    display = Display(spec, quiet)
+    try:
+        while pool.step(study):
+            display.update(study.get_trials(deepcopy=False))
+            time.sleep(0.5)
+        display.update(study.get_trials(deepcopy=False))
+    finally:
+        display.close()
+
+
+class Pool:
+    """This machine's worker processes, one per slot. A slot whose worker ended is started again
+    while trials wait; if the worker died, that is a restart, `max_restarts` at most in all."""
+
+    def __init__(self, spec: DictConfig, runs: Path, size: int) -> None:
+        self.spec, self.runs = spec, runs
+        self.data = {**OmegaConf.to_container(spec, resolve=True), "population": size}  # type: ignore[dict-item]
+        self.deadline = time.time() + spec.timeout if spec.timeout else None
+        self.slots: dict[int, BaseProcess | None] = dict.fromkeys(range(spec.workers))
+        self.died: set[int] = set()  # slots whose worker died and has not been replaced
+        self.restarts, self.gave_up = 0, False
+
+    def start_all(self) -> None:
+        for slot in self.slots:
+            self._start(slot)
+
+    def _start(self, slot: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        with _one_blas_thread():
+            process = context.Process(
+                target=_worker_main, args=(self.data, self.runs, slot, self.deadline), name=f"worker {slot}"
+            )
+            process.start()
+        self.slots[slot] = process
+
+    def step(self, study: optuna.Study) -> bool:
+        """Reap ended workers, fail dead ones' trials, start workers where trials wait; False once
+        nothing runs here and nothing is left to start."""
+        for slot, process in self.slots.items():
+            if process is not None and not process.is_alive():
+                process.join()
+                self.slots[slot] = None
+                if process.exitcode:
+                    self.died.add(slot)
+                    print(
+                        f"hpexp study: {process.name} (pid {process.pid}) {_ended(process)}", file=sys.stderr
+                    )
+        if failed := fail_stale(study, self.spec.max_attempts):
+            print(f"hpexp study: trial(s) {failed} of a dead worker failed; they run again", file=sys.stderr)
+        waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        if waiting and not self.past_deadline():
+            for slot in [s for s, p in self.slots.items() if p is None][:waiting]:
+                if slot in self.died:
+                    self._restart(slot)
+                else:
+                    self._start(slot)
+        idle = all(p is None for p in self.slots.values())
+        return not (idle and (not waiting or self.gave_up or self.past_deadline()) and not unclaimed(study))
+
+    def _restart(self, slot: int) -> None:
+        if self.restarts >= self.spec.max_restarts:
+            if not self.gave_up:
+                print(
+                    f"hpexp study: no restarts left (max_restarts={self.spec.max_restarts})", file=sys.stderr
+                )
+            self.gave_up = True
+            return
+        self.restarts += 1
+        self.died.discard(slot)
+        self._start(slot)
+        print(
+            f"hpexp study: started worker {slot} again (restart {self.restarts} of {self.spec.max_restarts})",
+            file=sys.stderr,
+        )
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.time() >= self.deadline
+
+    def stop(self, signum: int) -> None:
+        """Pass the signal on, give the workers STOP_WAIT seconds to record their trials, then kill."""
+        running = [p for p in self.slots.values() if p is not None and p.is_alive()]
+        for p in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signum)  # type: ignore[arg-type]
+        end = time.monotonic() + STOP_WAIT
+        for p in running:
+            p.join(max(0.0, end - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+
+def _ended(process: BaseProcess) -> str:
+    code = process.exitcode or 0
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    if code > 128 and code - 128 in signal.Signals._value2member_map_:
+        return f"was stopped by {signal.Signals(code - 128).name}"
+    return f"ended with exit status {code} (its error is above)"
+
+
+def _stop(pool: Pool | None, study: optuna.Study | None, spec: DictConfig, signum: int) -> NoReturn:
+    """Stop the workers, fail what they could not record, say how to resume; exit 128 + signum."""
+    for s in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C does not cut the clean-up short
+        signal.signal(s, signal.SIG_IGN)
+    if pool is not None:
+        pool.stop(signum)
+    if study is not None:
+        fail_stale(study, spec.max_attempts)
+    print(
+        f"\nhpexp study: interrupted ({signal.Signals(signum).name}); run the same command again to "
+        f"resume study {spec.name}",
+        file=sys.stderr,
+        flush=True,
+    )
+    raise SystemExit(128 + signum)
+
+
+def _verdict(study: optuna.Study, pool: Pool, spec: DictConfig) -> None:
+    """Say why a study did not finish here; exit 1 if it cannot."""
+    trials = study.get_trials(deepcopy=False)
+    waiting = sum(t.state == TrialState.WAITING for t in trials)
+    elsewhere = sum(t.state == TrialState.RUNNING for t in trials)
+    if waiting and pool.gave_up:
+        _fail(
+            f"study {spec.name} cannot finish: {waiting} trial(s) never ran because workers died "
+            f"{len(pool.died) + pool.restarts} times (max_restarts={spec.max_restarts}); see the errors "
+            "above, then run the same command again to resume"
+        )
+    if waiting and pool.past_deadline():
+        print(
+            f"timeout ({spec.timeout} s) reached: {waiting} trial(s) not started; run the same command "
+            "again to run them",
+            file=sys.stderr,
+        )
+    if elsewhere:
+        print(f"{elsewhere} trial(s) still running on other machines or processes", file=sys.stderr)
+    if not waiting and not elsewhere and not any(t.state == TrialState.COMPLETE for t in trials):
+        _fail(f"study {spec.name}: no trial completed (see each trial's fail reason above)")
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"hpexp study: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(1)
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM raise Interrupted in the main thread (restored afterwards)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    saved = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+
+
+def _worker_main(spec_data: dict[str, Any], runs: Path, slot: int, deadline: float | None) -> None:
+    """A worker process: SIGINT or SIGTERM interrupts its trials once (they are failed and enqueued
+    again), then it exits with 128 + the signal."""
+    received: list[int] = []
+
+    def interrupt(signum: int, frame: Any) -> None:
+        received.append(signum)
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, interrupt)
+    try:
+        work(spec_data, runs, slot, deadline)
+    except KeyboardInterrupt:
+        sys.exit(128 + (received[0] if received else signal.SIGINT))
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """Spawned workers start with one BLAS/OpenMP thread (run() also limits it at training time)."""
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {n: os.environ.get(n) for n in names}
+    os.environ.update(dict.fromkeys(names, "1"))
+    try:
+        yield
+    finally:
+        for n, v in saved.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v

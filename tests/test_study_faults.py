@@ -1,0 +1,187 @@
+"""Studies under faults: a killed worker is replaced and the study goes on to its budget; one that
+cannot finish exits non-zero saying why; Ctrl-C and SIGTERM stop it promptly and it resumes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from optuna.trial import FrozenTrial, TrialState
+from test_study import states, trials_of, write_spec
+
+from hpexp.study.spec import load_spec
+from hpexp.train.runner import ConfigError
+
+SLOW_TRIALS = [  # a few seconds per trial, so a trial can be caught between epochs
+    "network=mlp30",
+    "data.n_train=1000",
+    "data.n_validation=200",
+    "train.batch_size=10",
+    "train.epochs=12",
+]
+
+
+def start(path: Path, runs: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "hpexp.cli", "study", str(path), "--runs", str(runs), *extra]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
+def running_past_an_epoch(spec, runs: Path, process: subprocess.Popen, n: int = 1) -> list[FrozenTrial]:
+    """Wait until `n` trials are RUNNING past their first epoch (the moment the issue's kill hung)."""
+    for _ in range(1200):
+        time.sleep(0.05)
+        assert process.poll() is None, process.communicate()
+        if not (runs / "studies" / "tiny" / "journal.log").exists():
+            continue
+        with contextlib.suppress(ConfigError):  # the journal exists a moment before the study
+            trials = trials_of(spec, runs)
+            running = [
+                t for t in trials if t.state == TrialState.RUNNING and t.last_step and "pid" in t.user_attrs
+            ]
+            if len(running) >= n:
+                return running
+    raise AssertionError("no trial reached its first epoch")
+
+
+def retried(trials: list[FrozenTrial], t: FrozenTrial) -> list[FrozenTrial]:
+    return [r for r in trials if r.user_attrs.get("retry_of") == t.number]
+
+
+@pytest.mark.parametrize("population", [1, 3])
+def test_a_killed_worker_is_replaced_and_the_study_reaches_its_budget(mnist_dir, tmp_path, population):
+    """Issue rows: SIGKILL of a worker right after an epoch hung the study; studies whose workers
+    died exited 0 with "run the same command again", 43 of 48 trials waiting."""
+    path = write_spec(tmp_path, base=SLOW_TRIALS, n_trials=3, population=population)
+    spec = load_spec(str(path))
+    first = start(path, tmp_path)
+    victim = running_past_an_epoch(spec, tmp_path, first)[0].user_attrs["pid"]
+    os.kill(victim, signal.SIGKILL)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert f"worker 0 (pid {victim}) was killed by SIGKILL" in err
+    assert "started worker 0 again (restart 1 of 10)" in err
+    trials = trials_of(spec, tmp_path)
+    lost = [t for t in trials if t.user_attrs.get("pid") == victim and t.state == TrialState.FAIL]
+    assert len(lost) == population  # its whole population
+    for t in lost:
+        assert "died" in t.user_attrs["fail_reason"]
+        (retry,) = retried(trials, t)
+        assert retry.params == t.params and retry.state == TrialState.COMPLETE
+        assert retry.user_attrs["attempt"] == 2
+    assert states(trials) == {"COMPLETE": 3, "FAIL": population}
+
+
+def test_a_study_that_cannot_finish_exits_1_saying_why_and_resumes(mnist_dir, tmp_path):
+    path = write_spec(tmp_path, base=SLOW_TRIALS, n_trials=3, max_restarts=0, max_attempts=1)
+    spec = load_spec(str(path))
+    first = start(path, tmp_path)
+    victim = running_past_an_epoch(spec, tmp_path, first)[0]
+    os.kill(victim.user_attrs["pid"], signal.SIGKILL)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 1, err
+    assert "no restarts left (max_restarts=0)" in err
+    assert (
+        "study tiny cannot finish: 2 trial(s) never ran because workers died 1 times (max_restarts=0)" in err
+    )
+    rerun = subprocess.run(start(path, tmp_path).args, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    trials = trials_of(spec, tmp_path)
+    lost = trials[victim.number]
+    assert lost.state == TrialState.FAIL and "attempt 1 of 1, not run again" in lost.user_attrs["fail_reason"]
+    assert not retried(trials, lost)  # max_attempts=1: it counts as a finished (failed) trial
+    assert states(trials) == {"COMPLETE": 2, "FAIL": 1}
+
+
+@pytest.mark.parametrize(
+    ("signum", "group", "code"),
+    [(signal.SIGINT, True, 130), (signal.SIGTERM, False, 143)],
+    ids=["Ctrl-C (SIGINT to the process group)", "SIGTERM to the coordinator"],
+)
+def test_an_interrupted_study_stops_promptly_in_one_line_and_resumes(
+    mnist_dir, tmp_path, signum, group, code
+):
+    """Issue rows: Ctrl-C did not stop a hung study; SIGTERM (SLURM, containers) is handled like it."""
+    path = write_spec(tmp_path, base=SLOW_TRIALS, n_trials=4, workers=2)
+    spec = load_spec(str(path))
+    first = start(path, tmp_path)
+    caught = running_past_an_epoch(spec, tmp_path, first, n=2)
+    sent = time.monotonic()
+    if group:
+        os.killpg(first.pid, signum)
+    else:
+        os.kill(first.pid, signum)
+    _, err = first.communicate(timeout=60)
+    assert time.monotonic() - sent < 15
+    assert first.returncode == code
+    assert "Traceback" not in err
+    name = signal.Signals(signum).name
+    assert err.strip().splitlines()[-1] == (
+        f"hpexp study: interrupted ({name}); run the same command again to resume study tiny"
+    )
+    trials = trials_of(spec, tmp_path)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    rerun = subprocess.run(start(path, tmp_path).args, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    trials = trials_of(spec, tmp_path)
+    assert states(trials) == {"COMPLETE": 4, "FAIL": len(caught)}
+    for t in caught:
+        stopped = trials[t.number]
+        assert stopped.state == TrialState.FAIL and stopped.user_attrs["fail_reason"] == "interrupted"
+        assert [r.params for r in retried(trials, stopped)] == [stopped.params]
+        assert Path(stopped.user_attrs["run_dir"]).joinpath("summary.json").read_text().count("interrupted")
+
+
+@pytest.mark.parametrize("join", [False, True], ids=["same command twice at once", "--join"])
+def test_two_coordinators_on_one_study_never_repeat_each_other(mnist_dir, tmp_path, join):
+    """Issue row: a second coordinator (same machine, or --join) repeated the first one's
+    parameter sets exactly: both seeded their samplers alike."""
+    search_space = {"optimizer.eta": {"type": "float", "low": 0.05, "high": 2.0, "log": True}}
+    path = write_spec(tmp_path, base=SLOW_TRIALS, search=search_space, n_trials=8)
+    spec = load_spec(str(path))
+    first = start(path, tmp_path)
+    while join and not (tmp_path / "studies" / "tiny" / "spec.yaml").exists():  # the study exists
+        time.sleep(0.05)
+    second = start(path, tmp_path, *(["--join"] if join else []))
+    for process in (first, second):
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+    trials = trials_of(spec, tmp_path)
+    assert states(trials) == {"COMPLETE": 8}
+    by_pid = {t.user_attrs["pid"]: t.user_attrs["sampler_seed"] for t in trials}
+    assert len(by_pid) == 2 and len(set(by_pid.values())) == 2  # both worked, with their own seeds
+    drawn = [tuple(t.params.items()) for t in trials if not t.user_attrs.get("baseline")]
+    assert len(drawn) == 7 and len(set(drawn)) == 7
+
+
+def test_a_trial_that_draws_an_earlier_trials_parameters_is_replaced(mnist_dir, tmp_path):
+    """Four values and four trials: random draws repeat (with probability 1 - 4!/4^4 = 0.91),
+    yet the finished trials hold four distinct parameter sets, and the budget stays exact."""
+    from hpexp.study.coordinator import search
+    from hpexp.study.storage import superseded
+
+    choices = [0.1, 0.2, 0.4, 0.8]
+    path = write_spec(
+        tmp_path,
+        base=[*SLOW_TRIALS[:-1], "train.epochs=1", "network=linear"],
+        search={"optimizer.eta": {"type": "categorical", "choices": choices}},
+        baseline=None,
+        n_trials=4,
+        workers=2,
+    )
+    spec = load_spec(str(path))
+    search(spec, tmp_path, quiet=True)
+    trials = trials_of(spec, tmp_path)
+    done = [t for t in trials if t.number not in superseded(trials)]
+    assert len(done) == 4 and all(t.state == TrialState.COMPLETE for t in done)
+    assert sorted(t.params["optimizer.eta"] for t in done) == choices
+    for t in trials:
+        if t.user_attrs.get("status") == "duplicate":
+            assert t.params == trials[t.user_attrs["duplicate_of"]].params and t.state == TrialState.FAIL
