@@ -287,8 +287,12 @@ def _outcome(out: Path, spec: DictConfig) -> tuple[TrialState, float | None, dic
     }
     if summary["status"] == "pruned":
         return TrialState.PRUNED, None, attrs
-    if summary["status"] == "diverged" or best[0] is None:
-        return TrialState.FAIL, None, {**attrs, "fail_reason": f"diverged: {summary['stop_reason']}"}
+    if summary["status"] != "completed" or best[0] is None:  # diverged, stalled, ...: failed, saying so
+        return (
+            TrialState.FAIL,
+            None,
+            {**attrs, "fail_reason": f"{summary['status']}: {summary['stop_reason']}"},
+        )
     return TrialState.COMPLETE, best[0], attrs
 
 
