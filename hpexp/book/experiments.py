@@ -303,12 +303,15 @@ class Progress:
 
 
 def _is_done(out: Path, cfg: Any) -> bool:
+    """A run is done when it finished with the same training config; the `book:` block (the book's
+    numbers and how to read ours) does not change what a run computes, so editing it reruns nothing."""
     if rundir.read_summary(out).get("status") not in ("completed", "diverged"):
         return False
     now = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     before = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.load(out / "config.yaml")))
-    return {k: v for k, v in now.items() if k != "out_dir"} == {
-        k: v for k, v in before.items() if k != "out_dir"
+    ignored = ("out_dir", "book")
+    return {k: v for k, v in now.items() if k not in ignored} == {
+        k: v for k, v in before.items() if k not in ignored
     }
 
 
