@@ -37,16 +37,17 @@ def _pct(check: Check | dict[str, Any], value: float | None) -> str:
 
 
 def list_command(chapter: int | None, runs_dir: Path) -> None:
-    rows = [("id", "ch", "book", "ours", "what")]
+    rows = [("id", "ch", "book", "ours: rule", "ours: mean", "what")]
     for e in registry(chapter):
         head = e.checks[0]
         row = compare(e, head, runs_dir)
-        ours = "-" if not row["seeds"] else f"{_pct(head, row['mean'])} (n={len(row['seeds'])})"
+        rule = "-" if not row["seeds"] else f"{_pct(head, row['rule'])} (seed {row['chosen_seed']})"
+        mean = "-" if not row["seeds"] else f"{_pct(head, row['mean'])} (n={len(row['seeds'])})"
         book = _pct(head, head.value) if head.value is not None else f"figure: {e.meta.get('figure', '-')}"
-        rows.append((e.id, str(e.chapter), book, ours, head.label))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        rows.append((e.id, str(e.chapter), book, rule, mean, head.label))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[4])
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[5])
 
 
 def _select(args: argparse.Namespace) -> list[Experiment]:

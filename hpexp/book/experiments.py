@@ -1,38 +1,45 @@
-"""The book registry: every experiment of Nielsen's chapters 1, 3 and 5 as a preset, run and compared.
+"""The book registry: every experiment of Nielsen's chapters 1, 3, 5 and 6 as a preset, run and compared.
 
 A preset is `conf/experiment/book/<id>.yaml`, a `@package _global_` config selected by
 `hpexp train +experiment=book/<id>`. Its `book:` block holds the book's metadata and what to compare:
 
     book:
       chapter, section, demonstrates, source, note   where the experiment is and what it shows
-      value, metric, selection, tolerance            the book's headline number and how it was read
-      run, epoch, log                                (optional) which run / epoch; compare in log10
+      value, metric, selection                       the book's headline number and how it was read
+      run, epoch, log, rounding                      (optional) which run / epoch; log10; the book's rounding
+      pick: {metric, selection}                      (optional) the book quoted the best of its runs by this
+      deterministic                                  (optional) a computation, not a training run: own table
       runner                                         (optional) a function like hpexp.train.runner.run
       seeds                                          (optional) 1 for deterministic experiments
       runs: [{name, overrides: [...]}, ...]          (optional) several runs, e.g. a sweep over eta
-      checks: [{run, metric, selection, value, tolerance, epoch, log, across_seeds, note}, ...]
-      plots: [{name, y, x, runs, xlim, ylim, logx, logy, also}, ...]               the book's figures
+      checks: [{run, metric, selection, value, epoch, log, rounding, note}, ...]
+      plots: [{name, y, x, runs, xlim, ylim, logx, logy, also, kind}, ...]          the book's figures
 
-A check takes one number per seed from a run's history (`selection` of `metric`), and compares
-the mean over seeds (or their best, `across_seeds: max`, where the book reports a best of three runs)
-with the book's value: reproduced when |ours - value| <= tolerance (in log10 units when `log`).
+A check takes one number per seed from a run's history (`selection` of `metric`) and compares it with
+the book's value in two views: by the book's rule (ONE run, chosen as the book chose: the best of its
+runs by `pick`, or the first seed where the book ran once, and every row of the experiment read from
+that run) and as the mean over seeds with its 95% interval. Either is reproduced when
+|ours - book| <= tolerance, where the tolerance is derived, never set by hand (see `tolerance`).
 Values are in the history's units: accuracies are fractions.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
 from hpexp.paths import config_dir
+from hpexp.stats import mean_ci
 from hpexp.train import rundir
 
 __all__ = [
@@ -44,10 +51,13 @@ __all__ = [
     "estimate_seconds",
     "load",
     "presets_dir",
+    "record_provenance",
     "registry",
     "run_dirs",
     "run_experiments",
+    "chosen_seed",
     "select",
+    "tolerance",
 ]
 
 Record = dict[str, Any]
@@ -59,26 +69,28 @@ REQUIRED = (
     "value",
     "metric",
     "selection",
-    "tolerance",
     "note",
 )
 SELECTIONS = ("peak", "min", "final", "first", "epoch", "epoch_of_min", "epoch_of_max", "best_val")
 RUNS_DIR, REPORTS_DIR = Path("runs/book"), Path("reports/book")
 DEFAULT_RUNNER = "hpexp.train.runner.run"
+QUALITATIVE_POINTS = 0.03  # an accuracy row whose tolerance exceeds 3 points cannot be checked
 
 
 @dataclass(frozen=True)
 class Check:
-    """One number of the book and how to read ours: `selection` of `metric` in run `run`'s history."""
+    """One number of the book and how to read ours: `selection` of `metric` in run `run`'s history.
+
+    `rounding` is half a unit of the book's last printed digit where the book rounds (its accuracies
+    are counts of images, exact); by default it is read from how the value is written."""
 
     metric: str
     selection: str
     value: float | None
-    tolerance: float | None
     run: str = ""
     epoch: int | None = None
     log: bool = False
-    across_seeds: str = "mean"  # or "max": the book's "best-of-three runs" (chapter 1)
+    rounding: float | None = None
     note: str = ""
 
     @property
@@ -89,6 +101,18 @@ class Check:
             else (f"{self.selection} {self.metric}")
         )
         return f"{self.run}: {what}" if self.run else what
+
+    @property
+    def is_accuracy(self) -> bool:
+        return self.metric.endswith("accuracy") and not self.selection.startswith("epoch_of")
+
+    def book_rounding(self) -> float:
+        if self.rounding is not None:
+            return float(self.rounding)
+        if self.value is None or self.is_accuracy:
+            return 0.0
+        exponent = Decimal(repr(self.value)).as_tuple().exponent
+        return 0.5 * 10.0 ** int(exponent)
 
 
 @dataclass(frozen=True)
@@ -112,22 +136,26 @@ class Experiment:
     def seeds(self, requested: int) -> int:
         return int(self.meta.get("seeds") or requested)
 
+    @property
+    def deterministic(self) -> bool:
+        return bool(self.meta.get("deterministic"))
+
 
 def presets_dir() -> Path:
     return config_dir() / "experiment" / "book"
 
 
 def _check(item: dict[str, Any], defaults: dict[str, Any]) -> Check:
-    inherited = ("metric", "selection", "epoch", "tolerance", "log", "across_seeds")
+    inherited = ("metric", "selection", "epoch", "log")
     merged = {k: defaults.get(k) for k in inherited} | item
-    if merged.get("across_seeds") not in (None, "mean", "max"):
-        raise ValueError(f"across_seeds must be mean or max, got {merged['across_seeds']!r}")
     if merged["selection"] not in SELECTIONS:
         raise ValueError(f"unknown selection {merged['selection']!r}; valid: {', '.join(SELECTIONS)}")
     if merged["selection"] == "epoch" and merged.get("epoch") is None:
         raise ValueError("selection 'epoch' needs an `epoch`")
-    given = {k: v for k, v in merged.items() if k in Check.__dataclass_fields__ and v is not None}
-    return Check(**{"value": None, "tolerance": None} | given)
+    if unknown := set(merged) - set(Check.__dataclass_fields__):
+        raise ValueError(f"unknown check keys {sorted(unknown)}; valid: {list(Check.__dataclass_fields__)}")
+    given = {k: v for k, v in merged.items() if v is not None}
+    return Check(**{"value": None} | given)
 
 
 def load(experiment_id: str) -> Experiment:
@@ -144,11 +172,16 @@ def load(experiment_id: str) -> Experiment:
     if missing := [k for k in REQUIRED if k not in meta]:
         raise ValueError(f"{path}: book block lacks {', '.join(missing)}")
     runs = {r["name"]: list(r.get("overrides", [])) for r in meta.get("runs") or []} or {"": []}
-    headline = {k: meta.get(k) for k in ("run", "epoch", "value")} | {"run": meta.get("run") or ""}
+    headline = {k: meta.get(k) for k in ("run", "epoch", "value", "rounding")} | {
+        "run": meta.get("run") or ""
+    }
     checks = [_check(c, meta) for c in [headline, *(meta.get("checks") or [])]]
     for c in checks:
         if c.run not in runs:
             raise ValueError(f"{path}: check names run {c.run!r}; runs are {list(runs)}")
+    pick = meta.get("pick")
+    if pick is not None and (set(pick) != {"metric", "selection"} or pick["selection"] not in SELECTIONS):
+        raise ValueError(f"{path}: pick must be {{metric, selection}} with a selection of {SELECTIONS}")
     return Experiment(experiment_id, meta, runs, checks, list(meta.get("plots") or []))
 
 
@@ -187,37 +220,117 @@ def select(history: Sequence[Record], check: Check) -> float:
 def run_dirs(experiment: Experiment, run: str, runs_dir: Path = RUNS_DIR) -> list[Path]:
     """The finished run directories of one run of an experiment, one per seed."""
     base = runs_dir / experiment.id
-    dirs = sorted(base.glob(f"seed*/{run}".rstrip("/")), key=lambda p: int(p.relative_to(base).parts[0][4:]))
+    dirs = sorted(base.glob(f"seed*/{run}".rstrip("/")), key=lambda p: seed_of(p, base))
     return [d for d in dirs if rundir.read_summary(d).get("status") in ("completed", "diverged")]
 
 
-def compare(experiment: Experiment, check: Check, runs_dir: Path = RUNS_DIR) -> dict[str, Any]:
-    """The check's row: the book's value, ours per seed, mean, std, difference, reproduced or not."""
-    ours = [select(rundir.read_history(d), check) for d in run_dirs(experiment, check.run, runs_dir)]
-    mean = statistics.fmean(ours) if ours else math.nan
-    finite = all(math.isfinite(v) for v in ours)  # a run too short for the check gives nan
-    std = statistics.stdev(ours) if len(ours) > 1 and finite else 0.0 if len(ours) == 1 else math.nan
-    compared = max(ours) if ours and check.across_seeds == "max" else mean
-    diff, ok = math.nan, None
-    if check.value is not None and ours:
-        if check.log:
-            diff = math.log10(compared / check.value) if compared > 0 else math.nan
-        else:
-            diff = compared - check.value
-        ok = bool(abs(diff) <= (check.tolerance or 0.0) + 1e-12)
+def seed_of(run_dir: Path, base: Path) -> int:
+    return int(run_dir.relative_to(base).parts[0][4:])
+
+
+def seed_values(experiment: Experiment, check: Check, runs_dir: Path = RUNS_DIR) -> dict[int, float]:
+    """Our number for `check`, seed by seed."""
+    base = runs_dir / experiment.id
+    return {
+        seed_of(d, base): select(rundir.read_history(d), check)
+        for d in run_dirs(experiment, check.run, runs_dir)
+    }
+
+
+def chosen_seed(experiment: Experiment, runs_dir: Path = RUNS_DIR) -> int | None:
+    """The ONE run the book's rule takes: the best seed by `pick` (the book quoted the best of its
+    runs), else the first seed (the book ran once). Every row of the experiment reads this seed."""
+    pick = experiment.meta.get("pick")
+    if pick is None:
+        seeds = seed_values(experiment, experiment.checks[0], runs_dir)
+        return min(seeds) if seeds else None
+    rule = Check(metric=pick["metric"], selection=pick["selection"], value=None, run=experiment.checks[0].run)
+    values = {k: v for k, v in seed_values(experiment, rule, runs_dir).items() if math.isfinite(v)}
+    return max(values, key=lambda k: (values[k], -k)) if values else None  # ties: the first seed
+
+
+def evaluated_images(experiment: Experiment, check: Check, runs_dir: Path = RUNS_DIR) -> int | None:
+    """How many images an accuracy of `check` is measured on (None for other metrics)."""
+    dirs = run_dirs(experiment, check.run, runs_dir)
+    if not check.is_accuracy or not dirs:
+        return None
+    data = OmegaConf.load(dirs[0] / "config.yaml").data
+    split = check.metric.split("_")[0]
+    return {"test": 10_000, "val": data.get("n_validation"), "train": data.get("n_train")}.get(split)
+
+
+def tolerance(check: Check, ours: Sequence[float], images: int | None) -> tuple[float, str]:
+    """The tolerance of a row and what sets it: the largest of the book's rounding, twice the standard
+    deviation of our seeds (a run is one draw, the book's too: two sigma covers 95% of such draws),
+    and for accuracies the test-set resolution, the binomial standard error sqrt(p(1-p)/n) on the n
+    images evaluated. In log10 units for `log` checks."""
+    value = check.value if check.value is not None else math.nan
+    finite = [v for v in ours if math.isfinite(v) and (v > 0 or not check.log)]
+    points = [math.log10(v) for v in finite] if check.log else finite
+    rounding = check.book_rounding()
+    if check.log and value > 0:
+        rounding = math.log10(1 + rounding / value)
+    terms = {
+        "the book's rounding": rounding,
+        "2 x seed std": 2 * statistics.stdev(points) if len(points) > 1 else 0.0,
+        "binomial SE": math.sqrt(value * (1 - value) / images) if images and 0 <= value <= 1 else 0.0,
+    }
+    term = max(terms, key=lambda k: terms[k])
+    return terms[term], term
+
+
+def _diff(check: Check, ours: float) -> float:
+    if check.value is None or not math.isfinite(ours):
+        return math.nan
+    if check.log:
+        return math.log10(ours / check.value) if ours > 0 else math.nan
+    return ours - check.value
+
+
+def _verdict(check: Check, diff: float, tol: float) -> str | None:
+    if check.value is None or not math.isfinite(diff):
+        return None
+    if check.is_accuracy and tol > QUALITATIVE_POINTS:
+        return "qualitative"
+    return "yes" if abs(diff) <= tol + 1e-12 else "no"
+
+
+def compare(
+    experiment: Experiment, check: Check, runs_dir: Path = RUNS_DIR, seed: int | None = None
+) -> dict[str, Any]:
+    """The check's row in both views: the run chosen by the book's rule (`seed`, by default
+    `chosen_seed`) and the mean over seeds with its 95% interval; each with its difference from the
+    book and its verdict (yes, no, or qualitative when an accuracy's tolerance exceeds 3 points)."""
+    by_seed = seed_values(experiment, check, runs_dir)
+    seed = chosen_seed(experiment, runs_dir) if seed is None else seed
+    ours = list(by_seed.values())
+    mean, half, n = mean_ci(ours)
+    finite = [v for v in ours if math.isfinite(v)]
+    std = statistics.stdev(finite) if len(finite) > 1 else 0.0 if finite else math.nan
+    tol, term = tolerance(check, ours, evaluated_images(experiment, check, runs_dir))
+    rule = by_seed.get(seed, math.nan) if seed is not None else math.nan
+    diff_rule, diff_mean = _diff(check, rule), _diff(check, mean)
     return {
         "id": experiment.id,
         "chapter": experiment.chapter,
         "check": check.label,
         "book": check.value,
         "seeds": ours,
+        "seed_ids": list(by_seed),
+        "chosen_seed": seed if by_seed else None,
+        "rule": rule,
         "mean": mean,
+        "ci": half,
+        "n": n,
         "std": std,
-        "diff": diff,
-        "tolerance": check.tolerance,
+        "diff_rule": diff_rule,
+        "diff": diff_mean,
+        "tolerance": tol if ours else math.nan,
+        "tolerance_term": term,
         "log": check.log,
-        "across_seeds": check.across_seeds,
-        "reproduced": ok,
+        "reproduced_rule": _verdict(check, diff_rule, tol),
+        "reproduced": _verdict(check, diff_mean, tol),
+        "deterministic": experiment.deterministic,
         "metric": check.metric,
         "selection": check.selection,
         "note": check.note,
@@ -315,6 +428,41 @@ def _is_done(out: Path, cfg: Any) -> bool:
     }
 
 
+def source_commit() -> str:
+    """The git commit of the code running (suffixed `+changes` when the work tree differs), or
+    `unknown` outside a git checkout."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(here), *args], capture_output=True, text=True, check=True
+        ).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        changed = git("status", "--porcelain", "--", "hpexp", "conf").strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+changes" if changed else "")
+
+
+def record_provenance(runs_dir: Path, experiment_id: str, label: str, seconds: float, status: str) -> None:
+    """Add one finished run (or population of seeds) to runs_dir/ID/provenance.json: the commit
+    that produced it and its wall time, which the pages print."""
+    path = runs_dir / experiment_id / "provenance.json"
+    known = json.loads(path.read_text()) if path.exists() else {}
+    known[label] = {
+        "commit": source_commit(),
+        "seconds": round(seconds, 1),
+        "status": status,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rundir.write_atomic(path, json.dumps(known, indent=1) + "\n")
+
+
 def run_experiments(
     experiments: Sequence[Experiment],
     seeds: int = 3,
@@ -348,6 +496,7 @@ def run_experiments(
         e, name = items[0][:2]
         label = f"{e.id}{f'/{name}' if name else ''} seed{','.join(str(i[2]) for i in items)}"
         hook = progress.start(label, sum(estimate_seconds(i[3]) for i in items))
+        started = time.perf_counter()
         epochs = items[0][3].train.epochs
         on_epoch = lambda r, h=hook, n=epochs: h(r | {"epochs": n})  # noqa: E731
         try:
@@ -360,9 +509,9 @@ def run_experiments(
                 )
             else:
                 get_method(e.runner)(items[0][3], items[0][4], on_epoch=on_epoch, progress=False)
-            progress.finish(
-                ", ".join(sorted({rundir.read_summary(i[4]).get("status", "done") for i in items}))
-            )
+            status = ", ".join(sorted({rundir.read_summary(i[4]).get("status", "done") for i in items}))
+            progress.finish(status)
+            record_provenance(runs_dir, e.id, label, time.perf_counter() - started, status)
         except Skip as why:
             skipped.append(f"{label}: skipped, {why}")
             progress.finish("skipped")
