@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -311,64 +307,6 @@ def test_bad_input_is_a_clear_error_before_any_trial(tmp_path, changes, message)
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    """$HPEXP_TEST_POSTGRES_URL (CI starts a server), else a throwaway local server, else skip."""
-    if url := os.environ.get("HPEXP_TEST_POSTGRES_URL"):
-        yield url
-        return
-    pytest.importorskip("psycopg2", reason="psycopg2 is not installed (pip install -e '.[postgres]')")
-    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
-    initdb = shutil.which("initdb") or (str(bins[-1] / "initdb") if bins else None)
-    if initdb is None:
-        pytest.skip("no PostgreSQL server: set HPEXP_TEST_POSTGRES_URL or install postgresql")
-    pg_ctl = str(Path(initdb).with_name("pg_ctl"))
-    # Not under pytest's tmp folder: that is private to its owner, and the server may run as postgres.
-    folder, port = Path(tempfile.mkdtemp(prefix="hpexp-pg-")), _free_port()
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        if not shutil.which("runuser"):
-            pytest.skip("running as root without runuser: cannot start PostgreSQL")
-        shutil.chown(folder, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data_dir = folder / "data"
-    try:
-        subprocess.run(
-            [*as_user, initdb, "-D", str(data_dir), "-U", "hpexp", "--auth=trust"],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        options = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder}"
-        subprocess.run(  # the server would hold a pipe open: it logs to a file instead
-            [*as_user, pg_ctl, "-D", str(data_dir), "-o", options, "-l", str(folder / "log"), "-w", "start"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=60,
-        )
-    except (subprocess.SubprocessError, OSError) as e:
-        pytest.skip(f"could not start a local PostgreSQL ({e})")
-    try:
-        import psycopg2
-
-        connection = psycopg2.connect(host="127.0.0.1", port=port, user="hpexp", dbname="postgres")
-        connection.autocommit = True
-        connection.cursor().execute("CREATE DATABASE hpexp_test")
-        connection.close()
-        yield f"postgresql://hpexp@127.0.0.1:{port}/hpexp_test"
-    finally:
-        subprocess.run(
-            [*as_user, pg_ctl, "-D", str(data_dir), "-m", "immediate", "stop"], capture_output=True
-        )
 
 
 @pytest.mark.postgres

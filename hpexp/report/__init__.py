@@ -1,7 +1,9 @@
 """Reports: run directories and studies as DataFrames, statistics, figures and pages.
 
-Loaders return DataFrames (`load_runs`, `load_trials`), plot functions take a DataFrame and
-return Axes, and `pages` writes `reports/<name>/` (README.md, report.html, figures/, tables/).
+Loaders return DataFrames (`load_runs`, `load_trials`), `compare` compares configurations by the
+design of the experiment (paired by seed, else Welch) and words the verdict, plot functions take a
+DataFrame and return Axes (`interactive` draws the same as plotly figures for report.html), and
+`pages` writes `reports/<name>/` (README.md, report.html, figures/, tables/).
 """
 
 from hpexp._lazy import exports
@@ -20,6 +22,12 @@ __all__, __getattr__, __dir__ = exports(
         "param_importances": "runs",
         "open_study": "runs",
         "ReportError": "runs",
+        "search_space_log": "runs",
+        "missing_run_dirs": "runs",
+        "verdict": "compare",
+        "add_reference": "plots",
+        "plot_parallel_coordinates": "plots",
+        "write_plotly_asset": "pages",
         "plot_learning_curves": "plots",
         "plot_gap": "plots",
         "plot_overfitting": "plots",
