@@ -62,7 +62,7 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 420) -> go
         height=height,
         hovermode="closest",
         legend={"font": {"size": 11}},
-        margin={"l": 60, "r": 20, "t": 50, "b": 50},
+        margin={"l": 60, "r": 20, "t": 60, "b": 50},
     )
     return fig
 
@@ -401,12 +401,13 @@ def param_map(
         )
     fig.update_xaxes(type="log" if is_log_scale(x, log, trials[x]) else "linear")
     fig.update_yaxes(type="log" if is_log_scale(y, log, trials[y]) else "linear")
-    return _layout(
+    _layout(
         fig,
         f"{objective} over {x.removeprefix('params_')} x {y.removeprefix('params_')}",
         x.removeprefix("params_"),
         y.removeprefix("params_"),
     )
+    return fig.update_layout(legend={"orientation": "h", "y": -0.2})  # clear of the colour bar
 
 
 def parallel_coordinates(
@@ -440,7 +441,8 @@ def parallel_coordinates(
             line={"color": done["value"] * scale, "colorscale": "Viridis", "showscale": True}, dimensions=dims
         )
     )
-    return _layout(fig, f"Parallel coordinates of {len(done)} completed trials", "", "")
+    _layout(fig, f"Parallel coordinates of {len(done)} completed trials", "", "")
+    return fig.update_layout(margin={"t": 100})  # room for the axis names above the axes
 
 
 def to_html(fig: go.Figure, div_id: str) -> str:

@@ -332,7 +332,12 @@ def study_page(study: Any, title: str | None = None, storage: str | None = None)
             "verdict",
             f"Best of {len(trials)} trials ({counts}): trial {int(best['number'])}, {objective} "
             f"{best['value'] * scale:.2f}{unit} at its best epoch with {chosen} (a validation score "
-            "chosen as the best of many: optimistic; the finalized result below is the one to cite).",
+            "chosen as the best of many, so optimistic; "
+            + (
+                "the finalized result below is the one to cite)."
+                if folder is not None and (folder / "final.json").is_file()
+                else f"`hpexp study {study_obj.study_name} --finalize` scores the test set once, to cite)."
+            ),
         )
     else:
         page.add("verdict", f"{len(trials)} trials ({counts}): none completed yet.")
@@ -417,6 +422,9 @@ def study_page(study: Any, title: str | None = None, storage: str | None = None)
         )
     page.add("h2", "Trials")
     shown = trials.drop(columns=["run_dir"]).sort_values("value", ascending=not maximize, na_position="last")
+    if scale == 100:
+        shown[["value", "last_value"]] = (100 * shown[["value", "last_value"]]).round(2)
+        shown = shown.rename(columns={"value": f"{objective} (%)", "last_value": "last reported (%)"})
     page.table("trials", trials, shown.round(4))
     if best is not None:
         _best_run(page, study_obj, number, folder, curves, objective)  # type: ignore[arg-type]
