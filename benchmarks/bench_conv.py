@@ -1,14 +1,18 @@
-"""Conv-net speed, measured in one process: hpexp's NumPy engine against PyTorch CPU.
+"""Conv-net speed, measured in one process: hpexp's engine with and without its compiled kernels,
+and against PyTorch CPU.
 
     python benchmarks/bench_conv.py [--images 5000] [--repeats 3] [--no-profile]
 
-The network is the book's basic_conv (ch6-conv1-fc100): conv-pool(20 maps, 5x5, 2x2 max-pool) ->
-FC(100) -> softmax(10), sigmoid, log-likelihood, mini-batch 10, built through the config path
-(`network=conv1`). Prints seconds per training epoch on the 50,000 training images: each engine
-trains on the first `--images` of them (a fraction of an epoch, in stored order), the best of
-`--repeats` passes is scaled to 50,000; then the ratio hpexp / PyTorch (target <= 2) when torch is
-installed (optional, benchmark only: `pip install torch`). Both use one thread. Evaluation is not
-timed. The profile splits one mini-batch step of hpexp into its parts, to show what limits it.
+The chapter 6 networks at mini-batch 10, built through the config path: conv1 (ch6-conv1-fc100:
+conv-pool 20 maps, 5x5, 2x2 max-pool -> FC(100) -> softmax, sigmoid), conv2 (ch6-conv2-relu: conv-pool
+20 -> conv-pool 40 -> FC(100), ReLU) and conv2-2fc1000-dropout (ch6-dropout-2fc1000: two FC(1000)
+with network3's dropout 0.5). Each trains on the first `--images` training images (a fraction of
+an epoch, in stored order) with the NumPy reference path (hpexp.nn.conv.KERNELS = None: the
+engine as it was before the kernels, unchanged) and with the compiled kernels (hpexp.kernels, the
+`fast` extra), the two taking turns `--repeats` times; the best pass of each is scaled to 50,000
+images, and the ratio is printed (target >= 2, issue 19). For conv1, PyTorch CPU too, when torch is
+installed (optional, benchmark only: `pip install torch`). All use one thread; evaluation is not
+timed. The profile splits one mini-batch step of conv1 into its parts, to show what limits it.
 """
 
 from __future__ import annotations
@@ -22,18 +26,28 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from hpexp.data.mnist import load_splits
-from hpexp.nn.regularizers import NoPenalty
+from hpexp.nn import conv
+from hpexp.train import batching
 from hpexp.train.loop import train_epoch
 from hpexp.train.runner import build_network, compose, validate
 
 N_EPOCH, BATCH = 50_000, 10
-OVERRIDES = [
-    "network=conv1",
-    "activation=sigmoid",
-    "cost=log_likelihood",
-    "init=network3",
-    "optimizer.eta=0.1",
-]
+COMMON = ["cost=log_likelihood", "init=network3"]
+OVERRIDES = ["network=conv1", "activation=sigmoid", *COMMON, "optimizer.eta=0.1"]
+NETWORKS = {
+    "conv1 (20) + FC 100, sigmoid": OVERRIDES,
+    "conv2 (20, 40) + FC 100, ReLU": ["network=conv2", "activation=relu", *COMMON, "optimizer.eta=0.03"],
+    "conv2 + 2 FC 1000, dropout 0.5": [
+        "network=conv2_2fc",
+        "network.fc=1000",
+        "activation=relu",
+        *COMMON,
+        "regularizer=dropout",
+        "regularizer.p=0.5",
+        "regularizer.inverted=false",
+        "optimizer.eta=0.03",
+    ],
+}
 
 
 def best_of(repeats: int, run: Callable[[], None]) -> float:
@@ -45,13 +59,33 @@ def best_of(repeats: int, run: Callable[[], None]) -> float:
     return min(times)
 
 
-def hpexp_seconds(x: np.ndarray, y: np.ndarray, repeats: int) -> tuple[float, object]:
-    cfg = compose(OVERRIDES)
+def trainer(overrides: list[str], x: np.ndarray, y: np.ndarray) -> tuple[Callable[[], None], object]:
+    """A function training one pass over (x, y), and the network it trains."""
+    cfg = compose(overrides)
     parts = validate(cfg)
     net = build_network(cfg, parts, np.random.default_rng(0), "float32")
-    train_epoch(net, parts.optimizer, NoPenalty(), x[:500], y[:500], BATCH, 0.1)  # warm-up
-    seconds = best_of(repeats, lambda: train_epoch(net, parts.optimizer, NoPenalty(), x, y, BATCH, 0.1))
-    return seconds * N_EPOCH / len(y), net
+    rng, eta = np.random.default_rng(0), float(cfg.optimizer.eta)
+    return lambda: train_epoch(net, parts.optimizer, parts.regularizer, x, y, BATCH, eta, rng), net
+
+
+def engines_seconds(overrides: list[str], x: np.ndarray, y: np.ndarray, repeats: int) -> dict[str, float]:
+    """Seconds per 50,000-image epoch with the NumPy reference and with the compiled kernels,
+    taking turns so a busy machine slows both alike."""
+    kernels = conv.compiled_kernels()
+    engines = {"numpy": None, "kernels": kernels} if kernels is not None else {"numpy": None}
+    run, _ = trainer(overrides, x, y)
+    best = dict.fromkeys(engines, np.inf)
+    try:
+        for k in engines.values():  # warm-up (and compilation)
+            conv.KERNELS = k
+            run()
+        for _ in range(repeats):
+            for name, k in engines.items():
+                conv.KERNELS = k
+                best[name] = min(best[name], best_of(1, run))
+    finally:
+        conv.KERNELS = kernels
+    return {name: t * N_EPOCH / len(y) for name, t in best.items()}
 
 
 def torch_seconds(x: np.ndarray, y: np.ndarray, repeats: int) -> float | None:
@@ -131,23 +165,28 @@ def main() -> None:
     train = load_splits(data_dir, n_train=args.images, splits=["train"])["train"]
     x, y = train.x, train.y
     fraction = f"{args.images:,} of {N_EPOCH:,} images, best of {args.repeats}, scaled"
-    print(
-        f"conv-pool(20, 5x5, pool 2) + FC(100) + softmax, mini-batch {BATCH}, float32, "
-        f"one thread ({fraction})"
-    )
     with threadpool_limits(limits=1, user_api="blas"):
-        ours, net = hpexp_seconds(x, y, args.repeats)
-        print(f"  hpexp (NumPy)   {ours:7.2f} s/epoch")
+        print(f"mini-batch {BATCH}, float32, one thread ({fraction}); machine: {batching.machine()}")
+        print(f"load average {os.getloadavg()[0]:.2f}")
+        print(f"{'network':<34} {'NumPy':>8} {'kernels':>8} {'speed-up':>8}  (s/epoch)")
+        for name, overrides in NETWORKS.items():
+            seconds = engines_seconds(overrides, x, y, args.repeats)
+            ours = seconds.get("kernels", seconds["numpy"])
+            ratio = f"{seconds['numpy'] / ours:7.2f}x" if "kernels" in seconds else "  (no numba)"
+            print(f"{name:<34} {seconds['numpy']:8.2f} {ours:8.2f} {ratio}", flush=True)
+            if name.startswith("conv1"):
+                conv1 = ours
         theirs = torch_seconds(x, y, args.repeats)
         if theirs is None:
-            print("  PyTorch         not installed (optional: pip install torch)")
+            print("PyTorch: not installed (optional: pip install torch)")
         else:
-            print(f"  PyTorch CPU     {theirs:7.2f} s/epoch")
-            print(f"  ratio hpexp / PyTorch: {ours / theirs:.2f} (target <= 2)")
+            print(f"PyTorch CPU, conv1: {theirs:.2f} s/epoch; hpexp / PyTorch: {conv1 / theirs:.2f}")
         if not args.no_profile:
-            print("profile of one mini-batch step (microseconds, best of 3 x 2000):")
+            _, net = trainer(OVERRIDES, x, y)
+            print("profile of one mini-batch step of conv1 (microseconds, best of 3 x 2000):")
             for name, us in profile(net, x, y).items():
                 print(f"  {name:<44} {us:8.1f}")
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,12 @@ def test_contracts_are_kept():
     ("module", "planted", "contract"),
     [
         ("nn/layers.py", "import pandas", "The engine imports NumPy only"),
+        ("nn/conv.py", "import numba", "The engine imports NumPy only"),
+        (
+            "kernels/conv.py",
+            "from hpexp.nn import activations",
+            "The compiled kernels import NumPy and numba",
+        ),
         ("train/loop.py", "from hpexp.study import spec", "Layers"),
         ("report/plots.py", "from hpexp.report import pages", "No import circles"),
     ],

@@ -302,3 +302,105 @@ def test_conv_network_trains_one_epoch_on_a_tiny_subset(network, extra, above, m
     assert math.isfinite(summary["final"]["val_cost"]) and summary["final"]["val_accuracy"] > above
     built = conv_network([f"network={network}", "network.fc=20"])[0]
     assert summary["n_params"] == sum(p.size for p in built.params)
+
+
+# --- the compiled kernels (optional `fast` extra): the NumPy code is the reference -----------------
+
+
+@pytest.fixture
+def kernels():
+    pytest.importorskip("numba", reason="the compiled kernels need the optional `fast` extra (numba)")
+    from hpexp.kernels import conv as compiled
+
+    return compiled
+
+
+def maps_first(a):
+    """The same values stored map by map, as a convolution's output is (a non-contiguous view)."""
+    return np.ascontiguousarray(a.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    ("shape", "kernel"), [((3, 1, 9, 8), (5, 5)), ((2, 4, 7, 6), (3, 2)), ((1, 2, 5, 5), (5, 5))]
+)
+def test_compiled_im2col_and_its_adjoint_equal_numpy_bit_for_bit(kernels, monkeypatch, shape, kernel, dtype):
+    from hpexp.nn import conv
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=shape).astype(dtype)
+    monkeypatch.setattr(conv, "KERNELS", None)
+    want = conv.patches(x, *kernel)
+    d = rng.normal(size=want.shape).astype(dtype)
+    want_back = conv.unpatch(d, shape, *kernel)
+    for given in (x, maps_first(x)):
+        got = kernels.patches(given, *kernel)
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    got_back = kernels.unpatch(d, shape, *kernel)
+    assert got_back.shape == want_back.shape and np.array_equal(got_back, want_back)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(3, 4, 8, 8), (2, 3, 9, 7)])  # 9 x 7: a border row and column left over
+def test_compiled_max_pool_gradient_equals_numpy_with_ties_bit_for_bit(kernels, monkeypatch, shape, dtype):
+    from hpexp.nn import conv
+
+    rng = np.random.default_rng(1)
+    x = maps_first(np.round(rng.uniform(0, 2, shape)).astype(dtype))  # 0, 1, 2: many tied regions
+    delta = rng.normal(size=(shape[0], shape[1], shape[2] // 2, shape[3] // 2)).astype(dtype)
+    pool = MaxPool(2)
+    monkeypatch.setattr(conv, "KERNELS", None)
+    out = pool.forward(x)
+    want = pool.backward(delta)
+    monkeypatch.setattr(conv, "KERNELS", kernels)
+    got = pool.backward(delta)
+    assert np.array_equal(got, want)
+    assert np.count_nonzero(got) == np.count_nonzero(delta)  # one winner per region, ties or not
+    assert np.array_equal(kernels.maxpool2_grad(np.ascontiguousarray(x), out, delta), want)
+
+
+@pytest.mark.parametrize("network", ["conv1", "conv2"])
+def test_a_conv_net_trains_to_the_same_weights_with_and_without_kernels(kernels, monkeypatch, network):
+    """The kernels change speed only: a few SGD steps (with dropout) end in identical weights."""
+    from hpexp.nn import conv
+    from hpexp.train.loop import train_epoch
+
+    cfg = compose(
+        [
+            f"network={network}",
+            "network.fc=20",
+            "activation=relu",
+            "cost=log_likelihood",
+            "init=network3",
+            "regularizer=dropout",
+            "dtype=float32",
+        ]
+    )
+    parts = validate(cfg)
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0, 1, (40, 784)).astype(np.float32)
+    y = rng.integers(0, 10, 40)
+    weights = []
+    for engine in (None, kernels):
+        monkeypatch.setattr(conv, "KERNELS", engine)
+        net = build_network(cfg, parts, np.random.default_rng(3), "float32")
+        train_epoch(net, parts.optimizer, parts.regularizer, x, y, 10, 0.1, np.random.default_rng(4))
+        weights.append(net.flat_params.copy())
+    assert np.array_equal(weights[0], weights[1])
+    assert not np.array_equal(
+        weights[0], build_network(cfg, parts, np.random.default_rng(3), "float32").flat_params
+    )
+
+
+def test_kernels_are_looked_up_at_run_time_and_can_be_turned_off(monkeypatch):
+    from hpexp.nn import conv
+
+    monkeypatch.setenv("HPEXP_KERNELS", "numpy")
+    assert conv.compiled_kernels() is None
+    monkeypatch.delenv("HPEXP_KERNELS")
+
+    def missing(name):
+        raise ImportError(f"No module named {name!r}")
+
+    monkeypatch.setattr(conv.importlib, "import_module", missing)
+    assert conv.compiled_kernels() is None  # without the `fast` extra: the NumPy path

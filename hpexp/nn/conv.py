@@ -5,11 +5,18 @@ padding) with stride 1 and is computed as one matrix product over image patches 
 every deep-learning library we compute cross-correlation; network3's Theano convolution flips the
 kernel, which only mirrors the learned filters.
 Pooling is over non-overlapping p x p regions, dropping any remainder at the border.
+
+`patches`, `unpatch` (im2col and its adjoint) and MaxPool's backward are the reference in NumPy;
+when the optional compiled kernels are installed (hpexp.kernels, the `fast` extra: numba) those run
+instead (for 2 x 2 pooling), with bit-for-bit the same results, unless HPEXP_KERNELS=numpy. The
+kernels are looked up here at run time, so the engine itself imports NumPy only.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,10 +39,25 @@ __all__ = [
 ]
 
 
+def compiled_kernels() -> object | None:
+    """hpexp.kernels.conv if numba is installed and HPEXP_KERNELS is not `numpy`, else None."""
+    if os.environ.get("HPEXP_KERNELS", "").lower() == "numpy":
+        return None
+    try:
+        return importlib.import_module("hpexp.kernels.conv")
+    except ImportError:  # the optional `fast` extra is not installed
+        return None
+
+
+KERNELS: object | None = compiled_kernels()  # the engine's choice; tests and benchmarks may set it
+
+
 def patches(x: np.ndarray, kh: int, kw: int) -> np.ndarray:
     """(m, c, H, W) -> (c * kh * kw, m * oh * ow) with oh = H - kh + 1: every kh x kw patch as a
     column (im2col). Built by kh * kw slice copies, each writing one contiguous row block: several
     times faster than reordering a `sliding_window_view` for the book's small images."""
+    if KERNELS is not None:
+        return KERNELS.patches(x, kh, kw)  # type: ignore[attr-defined,no-any-return]
     m, c, height, width = x.shape
     oh, ow = height - kh + 1, width - kw + 1
     cols = np.empty((c, kh, kw, m, oh, ow), x.dtype)
@@ -48,6 +70,8 @@ def patches(x: np.ndarray, kh: int, kw: int) -> np.ndarray:
 
 def unpatch(dcols: np.ndarray, shape: tuple[int, ...], kh: int, kw: int) -> np.ndarray:
     """The adjoint of `patches`: add each patch's gradient back onto the pixels it came from."""
+    if KERNELS is not None:
+        return KERNELS.unpatch(dcols, shape, kh, kw)  # type: ignore[attr-defined,no-any-return]
     m, c, height, width = shape
     oh, ow = height - kh + 1, width - kw + 1
     d = dcols.reshape(c, kh, kw, m, oh, ow)
@@ -158,6 +182,8 @@ class MaxPool(_Pool):
         return self.out
 
     def backward(self, delta: np.ndarray, propagate: bool = True) -> np.ndarray:
+        if KERNELS is not None and self.size == 2:
+            return KERNELS.maxpool2_grad(self.x, self.out, delta)  # type: ignore[attr-defined,no-any-return]
         # One winner per region: in a tied region (a blank part of a digit gives many) the max moves
         # with any single element, so routing the gradient to all of them would multiply it.
         dx = np.zeros(self.x.shape, delta.dtype)

@@ -1,0 +1,90 @@
+"""Convolution's data movement compiled: im2col (`patches`), its adjoint (`unpatch`) and the
+gradient of 2 x 2 max-pooling (`maxpool2_grad`).
+
+Same results as hpexp.nn.conv's NumPy code (which documents the layouts), bit for bit: `patches`
+only copies, `unpatch` adds each pixel's contributions in the same (kernel row, kernel column)
+order, and the pooling gradient only compares and copies. NumPy spends most of its time there on
+many small slice operations (kh * kw of them, or four passes over strided views); compiled, each
+is one loop.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = ["maxpool2_grad", "patches", "unpatch"]
+
+jit = numba.njit(cache=True, nogil=True)
+
+
+@jit
+def _patches(x: np.ndarray, cols: np.ndarray) -> None:
+    m, c, _, _ = x.shape
+    _, kh, kw, _, oh, ow = cols.shape
+    for ch in range(c):
+        for i in range(kh):
+            for j in range(kw):
+                for b in range(m):
+                    for r in range(oh):
+                        for s in range(ow):
+                            cols[ch, i, j, b, r, s] = x[b, ch, i + r, j + s]
+
+
+def patches(x: np.ndarray, kh: int, kw: int) -> np.ndarray:
+    m, c, height, width = x.shape
+    oh, ow = height - kh + 1, width - kw + 1
+    cols = np.empty((c, kh, kw, m, oh, ow), x.dtype)
+    _patches(x, cols)
+    return cols.reshape(c * kh * kw, m * oh * ow)
+
+
+@jit
+def _unpatch(d: np.ndarray, dx: np.ndarray) -> None:
+    c, kh, kw, m, oh, ow = d.shape
+    for ch in range(c):
+        for b in range(m):
+            for i in range(kh):
+                for j in range(kw):
+                    for r in range(oh):
+                        for s in range(ow):
+                            dx[b, ch, i + r, j + s] += d[ch, i, j, b, r, s]
+
+
+def unpatch(dcols: np.ndarray, shape: tuple[int, ...], kh: int, kw: int) -> np.ndarray:
+    m, c, height, width = shape
+    oh, ow = height - kh + 1, width - kw + 1
+    dx = np.zeros((m, c, height, width), dcols.dtype)
+    _unpatch(dcols.reshape(c, kh, kw, m, oh, ow), dx)
+    return dx
+
+
+@jit
+def _maxpool2_grad(x: np.ndarray, out: np.ndarray, delta: np.ndarray, dx: np.ndarray) -> None:
+    f, m, h, w = out.shape  # x, out and dx map by map; delta as the layer above gives it
+    for g in range(f):
+        for b in range(m):
+            for r in range(h):
+                x0, x1, o = x[g, b, 2 * r], x[g, b, 2 * r + 1], out[g, b, r]
+                d0, d1 = dx[g, b, 2 * r], dx[g, b, 2 * r + 1]
+                for s in range(w):
+                    v, dl = o[s], delta[b, g, r, s]
+                    # the first element equal to the max, in row-major order, takes the gradient
+                    e0 = x0[2 * s] == v
+                    e1 = x0[2 * s + 1] == v and not e0
+                    e2 = x1[2 * s] == v and not (e0 or e1)
+                    e3 = x1[2 * s + 1] == v and not (e0 or e1 or e2)
+                    d0[2 * s] = dl if e0 else 0.0
+                    d0[2 * s + 1] = dl if e1 else 0.0
+                    d1[2 * s] = dl if e2 else 0.0
+                    d1[2 * s + 1] = dl if e3 else 0.0
+
+
+def maxpool2_grad(x: np.ndarray, out: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """dC/dx of 2 x 2 max-pooling x (m, f, H, W) into out, as hpexp.nn.conv.MaxPool.backward
+    (branch-free, the four elements of a region side by side), stored map by map: the (m, f, H, W)
+    view of an (f, m, H, W) array, as a convolution's output is, so its gradient needs no copy."""
+    m, f, height, width = x.shape
+    dx = np.zeros((f, m, height, width), delta.dtype)  # zeros: a border row or column left over
+    _maxpool2_grad(x.transpose(1, 0, 2, 3), out.transpose(1, 0, 2, 3), delta, dx)
+    return dx.transpose(1, 0, 2, 3)
