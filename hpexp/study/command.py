@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 
+from hpexp.study import launchers
 from hpexp.study.coordinator import search
 from hpexp.study.finalize import finalize
 from hpexp.study.spec import load_spec
@@ -51,8 +52,11 @@ def main(argv: Sequence[str]) -> None:
         help="a training override appended to the spec's base (repeat), e.g. --base train.epochs=5",
     )
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="the runs folder (default: runs)")
+    launchers.add_arguments(parser)
     args = parser.parse_intermixed_args(argv)
+    launchers.refuse_hydra_overrides(args.overrides)
     spec = load_spec(args.name, args.overrides)
+    launchers.apply_arguments(args, spec)
     if args.workers is not None:
         spec.workers = args.workers
     if args.storage is not None:

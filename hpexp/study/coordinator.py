@@ -29,6 +29,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
+from hpexp.study import launchers
 from hpexp.study.progress import Display, summary_text
 from hpexp.study.spec import population_size
 from hpexp.study.storage import fail_stale, mask, study_dir, unclaimed
@@ -54,12 +55,18 @@ def search(
     """Run the study: `spec.workers` processes (spawned, one BLAS thread each), replaced when one
     dies, with a progress display; raises SystemExit(1) if the study cannot finish here."""
     study: optuna.Study | None = None
-    pool: Pool | None = None
+    pool: AnyPool | None = None
+    launchers.check_launcher(spec)
     with _signals_interrupt():
         try:
             study, _ = prepare(spec, runs, join=join)
             size = population_size(spec, compose(list(spec.base)))  # `auto` measured once, not per worker
-            pool = Pool(spec, runs, size)
+            # Where the workers run: this machine's processes, or a Dask cluster or a job array.
+            pool = (
+                launchers.remote_pool(spec, runs, size)
+                if launchers.is_remote(spec)
+                else Pool(spec, runs, size)
+            )
             _print_start(spec, runs, size)
             pool.start_all()
             _supervise(study, pool, spec, quiet)
@@ -75,13 +82,14 @@ def search(
 def _print_start(spec: DictConfig, runs: Path, size: int) -> None:
     where = spec.storage or str((study_dir(spec, runs) / "journal.log").resolve())
     print(
-        f"study {spec.name}: {spec.n_trials} trials, {spec.workers} worker(s), population {size}, "
+        f"study {spec.name}: {spec.n_trials} trials, {spec.workers} worker(s){launchers.where(spec)}, "
+        f"population {size}, "
         f"storage {mask(where)}",
         flush=True,
     )
 
 
-def _supervise(study: optuna.Study, pool: Pool, spec: DictConfig, quiet: bool) -> None:
+def _supervise(study: optuna.Study, pool: AnyPool, spec: DictConfig, quiet: bool) -> None:
     display = Display(spec, quiet)
     try:
         while pool.step(study):
@@ -174,6 +182,9 @@ class Pool:
                 p.join()
 
 
+AnyPool = Pool | launchers.DaskPool | launchers.SubmititPool
+
+
 def _ended(process: BaseProcess) -> str:
     code = process.exitcode or 0
     if code < 0:
@@ -183,7 +194,7 @@ def _ended(process: BaseProcess) -> str:
     return f"ended with exit status {code} (its error is above)"
 
 
-def _stop(pool: Pool | None, study: optuna.Study | None, spec: DictConfig, signum: int) -> NoReturn:
+def _stop(pool: AnyPool | None, study: optuna.Study | None, spec: DictConfig, signum: int) -> NoReturn:
     """Stop the workers, fail what they could not record, say how to resume; exit 128 + signum."""
     for s in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C does not cut the clean-up short
         signal.signal(s, signal.SIG_IGN)
@@ -200,7 +211,7 @@ def _stop(pool: Pool | None, study: optuna.Study | None, spec: DictConfig, signu
     raise SystemExit(128 + signum)
 
 
-def _verdict(study: optuna.Study, pool: Pool, spec: DictConfig) -> None:
+def _verdict(study: optuna.Study, pool: AnyPool, spec: DictConfig) -> None:
     """Say why a study did not finish here; exit 1 if it cannot."""
     trials = study.get_trials(deepcopy=False)
     waiting = sum(t.state == TrialState.WAITING for t in trials)

@@ -64,6 +64,8 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "final_seeds": 3,
     "finalize": False,
+    "launcher": None,  # where the workers run (hpexp.study.launchers); null: local processes
+    "artifacts": None,  # where the trials' files go (hpexp.study.artifacts); null: the study folder
 }
 OBJECTIVE_KEYS = ("metric", "direction")
 

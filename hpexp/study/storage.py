@@ -11,7 +11,7 @@ import os
 import re
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
+from hpexp.study.daskstore import is_dask_url, open_dask_storage
 from hpexp.study.journal import HOST, alive, journal_backend
 from hpexp.study.spec import PRUNERS, SAMPLERS, Param
 from hpexp.train.runner import ConfigError
@@ -114,6 +115,8 @@ def open_storage(spec: DictConfig, folder: Path) -> optuna.storages.BaseStorage:
 
         folder.mkdir(parents=True, exist_ok=True)
         return JournalStorage(journal_backend(folder / "journal.log"))
+    if is_dask_url(spec.storage):  # held by a Dask scheduler
+        return open_dask_storage(spec.storage)
     url = _rdb_url(spec)
     kwargs = {"connect_args": {"connect_timeout": 10}} if url.startswith("postgres") else {}
     on_stale = functools.partial(_retry_stale, max_attempts=spec.get("max_attempts"))
@@ -166,9 +169,11 @@ def unclaimed(study: optuna.Study) -> list[FrozenTrial]:
     ]
 
 
-def _abandoned(t: FrozenTrial) -> str | None:
+def _abandoned(t: FrozenTrial, lost: Mapping[tuple[str, int], str]) -> str | None:
     """Why a RUNNING trial's worker is known to be gone, or None."""
     a = t.user_attrs
+    if (why := lost.get((a.get("host"), a.get("pid")))) is not None:  # type: ignore[arg-type]
+        return why
     if "pid" not in a:
         started = t.datetime_start
         now = datetime.datetime.now(started.tzinfo) if started else None
@@ -180,16 +185,19 @@ def _abandoned(t: FrozenTrial) -> str | None:
     return None
 
 
-def fail_stale(study: optuna.Study, max_attempts: int | None = None) -> list[int]:
+def fail_stale(
+    study: optuna.Study, max_attempts: int | None = None, lost: Mapping[tuple[str, int], str] | None = None
+) -> list[int]:
     """Fail RUNNING trials whose worker is gone (on this host; or unnamed for ORPHAN_AFTER; or,
-    with a database, whose heartbeat stopped) and enqueue them again; returns their numbers."""
+    with a database, whose heartbeat stopped; or named in `lost`, (host, pid) -> why, as a cluster's
+    scheduler tells) and enqueue them again; returns their numbers."""
     if getattr(study._storage, "get_heartbeat_interval", lambda: None)():  # RDB heartbeats
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if (why := _abandoned(t)) is None:
+        if (why := _abandoned(t, lost or {})) is None:
             continue
         again = t.user_attrs.get("attempt", 1) < (max_attempts or math.inf)
         try:

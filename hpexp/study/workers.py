@@ -53,6 +53,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
+from hpexp.study.artifacts import check_artifacts, store_location, upload_run
 from hpexp.study.journal import OwnedLock, process_start
 from hpexp.study.spec import Param, _monitor, check_spec, compose_trial, parse_space, population_size, sample
 from hpexp.study.storage import (
@@ -76,7 +77,8 @@ MAX_REDRAWS = 10  # fresh trials drawn in a row for duplicates before a repeat i
 
 def prepare(spec: DictConfig, runs: Path, *, join: bool = False) -> tuple[optuna.Study, list[Param]]:
     """Check the spec, open (or create) the study, fail dead workers' trials, enqueue the budget."""
-    params, _ = check_spec(spec)
+    params, base = check_spec(spec)
+    check_artifacts(spec, base)
     study = _load(spec, runs, params, 0, create=not join)
     if stale := fail_stale(study, spec.max_attempts):
         print(f"failed trial(s) {stale} left running by a dead worker; they will run again", flush=True)
@@ -86,6 +88,7 @@ def prepare(spec: DictConfig, runs: Path, *, join: bool = False) -> tuple[optuna
         study.set_user_attr("objective", spec.objective.metric)
         study.set_user_attr("n_trials", spec.n_trials)
         study.set_user_attr("trials_dir", str((folder / "trials").resolve()))
+        study.set_user_attr("artifact_store", store_location(spec, folder))
         lock = None if spec.storage else OwnedLock(str(folder / "budget"))  # two coordinators at once
         try:
             if lock:
@@ -264,8 +267,12 @@ def _train(
         with _heartbeat(study._storage, [t._trial_id for t in trials]):
             run_population([c for _, c in group], outs, on_epochs=hooks, progress=False, allow_test=False)
     except Exception as e:  # the trials' error is their outcome; the study goes on
-        return [(t, TrialState.FAIL, None, _failed(e)) for t in trials]
-    return [(t, *_outcome(out, spec)) for t, out in zip(trials, outs, strict=True)]
+        outcomes: list[Outcome] = [(t, TrialState.FAIL, None, _failed(e)) for t in trials]
+    else:
+        outcomes = [(t, *_outcome(out, spec)) for t, out in zip(trials, outs, strict=True)]
+    for t, out in zip(trials, outs, strict=True):  # the run directories follow the trials (artifacts)
+        upload_run(t, out, spec, folder)
+    return outcomes
 
 
 def _failed(e: Exception) -> dict[str, Any]:
