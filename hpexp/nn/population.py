@@ -55,9 +55,10 @@ def stack(networks: Sequence[Network]) -> Network:
     return Network(layers, networks[0].cost)
 
 
-def select(network: Network, rows: Sequence[int]) -> Network:
-    """A new population network with only the members at `rows` (copies of their parameters)."""
-    index = np.asarray(rows)
+def select(network: Network, rows: Sequence[int] | slice | int) -> Network:
+    """A new population network with only the members at `rows` (copies of their parameters); one
+    member (an int) gives a network without the population axis."""
+    index = rows if isinstance(rows, slice | int) else np.asarray(rows)
     layers = [Dense(layer.w[index], layer.b[index], layer.activation) for layer in _dense_layers(network)]
     return Network(layers, network.cost)
 
@@ -81,8 +82,9 @@ def parts(network: Network, size: int) -> list[tuple[slice, Network]]:
     return groups
 
 
-def take_fields(stacked: T, rows: slice) -> T:
-    """The object for some members of a population: `stack_fields`'s per-member arrays cut to `rows`."""
+def take_fields(stacked: T, rows: slice | int) -> T:
+    """The object for some members of a population: `stack_fields`'s per-member arrays cut to `rows`
+    (one member, an int: per-member values without the population axis)."""
     values = {f.name: getattr(stacked, f.name) for f in dataclasses.fields(stacked) if f.init}  # type: ignore[arg-type]
     return type(stacked)(**{name: v[rows] if np.ndim(v) else v for name, v in values.items()})
 

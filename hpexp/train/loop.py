@@ -143,7 +143,12 @@ def train_epoch(
             network, optimizer, regularizer, eta, chunk
         ):
             part_order = order[rows] if order is not None and order.ndim == 2 else order
+            if optimizer.plain:  # no state: train a copy laid out as a population of its size alone
+                part = select(network, rows)
             train_epoch(part, part_optimizer, part_regularizer, x, y, batch_size, part_eta, rng, part_order)
+            if optimizer.plain:
+                for whole, trained in zip(network.params, part.params, strict=True):
+                    whole[rows] = trained
         return
     steps = mini_batch_steps(network, optimizer, regularizer, eta, n, chunk)
     shapes = network.input_shapes(batch_size)

@@ -26,17 +26,19 @@ Step = Callable[[np.ndarray, np.ndarray, Masks | None], None]
 
 def split(
     network: Network, optimizer: SGD, regularizer: Regularizer, eta: float | np.ndarray, chunk: int
-) -> list[tuple[slice, Network, SGD, Regularizer, float | np.ndarray]]:
+) -> list[tuple[slice | int, Network, SGD, Regularizer, float | np.ndarray]]:
     """The population's chunks of up to `chunk` members, each with its members' hyperparameters and
     momentum (views of the population's velocity, so a chunk's steps carry on where they left)."""
     if not optimizer.plain and not optimizer._velocity:
         optimizer._velocity = [np.zeros_like(p) for p in network.params]
-    out = []
+    out: list[tuple[slice | int, Network, SGD, Regularizer, float | np.ndarray]] = []
     for rows, part in parts(network, chunk):
-        part_optimizer = take_fields(optimizer, rows)
+        # One member is taken as a network of its own: the path of a single network, the fastest
+        at: slice | int = rows.start if chunk == 1 else rows
+        part_optimizer = take_fields(optimizer, at)
         part_optimizer._velocity = [v[rows] for v in optimizer._velocity]
-        part_eta = eta[rows] if isinstance(eta, np.ndarray) else eta
-        out.append((rows, part, part_optimizer, take_fields(regularizer, rows), part_eta))
+        part_eta = eta[at] if isinstance(eta, np.ndarray) else eta
+        out.append((at, part, part_optimizer, take_fields(regularizer, at), part_eta))
     return out
 
 
@@ -66,7 +68,7 @@ def _stepper(
     regularizer: Regularizer,
     eta: float | np.ndarray,
     n: int,
-    rows: slice | None = None,
+    rows: slice | int | None = None,
 ) -> Step:
     """One mini-batch step of `network` (the members `rows` of the population's dropout masks)."""
     # Plain SGD (no state) steps all parameters at once through the flat buffer; momentum's state
