@@ -332,11 +332,15 @@ def test_batching_measures_every_population_and_chunk_once_per_machine(monkeypat
     monkeypatch.setattr(batching, "measure", must_not_measure)
     monkeypatch.setattr(batching, "_tables", {})  # a new process: the file answers
     assert batching.table(SIZES, 10, "float64") == measured
-    (tmp_path / "batching.json").write_text("{not json")  # damaged: measured again, rewritten
-    monkeypatch.setattr(batching, "_tables", {})
-    monkeypatch.setattr(batching, "measure", lambda *a: {"1": 1.0})
-    assert batching.table(SIZES, 10, "float64") == {"1": 1.0}
-    assert json.loads((tmp_path / "batching.json").read_text())[batching.machine()]
+    remeasured = {str(k): 1.0 / k for k in batching.SIZES}
+    monkeypatch.setattr(batching, "measure", lambda *a: remeasured)
+    for damage in ("{not json", json.dumps({batching.machine(): {"12-7-5 mb10 float64": {"1": {"1": 2}}}})):
+        (tmp_path / "batching.json").write_text(damage)  # damaged, or another format: measured again
+        monkeypatch.setattr(batching, "_tables", {})
+        assert batching.table(SIZES, 10, "float64") == remeasured
+        assert json.loads((tmp_path / "batching.json").read_text())[batching.machine()] == {
+            "12-7-5 mb10 float64": remeasured
+        }
 
 
 def test_batching_takes_the_fastest_population_size_up_to_k(monkeypatch):

@@ -151,13 +151,20 @@ def _save(key: str, case: str, result: dict[str, float]) -> None:
         pass  # a read-only cache costs a measurement per process, nothing else
 
 
+def _complete(found: Any) -> bool:
+    """Whether a cached entry is a whole table: seconds (> 0) for every population size."""
+    return isinstance(found, dict) and all(
+        isinstance(found.get(str(k)), int | float) and found[str(k)] > 0 for k in SIZES
+    )
+
+
 def table(sizes: Sequence[int], batch_size: int, dtype: str, fresh: bool = False) -> dict[str, float]:
     """The measured table for this machine and case: from this process, the cache file, or (none
     yet, or `fresh`) measured now and cached."""
     key, case = machine(), _case(sizes, batch_size, dtype)
-    found = None if fresh else _tables.get(f"{key} || {case}") or _load().get(key, {}).get(case)
-    if found is None:
-        found = measure(sizes, batch_size, dtype)
+    cached = None if fresh else _tables.get(f"{key} || {case}") or _load().get(key, {}).get(case)
+    found: dict[str, float] = cached if _complete(cached) else measure(sizes, batch_size, dtype)  # type: ignore[assignment]
+    if found is not cached:  # none yet, fresh, or written by another version: measured again
         _save(key, case, found)
     _tables[f"{key} || {case}"] = found
     return found
