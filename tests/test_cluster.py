@@ -151,9 +151,12 @@ def check_exact(spec, runs: Path, n: int) -> list[optuna.trial.FrozenTrial]:
     return trials
 
 
-def check_artifacts_and_report(study_obj: optuna.Study, trials, elsewhere: Path, monkeypatch) -> None:
+def check_artifacts_and_report(
+    study_obj: optuna.Study, trials, elsewhere: Path, monkeypatch, url: str | None = None
+) -> None:
     """From another working directory: every finished trial's files come back from the artifact
-    store equal to the run directory the worker wrote, and a report is built from them."""
+    store equal to the run directory the worker wrote, and a report is built from them; with the
+    storage's `url`, `hpexp report --study NAME --storage URL` fetches them itself."""
     from hpexp.report import command as report
     from hpexp.report.runs import load_runs
 
@@ -167,6 +170,17 @@ def check_artifacts_and_report(study_obj: optuna.Study, trials, elsewhere: Path,
     assert load_runs([str(got[t.number]) for t in finished])["run"].nunique() == len(finished)
     report.main([str(got[t.number]) for t in finished] + ["--name", "from-artifacts", "--out", "reports"])
     assert (elsewhere / "reports" / "from-artifacts" / "report.html").stat().st_size > 0
+    if url is None:
+        return
+    name = study_obj.study_name
+    workers_trials = Path(finished[0].user_attrs["run_dir"]).parent
+    workers_trials.rename(workers_trials.with_name("trials-on-the-workers"))  # as on another machine
+    report.main(["--study", name, "--storage", url, "--out", "reports"])
+    fetched = elsewhere / "runs" / "studies" / name / "trials"
+    for t in finished:
+        assert filecmp.cmp(fetched / f"{t.number:04d}" / "history.csv", got[t.number] / "history.csv")
+    page = (elsewhere / "reports" / name / "README.md").read_text()
+    assert "Run directories not found" not in page and "learning curves" in page
 
 
 @pytest.mark.postgres
@@ -185,7 +199,7 @@ def test_dask_workers_with_postgresql(cluster, postgres_url, tmp_path, monkeypat
     other = tmp_path / "elsewhere"
     other.mkdir()
     check_artifacts_and_report(
-        storage._load(spec, tmp_path / "runs", [], 0, create=False), trials, other, monkeypatch
+        storage._load(spec, tmp_path / "runs", [], 0, create=False), trials, other, monkeypatch, postgres_url
     )
     with contextlib.suppress(KeyError):
         optuna.delete_study(study_name=name, storage=storage.open_storage(spec, tmp_path))
@@ -203,9 +217,8 @@ def test_dask_workers_with_dask_storage(cluster, tmp_path, monkeypatch):
     assert {t.user_attrs["pid"] for t in trials}.isdisjoint({os.getpid()})
     other = tmp_path / "elsewhere"
     other.mkdir()
-    # A fresh client in this process, as a report on another machine would open the storage.
     check_artifacts_and_report(
-        storage._load(spec, tmp_path / "runs", [], 0, create=False), trials, other, monkeypatch
+        storage._load(spec, tmp_path / "runs", [], 0, create=False), trials, other, monkeypatch, spec.storage
     )
 
 

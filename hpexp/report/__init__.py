@@ -23,6 +23,7 @@ __all__, __getattr__, __dir__ = exports(
         "open_study": "runs",
         "ReportError": "runs",
         "search_space_log": "runs",
+        "fetch_run_dirs": "runs",
         "missing_run_dirs": "runs",
         "verdict": "compare",
         "add_reference": "plots",

@@ -341,6 +341,7 @@ def study_page(study: Any, title: str | None = None, storage: str | None = None)
         )
     else:
         page.add("verdict", f"{len(trials)} trials ({counts}): none completed yet.")
+    report.fetch_run_dirs(study_obj, folder)  # trials run elsewhere: their files from the artifact store
     missing = report.missing_run_dirs(study_obj, folder)
     if missing:
         shown = ", ".join(f"trial {n}: {p}" for n, p in list(missing.items())[:10])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import math
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ __all__ = [
     "load_runs",
     "load_trial_curves",
     "load_trials",
+    "fetch_run_dirs",
     "missing_run_dirs",
     "open_study",
     "search_space_log",
@@ -557,7 +559,27 @@ def missing_run_dirs(study: Any, study_path: Path | None = None) -> dict[int, st
     }
 
 
+def fetch_run_dirs(study: Any, study_path: Path | None) -> list[int]:
+    """Copy the run directories this machine lacks from the study's artifact store (where the
+    workers uploaded each trial's files, hpexp.study.artifacts) into `study_path`/trials/NNNN;
+    returns the trials fetched. A store this machine cannot reach leaves them missing."""
+    from hpexp.study.artifacts import download_trials
+
+    missing = missing_run_dirs(study, study_path)
+    if not missing or study_path is None or not study.user_attrs.get("artifact_store"):
+        return []
+    wanted = [t for t in study.get_trials(deepcopy=False) if t.number in missing]
+    try:
+        return sorted(download_trials(study, Path(study_path) / "trials", trials=wanted))
+    except Exception as e:  # the store's own errors share no base class
+        warnings.warn(
+            f"study {study.study_name!r}: artifacts not fetched ({type(e).__name__}: {e})", stacklevel=2
+        )
+        return []
+
+
 def _load_study_runs(study: Any, study_path: Path | None = None) -> pd.DataFrame:
+    fetch_run_dirs(study, study_path)
     rows = []
     for t in study.get_trials(deepcopy=False):
         path = _trial_run_dir(study_path, t.user_attrs.get("run_dir"))
