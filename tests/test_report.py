@@ -286,6 +286,18 @@ def test_comparison_is_paired_by_seed_with_its_interval():
         compare.compare(runs, "nothing")
 
 
+def test_one_configuration_leads_with_its_own_number():
+    alone = report.label_configs(_made_up().query("k == 'A'"), "k")
+    runs = report.run_metrics(alone)
+    sentence, small = compare.verdict(runs.iloc[0:0], report.summarize(alone), compare.flags(alone, runs))
+    # test at the best-validation epoch: 0.69, 0.71, 0.73 -> 71.00 [66.03, 75.97] (as val above, -1 point)
+    assert sentence == (
+        "Nothing to compare (one configuration). k=A: test accuracy (%) 71.00 [66.03, 75.97] at the "
+        "best-validation epoch over 3 runs."
+    )
+    assert not len(small)
+
+
 def test_small_differences_are_within_test_noise_and_flags_name_statuses():
     df = _paired()
     df.loc[df["regularizer"] == "l2", "test_accuracy"] = (

@@ -176,14 +176,11 @@ def verdict(
 ) -> tuple[str, pd.DataFrame]:
     """The page's first sentence and a small table (one row per configuration: n, the headline
     metric with its interval, the difference from the baseline, flags)."""
-    if not len(comparisons):
-        return "One configuration: nothing to compare.", pd.DataFrame()
-    main = (
-        "test_accuracy_at_best"
-        if (comparisons["column"] == "test_accuracy_at_best").any()
-        else "best_val_accuracy"
-    )
-    head = comparisons[comparisons["column"] == main].copy()
+    column = comparisons["column"] if len(comparisons) else pd.Series(dtype=str)
+    main = "test_accuracy_at_best" if (column == "test_accuracy_at_best").any() else "best_val_accuracy"
+    head = comparisons[column == main].copy() if len(comparisons) else comparisons
+    if not len(head):
+        return _alone(summary), pd.DataFrame()
     best = head.loc[head["difference"].idxmax()]
     sentence = f"{best['config']} vs {best['baseline']}: {_describe(best)}"
     if main == "test_accuracy_at_best":
@@ -221,6 +218,24 @@ def verdict(
             }
         )
     return sentence, pd.DataFrame(rows)
+
+
+def _alone(summary: pd.DataFrame) -> str:
+    """The lead when nothing can be compared: each configuration's headline number, or why none."""
+    main = "test_accuracy_at_best" if summary["test_accuracy_at_best"].notna().any() else "best_val_accuracy"
+    what = {"test_accuracy_at_best": "test accuracy", "best_val_accuracy": "validation accuracy"}[main]
+    parts = [
+        f"{row['config']}: {what} (%) {summary_cell(row, main)} at the best-validation epoch over "
+        f"{int(row['n'])} run{'' if row['n'] == 1 else 's'}"
+        for _, row in summary.iterrows()
+        if pd.notna(row[main])
+    ]
+    if not parts:
+        return "Nothing to compare: no run recorded a validation accuracy."
+    lead = (
+        "Nothing to compare (one configuration)" if len(summary) == 1 else "No difference could be computed"
+    )
+    return f"{lead}. " + "; ".join(parts) + "."
 
 
 def _short(row: pd.Series) -> str:
