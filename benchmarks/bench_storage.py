@@ -24,6 +24,7 @@ import statistics
 import tempfile
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ def client(
     """Loop until `seconds` after the start: ask, per epoch report and should_prune, tell; put the
     number of epoch reports made inside the window."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage")  # workers beat without optimize()
     storage = open_storage(kind, where)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
     study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
@@ -171,6 +173,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage")
     print(machine())
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as tmp:
