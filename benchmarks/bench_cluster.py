@@ -63,7 +63,8 @@ def wait_for_workers(port: int, n: int) -> None:
 
 def throughput(folder: Path, port: int, workers: int, trials: int, epochs: int) -> float:
     """Trial-epochs per second of wall time for a whole study on the cluster, tasks' start included."""
-    from hpexp.study import workers as study
+    from hpexp.study.coordinator import search
+    from hpexp.study.spec import load_spec
 
     spec = {
         "base": ["network=mlp30", "regularizer=l2", "train.batch_size=10", f"train.epochs={epochs}"],
@@ -73,13 +74,14 @@ def throughput(folder: Path, port: int, workers: int, trials: int, epochs: int) 
         "pruner": {"name": "none"},  # every trial runs all its epochs: equal work for 1 and 2 workers
         "n_trials": trials,
         "workers": workers,
+        "population": 1,  # one trial at a time: the workers' scaling alone
         "storage": f"dask://127.0.0.1:{port}",
         "launcher": {"name": "dask"},
     }
     path = folder / f"cluster_{workers}.yaml"
     OmegaConf.save(OmegaConf.create(spec), path)
     started = time.perf_counter()
-    s = study.search(study.load_spec(str(path)), folder / "runs", quiet=True)
+    s = search(load_spec(str(path)), folder / "runs", quiet=True)
     seconds = time.perf_counter() - started
     done = [t for t in s.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == trials, f"{len(done)} of {trials} trials completed"

@@ -207,7 +207,8 @@ def test_dask_workers_with_postgresql(cluster, postgres_url, tmp_path, monkeypat
 
 def test_dask_workers_with_dask_storage(cluster, tmp_path, monkeypatch):
     name = unique_name("dask_ds")
-    path = write_spec(tmp_path, name, storage=f"dask://127.0.0.1:{cluster.port}")
+    # Populations on remote workers: each task trains up to 3 trials in one pass.
+    path = write_spec(tmp_path, name, storage=f"dask://127.0.0.1:{cluster.port}", population=3)
     spec = load_spec(str(path))
     spec.launcher = {"name": "dask"}  # the scheduler: the storage's
     monkeypatch.chdir(tmp_path)
