@@ -10,6 +10,7 @@ from conftest import SMALL
 from omegaconf import OmegaConf
 
 from hpexp.data import mnist as data
+from hpexp.data import splits as data_splits
 from hpexp.train import rundir
 from hpexp.train.runner import ConfigError, compose, run
 
@@ -21,7 +22,7 @@ def no_data(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("data was loaded before the config was checked")
 
-    monkeypatch.setattr(data, "load_splits", refuse)
+    monkeypatch.setattr(data_splits, "load", refuse)
 
 
 def test_compose_records_group_choices():

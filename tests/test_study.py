@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from hpexp.data import mnist as data
+from hpexp.data import splits as data_splits
 from hpexp.study import finalize as study_final
 from hpexp.study import storage
 from hpexp.study import workers as study
@@ -174,13 +174,13 @@ def test_diverging_trial_fails_with_reason_and_study_goes_on(mnist_dir, tmp_path
 
 def test_search_never_loads_the_test_split(mnist_dir, tmp_path, monkeypatch):
     asked: list[list[str]] = []
-    load = data.load_splits
+    load = data_splits.load
 
-    def spy(*args, splits=data.SPLITS, **kwargs):
+    def spy(*args, splits=data_splits.SPLITS, **kwargs):
         asked.append(list(splits))
         return load(*args, splits=splits, **kwargs)
 
-    monkeypatch.setattr(data, "load_splits", spy)
+    monkeypatch.setattr(data_splits, "load", spy)
     path = write_spec(tmp_path, base=[*TINY, "train.monitor=[train,val,test]"], n_trials=2)
     spec = load_spec(str(path))
     study.prepare(spec, tmp_path)

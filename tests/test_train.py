@@ -12,6 +12,7 @@ from test_regularizers import make_network, toy_data
 
 from hpexp.data import mnist as data
 from hpexp.data.augment import BookShifts
+from hpexp.data import splits as data_splits
 from hpexp.data.mnist import Split
 from hpexp.nn.optimizers import SGD
 from hpexp.nn.regularizers import Regularizer
@@ -138,7 +139,7 @@ def no_data(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("data was loaded before the config was checked")
 
-    monkeypatch.setattr(data, "load_splits", refuse)
+    monkeypatch.setattr(data_splits, "load", refuse)
 
 
 @pytest.mark.parametrize(

@@ -73,13 +73,9 @@ def finalize(
 
 
 def _test_split(cfg: DictConfig) -> Any:
-    from hpexp.data import mnist as data
+    from hpexp.train.runner import load_data
 
-    d = cfg.data
-    splits = data.load_splits(
-        d.dir, n_train=d.n_train, n_validation=d.n_validation, scale=d.scale, dtype=cfg.dtype, splits=["test"]
-    )
-    return splits["test"]
+    return load_data(cfg, splits=["test"])["test"]
 
 
 def _score(cfg: DictConfig, out: Path, test: Any) -> dict[str, Any]:

@@ -88,15 +88,18 @@ def check(
 
 
 def _problem(cfg, m: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:
-    from hpexp.data import mnist as data
+    from hpexp.data.files import DataError
+    from hpexp.data.splits import load
+    from hpexp.train.runner import data_config, data_info
 
-    try:
-        found = data.find_data_dir(cfg.data.dir, download=False)  # a check never downloads
-        split = data.load_splits(found, n_train=m, scale=cfg.data.scale, dtype="float64", splits=["train"])
-        return split["train"].x, split["train"].y, f"the first {m} MNIST training images"
-    except data.DataError:
-        x, y = rng.uniform(0, 1, (m, 784)), rng.integers(0, 10, m)
-        return x, y, f"{m} random examples (no MNIST found)"
+    info = data_info(cfg)
+    try:  # a check never downloads
+        config = {**data_config(cfg), "n_train": m, "download": False}
+        split = load(config, splits=["train"], dtype="float64")
+        return split["train"].x, split["train"].y, f"the first {m} {info.name} training examples"
+    except (DataError, ValueError):
+        x, y = rng.uniform(0, 1, (m, info.n_features)), rng.integers(0, info.n_classes, m)
+        return x, y, f"{m} random examples (no {info.name} data found)"
 
 
 def main(argv: Sequence[str]) -> None:

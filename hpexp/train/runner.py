@@ -24,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from threadpoolctl import threadpool_limits
 
 import hpexp
-from hpexp.data import mnist as data
+from hpexp.data import datasets as data_sets
+from hpexp.data import splits as data_splits
 from hpexp.nn.network import DenseSpec, LayerSpec, Network, Shape, shapes
 from hpexp.nn.population import stack, stackable
 from hpexp.paths import config_dir
@@ -52,7 +53,35 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val", "test")
-N_INPUTS, N_CLASSES = 784, 10
+
+
+def data_config(cfg: DictConfig) -> dict[str, Any]:
+    """The data config as a plain mapping for the data layer (without `expand`)."""
+    node = OmegaConf.to_container(cfg.data, resolve=True)
+    assert isinstance(node, dict)
+    return {str(k): v for k, v in node.items() if k != "expand"}
+
+
+def data_info(cfg: DictConfig) -> data_sets.Info:
+    """What the configured dataset is (input shape, classes); reads no test data."""
+    return data_sets.describe(data_config(cfg))
+
+
+def _resolve_data(key: str, *, _root_: DictConfig) -> Any:
+    """`${hpexp.data:shape}`, `${hpexp.data:n_classes}`, `${hpexp.data:n_features}` in configs."""
+    info = data_info(_root_)
+    return {"shape": list(info.shape), "n_classes": info.n_classes, "n_features": info.n_features}[key]
+
+
+def _resolve_dense(hidden: Any, *, _root_: DictConfig) -> list[int]:
+    """`${hpexp.dense:${network.hidden}}`: [inputs, *hidden, classes], the ends from the data."""
+    info = data_info(_root_)
+    return [info.n_features, *hidden, info.n_classes]
+
+
+for _name, _resolver in (("hpexp.data", _resolve_data), ("hpexp.dense", _resolve_dense)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver)
 
 
 class ConfigError(ValueError):
@@ -132,7 +161,9 @@ def network_specs(cfg: DictConfig) -> tuple[Shape, list[LayerSpec]]:
     net = cfg.network
     if net.get("layers") is not None:
         try:
-            return tuple(net.get("input") or (N_INPUTS,)), [instantiate(layer) for layer in net.layers]
+            given = net.get("input")
+            input_shape = tuple(given) if given else data_info(cfg).shape
+            return input_shape, [instantiate(layer) for layer in net.layers]
         except InstantiationException as e:
             raise ConfigError(f"network.layers: {e.__cause__ or e}") from e
     sizes = list(net.sizes)
@@ -151,18 +182,20 @@ def build_network(
     )
 
 
-def _check_network(cfg: DictConfig) -> None:
-    """The layers fit together, take the 784 pixels and end in the 10 digits."""
+def _check_network(cfg: DictConfig, info: data_sets.Info) -> None:
+    """The layers fit together, take the data's input values and end in one unit per class."""
     input_shape, specs = network_specs(cfg)
     try:
         out = shapes(input_shape, specs)
     except ValueError as e:
         raise ConfigError(f"network: {e}") from None
     described = cfg.network.sizes if cfg.network.get("layers") is None else f"input {list(input_shape)}"
-    if math.prod(out[0]) != N_INPUTS or out[-1] != (N_CLASSES,):
+    if math.prod(out[0]) != info.n_features or out[-1] != (info.n_classes,):
+        title = data_sets.DATASETS[info.name].title if info.name in data_sets.DATASETS else info.name
         raise ConfigError(
-            f"network {described} -> {list(out[-1])} does not match MNIST: the input must have "
-            f"{N_INPUTS} values (pixels) and the last layer {N_CLASSES} units (digits)"
+            f"network {described} -> {list(out[-1])} does not match {title}: the input must have "
+            f"{info.n_features} values (shape {list(info.shape)}) and the last layer {info.n_classes} "
+            f"units (classes); name only the hidden layers (network.hidden) to size it by the data"
         )
 
 
@@ -173,17 +206,17 @@ def validate(cfg: DictConfig) -> Parts:
         raise ConfigError(f"dtype must be float32 or float64, got {cfg.dtype!r}")
     if not (isinstance(t.epochs, int) and t.epochs >= 1):
         raise ConfigError(f"train.epochs must be an integer >= 1, got {t.epochs!r}")
-    if not (isinstance(t.batch_size, int) and 1 <= t.batch_size <= cfg.data.n_train):
+    try:
+        n_train, _ = data_splits.sizes(data_config(cfg))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if not (isinstance(t.batch_size, int) and 1 <= t.batch_size <= n_train):
         raise ConfigError(
-            f"train.batch_size must be an integer in [1, data.n_train={cfg.data.n_train}], "
-            f"got {t.batch_size!r}"
+            f"train.batch_size must be an integer in [1, data.n_train={n_train}], got {t.batch_size!r}"
         )
     if bad := [s for s in t.monitor if s not in SPLITS]:
         raise ConfigError(f"train.monitor has unknown split(s) {bad}; valid: {list(SPLITS)}")
-    _check_network(cfg)
-    for key, top in (("n_train", 50_000), ("n_validation", 10_000)):
-        if not (isinstance(cfg.data[key], int) and 1 <= cfg.data[key] <= top):
-            raise ConfigError(f"data.{key} must be an integer in [1, {top}], got {cfg.data[key]!r}")
+    _check_network(cfg, data_info(cfg))
     groups = ("activation", "cost", "init", "regularizer", "optimizer", "schedule", "stopping")
     parts = Parts(**{g: _instantiate(cfg, g) for g in groups}, expansion=_instantiate(cfg, "data.expand"))
     _check_monitored(cfg, parts)
@@ -194,23 +227,40 @@ class SealedSplitError(ConfigError):
     """The config asks for the test split where it must not be read (a hyperparameter search)."""
 
 
-def load_data(cfg: DictConfig, *, allow_test: bool = True) -> dict[str, data.Split]:
-    """The splits the run needs; with `allow_test=False` asking for the test split is an error."""
-    d = cfg.data
-    needed = ["train", "val", *(s for s in cfg.train.monitor if s == "test")]
+def load_data(
+    cfg: DictConfig,
+    *,
+    allow_test: bool = True,
+    splits: Sequence[str] | None = None,
+    dtype: str | None = None,
+) -> dict[str, data_splits.Split]:
+    """The splits the run needs (or `splits`); with `allow_test=False` asking for the test split
+    is an error, for every dataset."""
+    needed = list(splits or ["train", "val", *(s for s in cfg.train.monitor if s == "test")])
     if "test" in needed and not allow_test:
         raise SealedSplitError(
             "the test split is sealed here (a search reads validation only): "
             "remove `test` from train.monitor; score the test set with `hpexp study NAME --finalize`"
         )
-    return data.load_splits(
-        d.dir,
-        n_train=d.n_train,
-        n_validation=d.n_validation,
-        scale=d.scale,
-        dtype=cfg.dtype,
-        splits=needed,
-    )
+    return data_splits.load(data_config(cfg), splits=needed, dtype=dtype or cfg.dtype)
+
+
+def data_summary(cfg: DictConfig) -> dict[str, Any]:
+    """The data a run used, for summary.json: the dataset, its shape and classes, the split sizes,
+    where it was read and whether its checksums were verified (data.verify)."""
+    config, info = data_config(cfg), data_info(cfg)
+    n_train, n_validation = data_splits.sizes(config)
+    return {
+        "name": info.name,
+        "shape": list(info.shape),
+        "n_classes": info.n_classes,
+        "class_names": list(info.class_names) if info.class_names else None,
+        "n_train": n_train,
+        "n_validation": n_validation,
+        "preprocess": config.get("preprocess") or "scale",
+        "verify": config.get("verify", True),
+        "checksums": info.checksums,
+    }
 
 
 def _progress_line(record: Record, epochs: int, label: str = "") -> str:
@@ -242,6 +292,7 @@ def _summary(cfg: DictConfig, parts: Parts, result: Any, seconds: float, n_param
         "seconds": round(seconds, 3),
         "seed": cfg.seed,
         "n_params": n_params,
+        "data": data_summary(cfg),
         "choices": OmegaConf.to_container(cfg.get("choices", {})),
         "versions": {
             "hpexp": hpexp.__version__,
@@ -324,6 +375,8 @@ def run_population(
             for c, o, h in zip(cfgs, outs, hooks, strict=True)
         ]
     splits = load_data(cfg0, allow_test=allow_test)
+    if progress and not cfg0.data.get("verify", True):
+        print(f"data: {data_info(cfg0).name} read without checking checksums (data.verify=false)", flush=True)
     streams = [rng_streams(cfg.seed) for cfg in cfgs]
     networks = [build_network(cfg, p, s["init"]) for cfg, p, s in zip(cfgs, parts, streams, strict=True)]
     network = networks[0] if len(networks) == 1 else stack(networks)
