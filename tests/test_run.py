@@ -9,7 +9,6 @@ import pytest
 from conftest import SMALL
 from omegaconf import OmegaConf
 
-from hpexp.data import mnist as data
 from hpexp.data import splits as data_splits
 from hpexp.train import rundir
 from hpexp.train.runner import ConfigError, compose, run

@@ -10,9 +10,8 @@ import pytest
 from conftest import SMALL
 from test_regularizers import make_network, toy_data
 
-from hpexp.data import mnist as data
-from hpexp.data.augment import BookShifts
 from hpexp.data import splits as data_splits
+from hpexp.data.augment import BookShifts
 from hpexp.data.mnist import Split
 from hpexp.nn.optimizers import SGD
 from hpexp.nn.regularizers import Regularizer

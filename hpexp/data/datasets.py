@@ -304,8 +304,25 @@ def _read_idx_cached(
     stored, content = read_bytes(Path(path), fix)
     checksums.check(stored, stored_digest, path, fix)
     array = parse_idx(content, path, fix)
+    if digest is not None and (other := _identify(content, digest)):
+        raise DataError(f"{path} is {other}")
     checksums.check(content, digest, path, fix)
     return array
+
+
+def _identify(content: bytes, expected: str) -> str | None:
+    """`content` is another published dataset's file: say which, so the advice fits (data=NAME)."""
+    actual = checksums.sha256(content)
+    if actual == expected:
+        return None
+    owners = {digest: (ds, name) for ds in DATASETS.values() for name, digest in ds.files.values()}
+    if actual in owners and expected in owners:
+        (found, name), (wanted, _) = owners[actual], owners[expected]
+        return (
+            f"{found.title}'s {name}, not {wanted.title}'s: to train on {found.title}, choose "
+            f"data={found.name}; for {wanted.title}, point data.dir at its files"
+        )
+    return None
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -396,7 +413,7 @@ def _user_idx_arrays(config: Mapping[str, Any], keys: Sequence[str], verify: boo
     for key in keys:
         path = files[key]
         if not path.is_file():
-            raise DataError(f"data.files.{key} = {path} is not a file; point data.dir/data.files at your data")
+            raise DataError(f"data.files.{key} = {path} is not a file; set data.dir and data.files")
         digest = digests.get(path.name) if verify else None
         result[key] = _read_idx(path, None, digest, _user_fix(verify))
     return result
@@ -528,7 +545,9 @@ def example_shape(array: np.ndarray, label: str) -> tuple[int, ...]:
 
 def check_labels(labels: np.ndarray, label: str, n_images: int, n_classes: int | None = None) -> None:
     if labels.ndim != 1 or len(labels) != n_images:
-        raise DataError(f"{label} has shape {labels.shape}, but there are {n_images} examples: expected ({n_images},)")
+        raise DataError(
+            f"{label} has shape {labels.shape}, but there are {n_images} examples: expected ({n_images},)"
+        )
     if not np.issubdtype(labels.dtype, np.integer):
         if not (np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels))):
             raise DataError(f"{label} must hold integer class labels 0, 1, ..., got dtype {labels.dtype}")
@@ -536,7 +555,8 @@ def check_labels(labels: np.ndarray, label: str, n_images: int, n_classes: int |
         raise DataError(f"{label} has the negative label {labels.min()}: classes are 0, 1, ..., n_classes-1")
     if n_classes is not None and len(labels) and labels.max() >= n_classes:
         raise DataError(
-            f"{label} has the label {int(labels.max())}, but data.n_classes = {n_classes} allows 0..{n_classes - 1}"
+            f"{label} has the label {int(labels.max())}, but data.n_classes = {n_classes} "
+            f"allows 0..{n_classes - 1}"
         )
 
 
@@ -574,7 +594,8 @@ def _describe_user(key: str) -> Info:
         xv, yv = arrays["val_images"], arrays["val_labels"]
         if example_shape(xv, f"{name} validation images") != shape:
             raise DataError(
-                f"{name} validation images have examples of shape {xv.shape[1:]}, the training images {x.shape[1:]}"
+                f"{name} validation images have examples of shape {xv.shape[1:]}, "
+                f"the training images {x.shape[1:]}"
             )
         check_labels(yv, f"{name} validation labels", len(xv))
         seen = max(seen, int(yv.max()) + 1 if len(yv) else 0)
@@ -582,9 +603,11 @@ def _describe_user(key: str) -> Info:
     if n_classes is None:
         n_classes = seen
     elif isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < max(seen, 1):
-        raise DataError(f"data.n_classes must be an integer >= {max(seen, 1)} (the labels seen), got {n_classes!r}")
+        raise DataError(
+            f"data.n_classes must be an integer >= {max(seen, 1)} (the labels seen), got {n_classes!r}"
+        )
     if n_classes < 2:
-        raise DataError(f"{name}: the training labels hold {n_classes} class(es); classification needs 2 or more")
+        raise DataError(f"{name}: the training labels hold {n_classes} class(es); classification needs 2+")
     names = config.get("class_names")
     if names is not None and len(names) != n_classes:
         raise DataError(f"data.class_names has {len(names)} names for {n_classes} classes")

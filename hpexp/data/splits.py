@@ -74,7 +74,9 @@ def holdout_indices(config: Mapping[str, Any], info: Info) -> tuple[np.ndarray, 
     else:
         raise ValueError(f"data.holdout must be a count or a fraction in (0, 1), got {holdout!r}")
     if not 0 < count < n:
-        raise ValueError(f"data.holdout = {holdout!r} leaves {n - count} of {n} training examples; give 1..{n - 1}")
+        raise ValueError(
+            f"data.holdout = {holdout!r} leaves {n - count} of {n} training examples; give 1..{n - 1}"
+        )
     order = config.get("holdout_order") or "last"
     if order not in ORDERS:
         raise ValueError(f"data.holdout_order must be one of {list(ORDERS)}, got {order!r}")
@@ -182,4 +184,3 @@ def _preprocess(key: str) -> preprocess.Preprocess:
     train_idx, _ = holdout_indices(config, describe(config))
     raw = read_arrays(config, ["train_images"])["train_images"]
     return preprocess.fit(method, config.get("scale", 256.0), raw[train_idx[:n_train]])
-
