@@ -17,10 +17,12 @@ import numpy as np
 from hpexp.data import datasets, sources
 from hpexp.data import splits as split_module
 from hpexp.data.checksums import CACHE, advice, check
-from hpexp.data.datasets import BOOK_PICKLE, MNIST
+from hpexp.data.datasets import BOOK_PICKLE as BOOK_PICKLE  # re-exported, as are the next three
+from hpexp.data.datasets import MNIST
 from hpexp.data.files import DataError, parse_idx, read_bytes
-from hpexp.data.sources import CACHE_ENV_VAR
-from hpexp.data.splits import SPLITS, Split
+from hpexp.data.sources import CACHE_ENV_VAR as CACHE_ENV_VAR
+from hpexp.data.splits import SPLITS as SPLITS
+from hpexp.data.splits import Split
 
 __all__ = [
     "DataError",
@@ -39,7 +41,6 @@ SOURCES_ENV_VAR = MNIST.sources_env_var
 FILES = MNIST.files  # key -> (IDX file name, sha256 of its uncompressed bytes); the same dict
 DEFAULT_SOURCES = list(MNIST.sources)
 N_TRAIN, N_VALIDATION = 50_000, 10_000
-_ = (CACHE_ENV_VAR, BOOK_PICKLE, SPLITS)  # re-exported names
 
 
 def cache_dir() -> Path:
