@@ -368,3 +368,31 @@ def test_one_epoch_on_fashion_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert summary["data"]["name"] == "fashion_mnist" and summary["data"]["checksums"] == "verified"
     assert summary["data"]["verify"] is True
     assert summary["final"]["val_accuracy"] > 0.75  # one epoch of 784-30-10; chance is 0.10
+
+
+def test_the_test_split_stays_sealed_for_the_users_data(tmp_path: Path) -> None:
+    from hpexp.train.runner import SealedSplitError, load_data
+
+    path = tmp_path / "d.npz"
+    x = np.arange(40.0).reshape(20, 2)
+    np.savez(path, x_train=x, y_train=np.arange(20) % 2, x_test=np.zeros((3, 5, 5, 5, 5)), y_test=[7])
+    cfg = compose(["data=npz", f"data.path={path}", "network=linear", "train.batch_size=2"])
+    assert set(load_data(cfg, allow_test=False)) == {"train", "val"}  # the bad test arrays unread
+    with pytest.raises(SealedSplitError, match="sealed"):
+        load_data(
+            compose([f"data.path={path}", "data=npz", "train.monitor=[train,val,test]"]), allow_test=False
+        )
+    with pytest.raises(DataError, match=r"npz test images has shape \(3, 5, 5, 5, 5\)"):
+        load_data(cfg, splits=["test"])
+
+
+@needs_fashion
+def test_data_command_names_the_dataset(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    from hpexp.cli import main
+
+    monkeypatch.delenv("HPEXP_FASHION_MNIST_DIR", raising=False)
+    main(["data", "verify", "fashion_mnist", str(FASHION)])
+    assert capsys.readouterr().out.count("OK") == 4
+    with pytest.raises(SystemExit):
+        main(["data", "verify", "mnist", str(FASHION)])  # Fashion-MNIST's files are not MNIST
+    assert "is Fashion-MNIST's train-images-idx3-ubyte, not MNIST's" in capsys.readouterr().err
