@@ -29,7 +29,7 @@ from hpexp.data import splits as data_splits
 from hpexp.nn.network import DenseSpec, LayerSpec, Network, Shape, shapes
 from hpexp.nn.population import stack, stackable
 from hpexp.paths import config_dir
-from hpexp.progress import Progress, use_console
+from hpexp.progress import Progress, log, use_console
 from hpexp.train import rundir
 from hpexp.train.loop import Member, Record, Stop, fit_population, rng_streams
 from hpexp.train.stopping import Never
@@ -375,8 +375,8 @@ def run_population(
             for c, o, h in zip(cfgs, outs, hooks, strict=True)
         ]
     splits = load_data(cfg0, allow_test=allow_test)
-    if progress and not cfg0.data.get("verify", True):
-        print(f"data: {data_info(cfg0).name} read without checking checksums (data.verify=false)", flush=True)
+    if not cfg0.data.get("verify", True):
+        log.warning(f"data: {data_info(cfg0).name} read without checking checksums (data.verify=false)")
     streams = [rng_streams(cfg.seed) for cfg in cfgs]
     networks = [build_network(cfg, p, s["init"]) for cfg, p, s in zip(cfgs, parts, streams, strict=True)]
     network = networks[0] if len(networks) == 1 else stack(networks)
