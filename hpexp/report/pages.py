@@ -342,6 +342,10 @@ def study_page(study: Any, title: str | None = None, storage: str | None = None)
     else:
         page.add("verdict", f"{len(trials)} trials ({counts}): none completed yet.")
     report.fetch_run_dirs(study_obj, folder)  # trials run elsewhere: their files from the artifact store
+    times = [(t.datetime_start, t.datetime_complete) for t in study_obj.get_trials(deepcopy=False)]
+    if spans := [(a, b) for a, b in times if a is not None and b is not None]:
+        wall = str(max(b for _, b in spans) - min(a for a, _ in spans)).split(".")[0]
+        page.add("p", f"Search wall time: {wall} (first trial's start to last trial's end).")
     missing = report.missing_run_dirs(study_obj, folder)
     if missing:
         shown = ", ".join(f"trial {n}: {p}" for n, p in list(missing.items())[:10])
