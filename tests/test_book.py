@@ -14,6 +14,7 @@ from omegaconf import OmegaConf, open_dict
 
 from hpexp.book import command
 from hpexp.book import experiments as book
+from hpexp.book import figures as book_figures
 from hpexp.book import pages as book_report
 from hpexp.train import rundir
 from hpexp.train.runner import compose
@@ -273,10 +274,10 @@ def test_an_accuracy_row_with_a_tolerance_over_3_points_is_qualitative(tmp_path)
 
 def test_the_books_eleven_curves_are_carried_and_compared(tmp_path):
     ids = ["ch3-multiple-eta", "ch3-winit-30", "ch3-winit-100", "ch3-overfit-full", "ch3-l2-full-mlp30"]
-    series = [book_report.book_series(i) for i in ids]
+    series = [book_figures.book_series(i) for i in ids]
     assert sum(s.groupby(["metric", "run"]).ngroups for s in series) == 11
     e = book.load("ch3-overfit-full")
-    theirs = book_report.book_series(e.id)
+    theirs = book_figures.book_series(e.id)
     test = theirs[theirs["metric"] == "test_accuracy"]
     assert test["epoch"].min() == 1 and test["value"].max() == pytest.approx(0.9533)  # the book's peak
     # our mean one point above the book at every epoch: mean and max difference 1 point
@@ -287,7 +288,7 @@ def test_the_books_eleven_curves_are_carried_and_compared(tmp_path):
             for ep, v in zip(test["epoch"], test["value"], strict=True)
         ]
     )
-    rows = {r["series"]: r for r in book_report.curve_differences(e, ours)}
+    rows = {r["series"]: r for r in book_figures.curve_differences(e, ours)}
     assert rows["test_accuracy"]["mean_abs"] == pytest.approx(1.0)
     assert rows["test_accuracy"]["max_abs"] == pytest.approx(1.0) and rows["test_accuracy"]["epochs"] == 30
     assert rows["train_accuracy"]["epochs"] == 0, "no training accuracy of ours: nothing compared"
@@ -297,10 +298,10 @@ def test_figures_hold_our_data_and_the_books_marks(tmp_path):
     """The y-limits widen to hold a mean below the preset's range and every mark of the book."""
     e = book.load("ch1-mlp100-quad")  # preset ylim starts at 85; our mean here sits near 83
     _fake_runs(tmp_path, e.id, [[{"epoch": k, "test_accuracy": 0.80 + 0.001 * k} for k in range(1, 31)]] * 3)
-    df = book_report.curves(e, tmp_path)
+    df = book_figures.curves(e, tmp_path)
     fig, ax = plt.subplots()
-    book_report.plot_curves(ax, df, e, e.plots[0], chosen=0)
-    book_report._fit_limits(ax, e.plots[0])
+    book_figures.plot_curves(ax, df, e, e.plots[0], chosen=0)
+    book_figures._fit_limits(ax, e.plots[0])
     low, high = ax.get_ylim()
     assert low <= 80.1 and high >= 96.59  # our first epoch and the book's peak
     labels = ax.get_legend_handles_labels()[1]
