@@ -3,7 +3,10 @@ experiments (baselines, the single neuron, chapter 5's speeds) give the book's n
 
 from __future__ import annotations
 
+import json
 import math
+import re
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -309,3 +312,77 @@ def test_figures_hold_our_data_and_the_books_marks(tmp_path):
         label.startswith("book") for label in labels
     )
     plt.close(fig)
+
+
+# --- the committed reports/book: data behind every figure, one run per page, reproducible --------
+
+REPORTS = Path(__file__).resolve().parents[1] / "reports" / "book"
+
+
+def test_no_committed_figure_is_empty():
+    """Every PNG under reports/book has data: its page's figures.json counts our points in it, and a
+    curve figure's metrics are columns of the page's committed history.csv."""
+    pngs = sorted(REPORTS.glob("*/*.png"))
+    assert pngs, "reports/book holds figures"
+    for png in pngs:
+        sidecar = png.parent / "figures.json"
+        assert sidecar.exists(), f"{png}: no figures.json beside it"
+        assert json.loads(sidecar.read_text())["points"].get(png.stem, 0) > 0, f"{png}: drawn without data"
+        spec = next(
+            s for s in book.load(png.parent.name).plots or [{"name": png.stem}] if s["name"] == png.stem
+        )
+        if spec.get("x", "epoch") == "epoch" and not spec.get("kind"):
+            history = pd.read_csv(png.parent / "history.csv")
+            assert any(history[m].notna().any() for m in spec.get("y", []) if m in history), png
+
+
+def _page_rows(page: str) -> dict[str, list[str]]:
+    table = [line for line in page.splitlines() if line.startswith("| ") and "%" in line]
+    return {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in table)}
+
+
+def test_a_chapter_1_page_reads_every_row_from_one_run():
+    """ch1-mlp30-quad's committed page: the book's-rule column names one seed for every row, that
+    seed has the best peak in the committed history, and each row's value is that seed's own."""
+    page = (REPORTS / "ch1-mlp30-quad" / "README.md").read_text()
+    history = pd.read_csv(REPORTS / "ch1-mlp30-quad" / "history.csv")
+    rows = _page_rows(page)
+    assert set(rows) == {"peak test_accuracy", "first test_accuracy", "final test_accuracy"}
+    seeds = {re.search(r"seed (\d+)\)", cells[2]).group(1) for cells in rows.values()}
+    assert len(seeds) == 1, f"rows from different runs: {seeds}"
+    seed = int(seeds.pop())
+    peaks = history.groupby("seed")["test_accuracy"].max()
+    assert seed == peaks.idxmax(), "the run chosen is the one with the best peak, as the book chose"
+    run = history[history["seed"] == seed].sort_values("epoch")["test_accuracy"]
+    ours = {
+        "peak test_accuracy": run.max(),
+        "first test_accuracy": run.iloc[0],
+        "final test_accuracy": run.iloc[-1],
+    }
+    for check, value in ours.items():
+        assert rows[check][2].startswith(f"{100 * value:.2f}%"), (check, rows[check][2], value)
+
+
+@pytest.mark.parametrize(
+    ("experiment_id", "run"),
+    [("ch5-speed-init", "2-layers"), ("ch5-speed-init", "4-layers"), ("ch3-toy-quad-bad", "")],
+)
+def test_fast_rows_rerun_equal_what_is_committed(experiment_id, run, mnist_dir, tmp_path):
+    """Re-run rows that take seconds and are deterministic (float64, one network, no population) and
+    compare with the committed history.csv, written with 6 significant digits: equal to 1e-5
+    relative, so an engine change that moves the numbers is seen here."""
+    e = book.load(experiment_id)
+    committed = pd.read_csv(REPORTS / experiment_id / "history.csv", keep_default_na=False, na_values=[""])
+    committed = committed[(committed["run"].fillna("") == run) & (committed["seed"] == 0)]
+    extra = [f"data.dir={mnist_dir}"] if e.runner.endswith("speed_of_learning") else []
+    cfg = book.compose_run(e, run, 0, extra=extra)
+    assert cfg.get("dtype", "float64") == "float64" or e.runner.endswith("toy_neuron")
+    history = pd.DataFrame(rundir.read_history(get_method(e.runner)(cfg, tmp_path)))
+    columns = [
+        c for c in committed.columns if c not in ("run", "seed", "epoch") and committed[c].notna().any()
+    ]
+    assert columns
+    merged = committed.merge(history, on="epoch", suffixes=("_committed", ""))
+    assert len(merged) == len(committed)
+    for c in columns:
+        np.testing.assert_allclose(merged[c], merged[f"{c}_committed"], rtol=1e-5, atol=1e-12, err_msg=c)

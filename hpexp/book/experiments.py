@@ -9,6 +9,7 @@ A preset is `conf/experiment/book/<id>.yaml`, a `@package _global_` config selec
       run, epoch, log, rounding                      (optional) which run / epoch; log10; the book's rounding
       pick: {metric, selection}                      (optional) the book quoted the best of its runs by this
       deterministic                                  (optional) a computation, not a training run: own table
+      explain                                        (optional) why rows miss, once the runs are in
       runner                                         (optional) a function like hpexp.train.runner.run
       seeds                                          (optional) 1 for deterministic experiments
       runs: [{name, overrides: [...]}, ...]          (optional) several runs, e.g. a sweep over eta
@@ -304,7 +305,14 @@ def compare(
     by_seed = seed_values(experiment, check, runs_dir)
     seed = chosen_seed(experiment, runs_dir) if seed is None else seed
     ours = list(by_seed.values())
-    mean, half, n = mean_ci(ours)
+    if check.log:  # orders of magnitude: the geometric mean and its interval, from log10 values
+        m, half, n = mean_ci([math.log10(v) for v in ours if v > 0])
+        mean, low, high = 10**m, 10 ** (m - half), 10 ** (m + half)
+    else:
+        mean, half, n = mean_ci(ours)
+        low, high = mean - half, mean + half
+        if check.is_accuracy:  # an accuracy's interval stays inside [0, 1]
+            low, high = max(low, 0.0), min(high, 1.0)
     finite = [v for v in ours if math.isfinite(v)]
     std = statistics.stdev(finite) if len(finite) > 1 else 0.0 if finite else math.nan
     tol, term = tolerance(check, ours, evaluated_images(experiment, check, runs_dir))
@@ -320,7 +328,8 @@ def compare(
         "chosen_seed": seed if by_seed else None,
         "rule": rule,
         "mean": mean,
-        "ci": half,
+        "ci_low": low,
+        "ci_high": high,
         "n": n,
         "std": std,
         "diff_rule": diff_rule,
@@ -334,6 +343,7 @@ def compare(
         "metric": check.metric,
         "selection": check.selection,
         "note": check.note,
+        "explain": str(experiment.meta.get("explain") or "").strip(),
     }
 
 

@@ -65,12 +65,10 @@ def _mean(row: dict[str, Any]) -> str:
     if not row["seeds"]:
         return "not run"
     interval = ""
-    if math.isfinite(row["ci"]):
-        low, high = row["mean"] - row["ci"], row["mean"] + row["ci"]
-        if _is_pct(row):  # an accuracy's interval stays inside [0, 1]
-            low, high = max(low, 0.0), min(high, 1.0)
-        interval = f" [{_value(row, low)}, {_value(row, high)}]"
-    return f"{_value(row, row['mean'])}{interval} ({_diff(row, row['diff'])}; n={row['n']})"
+    if math.isfinite(row["ci_low"]) and math.isfinite(row["ci_high"]):
+        interval = f" [{_value(row, row['ci_low'])}, {_value(row, row['ci_high'])}]"
+    mean = "geometric mean " if row["log"] else ""
+    return f"{mean}{_value(row, row['mean'])}{interval} ({_diff(row, row['diff'])}; n={row['n']})"
 
 
 def _table(rows: list[dict[str, Any]], with_id: bool) -> list[str]:
@@ -123,7 +121,7 @@ def _why(row: dict[str, Any]) -> str:
         text = f"the tolerance {tol} exceeds 3 points, so ours and the book's are compared qualitatively"
     else:
         text = f"|difference| beyond the tolerance {tol}"
-    return text + (f"; {row['note']}" if row["note"] else "")
+    return text + "".join(f"; {n}" for n in (row["note"], row["explain"]) if n)
 
 
 def _provenance(experiment: book.Experiment, runs_dir: Path) -> list[str]:
@@ -360,6 +358,6 @@ def write(ids: Sequence[str], runs_dir: Path = book.RUNS_DIR, reports_dir: Path 
         text = page(e, rows, drawn, differences, _provenance(e, runs_dir))
         rundir.write_atomic(out / "README.md", text)
     rundir.write_atomic(reports_dir / "README.md", summary(all_rows, experiments, all_differences))
-    table = pd.DataFrame(all_rows).drop(columns=["seeds", "seed_ids", "note"])
+    table = pd.DataFrame(all_rows).drop(columns=["seeds", "seed_ids", "note", "explain"])
     rundir.write_atomic(reports_dir / "summary.csv", table.to_csv(index=False))
     return reports_dir
