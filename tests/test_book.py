@@ -329,7 +329,9 @@ def test_no_committed_figure_is_empty():
         assert sidecar.exists(), f"{png}: no figures.json beside it"
         assert json.loads(sidecar.read_text())["points"].get(png.stem, 0) > 0, f"{png}: drawn without data"
         spec = next(
-            s for s in book.load(png.parent.name).plots or [{"name": png.stem}] if s["name"] == png.stem
+            s
+            for s in book.load(png.parent.name).plots or [{"name": png.stem, "y": [png.stem]}]
+            if s["name"] == png.stem
         )
         if spec.get("x", "epoch") == "epoch" and not spec.get("kind"):
             history = pd.read_csv(png.parent / "history.csv")
@@ -337,7 +339,11 @@ def test_no_committed_figure_is_empty():
 
 
 def _page_rows(page: str) -> dict[str, list[str]]:
-    table = [line for line in page.splitlines() if line.startswith("| ") and "%" in line]
+    table = [
+        line
+        for line in page.splitlines()
+        if line.startswith("| ") and not line.startswith(("| check", "| ---"))
+    ]
     return {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in table)}
 
 
