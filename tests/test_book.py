@@ -392,3 +392,20 @@ def test_fast_rows_rerun_equal_what_is_committed(experiment_id, run, mnist_dir, 
     assert len(merged) == len(committed)
     for c in columns:
         np.testing.assert_allclose(merged[c], merged[f"{c}_committed"], rtol=1e-5, atol=1e-12, err_msg=c)
+
+
+def test_resume_ignores_the_book_block_and_options_added_since(tmp_path):
+    e = book.load("ch3-toy-quad-good")
+    cfg = book.compose_run(e, "", 0)
+    out = get_method(e.runner)(cfg, tmp_path / "run")
+    assert book._is_done(out, cfg)
+    saved = OmegaConf.load(out / "config.yaml")
+    with open_dict(saved):
+        del saved.data["name"]  # an option the engine did not have when the run was made
+        saved.book.value = 0.5  # the book's metadata
+    OmegaConf.save(saved, out / "config.yaml")
+    assert book._is_done(out, cfg)
+    with open_dict(saved):
+        saved.optimizer.eta = 99.0  # a real change: the run must be redone
+    OmegaConf.save(saved, out / "config.yaml")
+    assert not book._is_done(out, cfg)

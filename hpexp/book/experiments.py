@@ -426,16 +426,20 @@ class Progress:
 
 
 def _is_done(out: Path, cfg: Any) -> bool:
-    """A run is done when it finished with the same training config; the `book:` block (the book's
-    numbers and how to read ours) does not change what a run computes, so editing it reruns nothing."""
+    """A run is done when it finished with the same training config. The `book:` block (the book's
+    numbers and how to read ours) does not change what a run computes, and a key the saved config
+    lacks is an option added since, whose default keeps the old behaviour: neither reruns anything."""
     if rundir.read_summary(out).get("status") not in ("completed", "diverged"):
         return False
     now = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     before = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.load(out / "config.yaml")))
-    ignored = ("out_dir", "book")
-    return {k: v for k, v in now.items() if k not in ignored} == {
-        k: v for k, v in before.items() if k not in ignored
-    }
+    return _same(now, before, ignored=("out_dir", "book"))
+
+
+def _same(now: Any, before: Any, ignored: Sequence[str] = ()) -> bool:
+    if isinstance(now, dict) and isinstance(before, dict):
+        return all(k in now and _same(now[k], v) for k, v in before.items() if k not in ignored)
+    return bool(now == before)
 
 
 def source_commit() -> str:
