@@ -28,7 +28,32 @@ commands:
 `hpexp COMMAND --help` shows the options of a command."""
 
 
+# What `hpexp train` exits with for each status a run can end in (conf/train.yaml's help footer).
+EXIT_STATUS = {"completed": 0, "pruned": 0, "failed": 1, "diverged": 3, "stalled": 4, "interrupted": 130}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or a container's stop), handled like Ctrl-C."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _discard(out: Path, sweep: Path | None) -> None:
+    """Remove the folder Hydra made for a refused job (and an emptied sweep folder), never a run."""
+    import shutil
+
+    for folder, hydra_files in ((out, {".hydra", "train.log"}), (sweep, {"multirun.yaml"})):
+        if folder is None or not folder.is_dir():
+            continue
+        if {p.name for p in folder.iterdir()} <= hydra_files:
+            shutil.rmtree(folder)
+
+
 def train(argv: Sequence[str]) -> None:
+    import signal
+
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -37,13 +62,18 @@ def train(argv: Sequence[str]) -> None:
     from hpexp.data.files import DataError
     from hpexp.paths import config_dir
     from hpexp.progress import log
-    from hpexp.train.runner import plain_overrides, run, run_seeds
+    from hpexp.train import rundir
+    from hpexp.train.runner import ConfigError, plain_overrides, resume, run, run_seeds
+
+    statuses: list[str] = []
 
     def main(cfg: DictConfig) -> None:
         hydra_cfg = HydraConfig.get()
         with open_dict(cfg):
             cfg.choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
         runner = OmegaConf.select(cfg, "book.runner")
+        multirun = hydra_cfg.mode == RunMode.MULTIRUN and not cfg.out_dir
+        hydra_out = Path(hydra_cfg.runtime.output_dir)
         if runner:  # e.g. an ensemble or the SVM: not one training run
             experiment = str(hydra_cfg.runtime.choices.get("experiment") or "book/ID").removeprefix("book/")
             print(
@@ -51,26 +81,54 @@ def train(argv: Sequence[str]) -> None:
                 f"use `hpexp book run {experiment}`",
                 file=sys.stderr,
             )
+            _discard(hydra_out, Path(hydra_cfg.sweep.dir) if multirun else None)
             raise SystemExit(2)
         try:
-            out = cfg.out_dir or hydra_cfg.runtime.output_dir
-            if cfg.train.seeds:
-                run_seeds(cfg, out)
-            else:
-                out = run(cfg, out)
+            out = cfg.out_dir or hydra_out
+            outs = run_seeds(cfg, out) if cfg.train.seeds else [run(cfg, out)]
         except (ValueError, DataError) as e:  # Hydra would print these as crashes
+            if isinstance(e, ConfigError | DataError):
+                _discard(hydra_out, Path(hydra_cfg.sweep.dir) if multirun else None)
             print(f"hpexp train: error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
+        statuses.extend(str(rundir.read_summary(o).get("status")) for o in outs)
         log.info(f"run directory: {out}")
-        multirun = hydra_cfg.mode == RunMode.MULTIRUN and not cfg.out_dir
         log.info(f"report: hpexp report {hydra_cfg.sweep.dir if multirun else out}")  # the whole sweep
+
+    def resumed(arg: str, others: list[str]) -> None:
+        """`hpexp train resume=RUN_DIR`: no Hydra run (the config is the run's own config.yaml)."""
+        if others:
+            raise ConfigError(f"resume=RUN_DIR continues the run as it was configured; drop {others}")
+        run_dir = arg.split("=", 1)[1]
+        statuses.extend(str(rundir.read_summary(o).get("status")) for o in resume(run_dir))
+        log.info(f"run directory: {run_dir}")
+
+    resume_arg = next((a for a in argv if a.startswith("resume=")), None)
+    others = [a for a in argv if a not in (resume_arg, "-q", "--quiet")]
 
     if quiet := [a for a in argv if a in ("-q", "--quiet")]:  # the console shows warnings and errors only
         argv = [a for a in argv if a not in quiet] + ["hydra.job_logging.handlers.console.level=WARNING"]
     completing = any(a in ("-sc", "--shell-completion") for a in argv)
     # Hydra names the program in the completion script it installs after argv[0]: `hpexp`.
     sys.argv = ["hpexp" if completing else "hpexp train", *hydra_argv(plain_overrides(argv))]
-    hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(main)()
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        if resume_arg:
+            resumed(resume_arg, others)
+        else:
+            hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(main)()
+    except KeyboardInterrupt as e:  # the run itself recorded `interrupted` and kept its history
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        what = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"
+        print(f"hpexp train: interrupted ({what}); the run so far is kept", file=sys.stderr)
+        raise SystemExit(143 if isinstance(e, Terminated) else 130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if any(s != "completed" for s in statuses):
+        ended = sorted(set(statuses) - {"completed"})
+        code = max(EXIT_STATUS.get(s, 1) for s in statuses)
+        print(f"hpexp train: {len(statuses)} run(s), not completed: {', '.join(ended)}", file=sys.stderr)
+        raise SystemExit(code)
 
 
 # Hydra's options that take a value; its parser wants every option before the overrides.

@@ -1,4 +1,9 @@
-"""Shared fixtures: where the real MNIST is, small configs, and every option of every config group."""
+"""Shared fixtures: where the real MNIST is, small configs, and every option of every config group.
+
+With HPEXP_REQUIRE_DATA=1 (CI sets it in .ci/run) a missing dataset fails the tests that need it,
+and any skip not listed in EXPECTED_SKIPS fails too: a suite that quietly skipped half of itself
+must not pass.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,35 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from omegaconf import OmegaConf
 
 from hpexp.paths import config_dir
+
+REQUIRE_DATA = os.environ.get("HPEXP_REQUIRE_DATA") == "1"
+
+# Tests that may skip even with HPEXP_REQUIRE_DATA=1, by test function name, with why. .ci/run
+# installs Chromium, PostgreSQL, hatchling and scikit-learn, so none of the others may skip there.
+EXPECTED_SKIPS: dict[str, str] = {}
+
+
+def missing(reason: str) -> NoReturn:
+    """Skip for want of data or a tool, or fail where HPEXP_REQUIRE_DATA=1 says it must be there."""
+    if REQUIRE_DATA:
+        pytest.fail(f"HPEXP_REQUIRE_DATA=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_DATA and report.skipped and item.originalname not in EXPECTED_SKIPS:
+        reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but HPEXP_REQUIRE_DATA=1 allows only EXPECTED_SKIPS: {reason}"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -39,7 +68,7 @@ def mnist_dir() -> Path:
     try:
         return data.find_data_dir(os.environ.get("HPEXP_DATA_DIR"), download=False)
     except data.DataError as e:
-        pytest.skip(f"no MNIST here ({e}); set HPEXP_DATA_DIR or run `hpexp data fetch`")
+        missing(f"no MNIST here ({e}); set HPEXP_DATA_DIR or run `hpexp data fetch`")
 
 
 def group_options(group: str) -> list[str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
 import zipfile
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SMALL
+from omegaconf import OmegaConf
 
 from hpexp.train import rundir
 
@@ -47,12 +50,53 @@ def test_unknown_option_lists_valid_ones(tmp_path):
     assert "cross_entropy" in result.stderr and "log_likelihood" in result.stderr
 
 
-def test_bad_value_is_one_clear_line(tmp_path):
-    result = hpexp("train", "optimizer.eta=-0.5", cwd=tmp_path, check=False)
+def _folders(root):
+    return [p for p in root.glob("runs/*/*") if p.is_dir()]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["optimizer.eta=-0.5"], "optimizer.eta must be > 0, got -0.5"),
+        (["seed=abc"], "seed must be an integer >= 0, got 'abc'"),
+        (["regularizer=none", "regularizer.lmbda=0.1"], "regularizer=none with regularizer.lmbda=0.1"),
+        (["-m", "regularizer=none,l2", "regularizer.lmbda=0.1"], "regularizer=none with regularizer.lmbda"),
+    ],
+)
+def test_a_refused_config_is_one_clear_line_and_leaves_no_folder(args, message, tmp_path):
+    result = hpexp("train", *args, cwd=tmp_path, check=False)
     assert result.returncode == 2
-    assert "optimizer.eta must be > 0, got -0.5" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "runs").exists() or not list(tmp_path.glob("runs/**/history.csv"))
+    assert result.stderr.strip() == f"hpexp train: error: {result.stderr.strip().split('error: ', 1)[1]}"
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert _folders(tmp_path) == []
+
+
+def test_eight_runs_started_together_get_eight_folders(mnist_dir, tmp_path):
+    """Eight `hpexp train` at once, without out_dir: each its own complete run directory."""
+    small = ["data.n_train=100", "data.n_validation=100", "train.epochs=2"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "hpexp.cli", "train", *small, f"seed={seed}"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in range(8)
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    folders = _folders(tmp_path)
+    assert len(folders) == 8
+    seeds = set()
+    for folder in folders:
+        summary = rundir.read_summary(folder)
+        assert summary["status"] == "completed"
+        assert [r["epoch"] for r in rundir.read_history(folder)] == [1, 2]
+        assert OmegaConf.load(folder / "config.yaml").seed == summary["seed"]
+        seeds.add(summary["seed"])
+    assert seeds == set(range(8))
 
 
 def test_unknown_command_and_usage(tmp_path):
@@ -138,3 +182,106 @@ def test_a_preset_that_is_not_one_training_run_points_to_hpexp_book(tmp_path):
     result = hpexp("train", "+experiment=book/ch6-ensemble5", cwd=tmp_path, check=False)
     assert result.returncode == 2
     assert "use `hpexp book run ch6-ensemble5`" in result.stderr
+
+
+def _start_and_wait_for_epoch(tmp_path, *args):
+    """An `hpexp train` process, returned once it has printed its first epoch."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpexp.cli", "train", *args, f"out_dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = proc.stdout.readline()
+    if not re.match(r"epoch +1/", line):
+        proc.kill()
+        raise AssertionError(line + proc.communicate()[1])
+    return proc
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "name"), [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")]
+)
+def test_ctrl_c_and_sigterm_keep_the_run_and_print_one_line(mnist_dir, tmp_path, sig, code, name):
+    proc = _start_and_wait_for_epoch(tmp_path, *SMALL, "train.epochs=100000")
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code
+    assert err.splitlines() == [f"hpexp train: interrupted ({name}); the run so far is kept"]
+    summary = rundir.read_summary(tmp_path / "run")
+    assert summary["status"] == "interrupted" and "interrupted" in summary["stop_reason"]
+    assert len(rundir.read_history(tmp_path / "run")) == summary["epochs_run"] >= 1
+
+
+def test_a_killed_run_reads_as_interrupted_not_running(mnist_dir, tmp_path):
+    proc = _start_and_wait_for_epoch(tmp_path, *SMALL, "train.epochs=100000")
+    assert rundir.read_summary(tmp_path / "run")["status"] == "running"  # alive: it holds the lock
+    proc.kill()
+    proc.wait(timeout=60)
+    summary = rundir.read_summary(tmp_path / "run")
+    assert summary["status"] == "interrupted"
+    assert f"pid {proc.pid}" in summary["stop_reason"]
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "code"),
+    [
+        # the issue's run stuck at 9.6%: the quadratic cost's saturated sigmoids never move
+        (["optimizer.eta=100", "cost=quadratic", "init=large", "train.epochs=4"], "stalled", 4),
+        (
+            ["activation=relu", "init=large", "network.sizes=[784,100,100,10]", "optimizer.eta=1e3"],
+            "diverged",
+            3,
+        ),
+    ],
+)
+def test_a_run_that_learned_nothing_exits_non_zero(mnist_dir, tmp_path, args, status, code):
+    result = hpexp("train", *SMALL, *args, f"out_dir={tmp_path / 'run'}", cwd=tmp_path, check=False)
+    assert result.returncode == code, result.stderr
+    assert result.stderr.splitlines()[-1] == f"hpexp train: 1 run(s), not completed: {status}"
+    summary = rundir.read_summary(tmp_path / "run")
+    assert summary["status"] == status
+    if status == "stalled":
+        history = rundir.read_history(tmp_path / "run")
+        assert len(history) == 4 and max(r["val_accuracy"] for r in history[-3:]) < 0.2
+        assert summary["stop_reason"].startswith("stuck at chance: val_accuracy")
+
+
+def test_missing_data_fails_where_data_is_required(tmp_path):
+    """HPEXP_REQUIRE_DATA=1 (CI): a test needing MNIST fails without it; otherwise it skips."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HPEXP_DATA_DIR": str(tmp_path / "none"), "HPEXP_CACHE_DIR": str(tmp_path / "cache")}
+    test = str(root / "tests" / "test_run.py::test_float64_runs")
+    runs = {}
+    for require in ("0", "1"):
+        runs[require] = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+            cwd=root,
+            env={**env, "HPEXP_REQUIRE_DATA": require},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert runs["0"].returncode == 0 and "1 skipped" in runs["0"].stdout
+    assert runs["1"].returncode == 1 and "HPEXP_REQUIRE_DATA=1 but no MNIST here" in runs["1"].stdout
+
+
+def test_an_unlisted_skip_fails_where_data_is_required(tmp_path):
+    """Under HPEXP_REQUIRE_DATA=1 any skip not in conftest's EXPECTED_SKIPS fails the suite."""
+    (tmp_path / "test_probe.py").write_text(
+        "import pytest\n\ndef test_skips():\n    pytest.skip('no tool here')\n"
+    )
+    tests = Path(__file__).resolve().parent
+    pytest_args = ["-q", "-p", "conftest", "-p", "no:cacheprovider", "test_probe.py"]
+    for require, code, said in (("0", 0, "1 skipped"), ("1", 1, "1 failed")):
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", *pytest_args],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(tests), "HPEXP_REQUIRE_DATA": require},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == code and said in result.stdout, result.stdout
+    assert "allows only EXPECTED_SKIPS: Skipped: no tool here" in result.stdout

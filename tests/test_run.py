@@ -43,21 +43,47 @@ def test_unknown_option_lists_the_valid_ones():
     [
         ("optimizer.eta=0", "optimizer.eta must be > 0"),
         ("optimizer.eta=-1", "optimizer.eta must be > 0"),
+        ("optimizer.eta=inf", r"^optimizer\.eta must be a finite number, got inf"),
+        ("optimizer.eta=nan", r"^optimizer\.eta must be a finite number"),
+        ("regularizer=l2 regularizer.lmbda=-inf", r"^regularizer\.lmbda must be a finite number"),
+        ("optimizer.eta=abc", r"^optimizer\.eta must be a number, got 'abc'"),
+        ("optimizer=momentum optimizer.momentum=[0.9]", r"^optimizer\.momentum must be a number"),
+        ("optimizer=nesterov optimizer.nesterov=1", r"^optimizer\.nesterov must be true or false"),
+        ("seed=abc", r"^seed must be an integer >= 0, got 'abc'"),
+        ("seed=-1", r"^seed must be an integer >= 0, got -1"),
+        ("seed=1.5", r"^seed must be an integer"),
+        ("seed=true", r"^seed must be an integer"),
+        ("train.seeds=[1,1]", r"^train\.seeds lists \[1\] more than once"),
+        ("train.seeds=[1,-2]", r"^train\.seeds\[1\] must be an integer >= 0"),
+        ("train.seeds=[]", r"^train\.seeds must be a non-empty list"),
         ("train.batch_size=0", "train.batch_size"),
         ("train.batch_size=501", "data.n_train=500"),
-        ("data.n_train=0", "data.n_train"),
+        ("data.n_train=0", r"^data\.n_train must be an integer in \[1, 50000\], got 0"),
         ("data.n_train=50001", "data.n_train"),
         ("data.n_validation=10001", "data.n_validation"),
         ("network.sizes=[784,30,9]", "does not match MNIST"),
         ("network.sizes=[700,30,10]", "does not match MNIST"),
         ("train.epochs=0", "train.epochs"),
         ("train.monitor=[train,valid]", "valid"),
+        ("train.monitor=[]", r"^train\.monitor must list the splits"),
+        ("train.monitor=[train,train]", r"^train\.monitor lists a split more than once"),
+        ("train.monitor=[train] train.restore_best=true", r"^train\.restore_best=true .* add val"),
+        ("train.monitor=[train] stopping=no_improvement", "stopping reads 'val_accuracy'"),
         ("dtype=float16", "dtype"),
+        ("regularizer=none regularizer.lmbda=0.1", r"^regularizer=none with regularizer\.lmbda=0\.1 would"),
+        ("regularizer=none regularizer.p=0.5", r"^regularizer=none with regularizer\.p=0\.5"),
+        ("regularizer=l2 regularizer.l1_ratio=1", r"^regularizer=l2 with regularizer\.l1_ratio=1"),
+        ("regularizer=l1 regularizer.l1_ratio=0.5", r"^regularizer=l1 with regularizer\.l1_ratio=0\.5"),
+        ("regularizer=elastic_net regularizer.l1_ratio=0", r"^regularizer=elastic_net needs"),
         ("regularizer=l2", None),
+        ("regularizer=l2 regularizer.lmbda=0", None),  # an L2 sweep's zero-strength baseline
+        ("regularizer=dropout regularizer.lmbda=5 regularizer.max_norm=3", None),  # techniques combine
+        ("regularizer=l2 regularizer.p=0.5", None),
+        ("seed=7 train.seeds=[1,2]", None),
     ],
 )
 def test_bad_values_fail_before_any_work(override, message, no_data, tmp_path):
-    cfg = compose([*SMALL, override])
+    cfg = compose([*SMALL, *override.split()])
     if message is None:  # a valid override: it gets as far as loading data
         with pytest.raises(AssertionError, match="data was loaded"):
             run(cfg, tmp_path, progress=False)
@@ -65,6 +91,19 @@ def test_bad_values_fail_before_any_work(override, message, no_data, tmp_path):
     with pytest.raises(ConfigError, match=message):
         run(cfg, tmp_path, progress=False)
     assert not (tmp_path / "history.csv").exists()
+
+
+def test_a_search_trial_needs_the_validation_split(no_data, tmp_path):
+    cfg = compose([*SMALL, "train.monitor=[train]"])
+    with pytest.raises(ConfigError, match="a search selects by the validation split"):
+        run(cfg, tmp_path, progress=False, allow_test=False)
+
+
+def test_a_refused_config_leaves_no_folder(no_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError):
+        run(compose([*SMALL, "seed=-1"]), progress=False)
+    assert not list(tmp_path.rglob("*"))
 
 
 def test_run_directory_format(mnist_dir, tmp_path):

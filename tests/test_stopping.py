@@ -13,6 +13,7 @@ from hpexp.train.stopping import (
     ProgressQuotient,
     UpStrips,
     generalization_loss,
+    stalled,
     training_progress,
 )
 
@@ -117,3 +118,34 @@ def test_max_epochs_and_never():
 def test_bad_values_are_rejected(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def _accuracies(*values, key="val_accuracy"):
+    return [{"epoch": i + 1, key: v} for i, v in enumerate(values)]
+
+
+@pytest.mark.parametrize(
+    ("values", "chance", "is_stalled"),
+    [
+        ((0.5, 0.098, 0.096, 0.096), 0.1, True),  # the 9.6%: stuck for the last 3
+        ((0.09, 0.10, 0.11, 0.12), 0.1, True),  # 0.12 = chance + margin: still chance
+        ((0.09, 0.10, 0.11, 0.121), 0.1, False),  # the last one beat it
+        ((0.10, 0.10, 0.10, 0.5), 0.1, False),
+        ((0.10, 0.10), 0.1, False),  # too few evaluations to tell
+        ((0.14, 0.145, 0.13), 0.145, True),  # a small unbalanced split: the common class's share
+        ((0.02, 0.03, 0.01), 0.1, True),  # worse than a constant guess is no better
+    ],
+)
+def test_stalled_is_accuracy_at_chance_for_the_last_evaluations(values, chance, is_stalled):
+    why = stalled(_accuracies(*values), {"val_accuracy": chance}, 0.02)
+    assert (why is not None) == is_stalled
+    if is_stalled:
+        assert why.startswith("stuck at chance: val_accuracy") and f"{values[-1]:.4f}" in why
+
+
+def test_stalled_reads_validation_before_training_accuracy():
+    history = [{"epoch": e, "train_accuracy": 0.9, "val_accuracy": 0.1} for e in (1, 2, 3)]
+    chance = {"train_accuracy": 0.1, "val_accuracy": 0.1}
+    assert "val_accuracy" in stalled(history, chance, 0.02)
+    train_only = [{"epoch": e, "train_accuracy": 0.1} for e in (1, 2, 3)]
+    assert "train_accuracy" in stalled(train_only, chance, 0.02)

@@ -222,7 +222,7 @@ def run_dirs(experiment: Experiment, run: str, runs_dir: Path = RUNS_DIR) -> lis
     """The finished run directories of one run of an experiment, one per seed."""
     base = runs_dir / experiment.id
     dirs = sorted(base.glob(f"seed*/{run}".rstrip("/")), key=lambda p: seed_of(p, base))
-    return [d for d in dirs if rundir.read_summary(d).get("status") in ("completed", "diverged")]
+    return [d for d in dirs if rundir.read_summary(d).get("status") in ("completed", "diverged", "stalled")]
 
 
 def seed_of(run_dir: Path, base: Path) -> int:
@@ -429,7 +429,7 @@ def _is_done(out: Path, cfg: Any) -> bool:
     """A run is done when it finished with the same training config. The `book:` block (the book's
     numbers and how to read ours) does not change what a run computes, and a key the saved config
     lacks is an option added since, whose default keeps the old behaviour: neither reruns anything."""
-    if rundir.read_summary(out).get("status") not in ("completed", "diverged"):
+    if rundir.read_summary(out).get("status") not in ("completed", "diverged", "stalled"):
         return False
     now = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     before = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.load(out / "config.yaml")))

@@ -26,9 +26,10 @@ from hpexp.nn.optimizers import SGD
 from hpexp.nn.population import member_params, select, stack_fields
 from hpexp.nn.regularizers import Regularizer
 from hpexp.train import batching
+from hpexp.train.checkpoint import State
 from hpexp.train.schedules import Constant, Schedule
 from hpexp.train.step import mini_batch_steps, split
-from hpexp.train.stopping import Never, Rule
+from hpexp.train.stopping import STALL_MARGIN, Never, Rule, stalled
 
 __all__ = [
     "Expansion",
@@ -51,7 +52,8 @@ EVAL_CHUNK = 2_000  # rows per evaluation product: small enough for the activati
 
 @dataclass(frozen=True)
 class Stop:
-    """Why training ended early; `status` is what the run reports (completed, pruned, diverged)."""
+    """Why training ended early; `status` is what the run reports (completed, pruned, diverged,
+    stalled)."""
 
     reason: str
     status: str = "completed"
@@ -200,9 +202,10 @@ def fit(
     redraw the images from `augment_rng`. Dropout masks come from `dropout_rng`. (Both default to
     generators spawned from `rng`, which leaves `rng`'s own stream unchanged.)
     Training ends after `epochs`, when the hook, the stopping rule or the schedule says so, or when a
-    cost or weight stops being finite (status `diverged`, history kept). With `restore_best`, the
-    weights of the epoch with the best validation accuracy (the earliest, on ties) are put back.
-    This is `fit_population` with one member.
+    cost or weight stops being finite (status `diverged`, history kept). A run whose accuracy ends
+    at chance for its last evaluations ends `stalled` (see hpexp.train.stopping.stalled). With
+    `restore_best`, the weights of the epoch with the best validation accuracy (the earliest, on
+    ties) are put back. This is `fit_population` with one member.
     """
     member = Member(
         optimizer,
@@ -238,6 +241,11 @@ def _stacked(
     return optimizer, regularizer
 
 
+def _constant_guess(y: np.ndarray, classes: int) -> float:
+    """The accuracy of the best constant guess on labels y (1/classes if they are balanced)."""
+    return max(1 / classes, float(np.bincount(y, minlength=classes).max() / max(len(y), 1)))
+
+
 def _row(value: np.ndarray, row: int | None) -> float:
     return float(value if row is None else value[row])
 
@@ -256,6 +264,8 @@ def fit_population(
     eval_every: int = 1,
     shuffle: bool = True,
     chunk: int | None | Literal["auto"] = "auto",
+    checkpoint: Callable[[State], None] | None = None,
+    resume: State | None = None,
 ) -> list[Result]:
     """The one training loop: K members (a population network with a leading axis K, see
     hpexp.nn.population, or a plain network for K = 1) trained side by side, epoch by epoch.
@@ -272,6 +282,10 @@ def fit_population(
     mini-batches follow the stored order every epoch (the book's network3). A population takes
     each step in chunks of `chunk` members (None: all at once; "auto": the fastest on this machine,
     hpexp.train.batching), which changes the speed, not the arithmetic.
+
+    `checkpoint(state)` is called before the first epoch and after every evaluated one (see
+    hpexp.train.checkpoint); `resume=state` goes on from such a state, given the same members,
+    data and freshly made generators: the results are those of a run that never stopped.
     """
     population = bool(network.lead)
     if (network.lead[0] if population else 1) != len(members):
@@ -285,14 +299,40 @@ def fit_population(
         spawned = (shuffle_rng or rng[0]).spawn(2)  # type: ignore[index]
         dropout_rng, augment_rng = dropout_rng or spawned[0], augment_rng or spawned[1]
     x, y = expansion.expand(train.x, train.y)
+    classes = network.params[-1].shape[-1]  # the output layer's biases: one per class
+    chance = {f"{name}_accuracy": _constant_guess(split.y, classes) for name, split in monitor.items()}
     histories: list[list[Record]] = [[] for _ in members]
     best: list[Record | None] = [None] * len(members)  # each member's best-validation record
     best_params: list[list[np.ndarray] | None] = [None] * len(members)
     results: list[Result | None] = [None] * len(members)
     active = list(range(len(members)))
     optimizer, regularizer = _stacked(members, active, population, dtype)
+    streams = {"shuffle": shuffle_rng or list(rng), "dropout": dropout_rng, "augment": augment_rng}  # type: ignore[arg-type]
+
+    def state(epoch: int) -> State:
+        ended = {k: _ended(r) for k, r in enumerate(results) if r is not None}
+        rngs = {name: _rng_state(g) for name, g in streams.items()}
+        velocity = optimizer._velocity
+        return State(epoch, active, network.params, velocity, histories, best, best_params, ended, rngs)
+
+    first = 1
+    if resume is not None:
+        first, active = resume.epoch + 1, list(resume.active)
+        histories, best, best_params = resume.histories, resume.best, resume.best_params
+        for k, saved_result in resume.ended.items():
+            results[k] = Result(histories[k], **saved_result)
+        if population and len(active) < len(members):
+            network = select(network, active)
+        for p, saved in zip(network.params, resume.params, strict=True):
+            p[...] = saved
+        optimizer, regularizer = _stacked(members, active, population, dtype)
+        optimizer._velocity = [v.copy() for v in resume.velocity]
+        for name, g in streams.items():
+            _set_rng_state(g, resume.rngs[name])
+    elif checkpoint:
+        checkpoint(state(0))
     start = time.perf_counter()
-    for epoch in range(1, max(m.epochs for m in members) + 1):
+    for epoch in range(first, max(m.epochs for m in members) + 1):
         etas = [members[k].schedule.eta(members[k].optimizer.eta, histories[k]) for k in active]
         eta = np.asarray(etas, dtype).reshape(-1, 1, 1) if population else etas[0]
         if not shuffle:
@@ -339,6 +379,12 @@ def fit_population(
                 stop = Stop(why)
             elif stop is None and epoch == member.epochs:
                 stop = Stop(f"reached {member.epochs} epochs")
+            if (
+                stop
+                and stop.status == "completed"
+                and (why := stalled(history, chance, STALL_MARGIN / classes))
+            ):
+                stop = Stop(f"{why}; {stop.reason}", "stalled")
             if stop:
                 restore = best_params[k] is not None and stop.status != "diverged"
                 best_record = best[k]
@@ -359,4 +405,25 @@ def fit_population(
             network, active = select(network, keep), [active[row] for row in keep]
             optimizer, regularizer = _stacked(members, active, population, dtype)
             optimizer._velocity = velocity
+        if checkpoint:
+            checkpoint(state(epoch))
     return [r for r in results if r is not None]
+
+
+def _ended(result: Result) -> Record:
+    return {
+        "status": result.status,
+        "stop_reason": result.stop_reason,
+        "best_epoch": result.best_epoch,
+        "restored_epoch": result.restored_epoch,
+        "params": result.params,
+    }
+
+
+def _rng_state(g: np.random.Generator | list[np.random.Generator]) -> Any:
+    return [x.bit_generator.state for x in g] if isinstance(g, list) else g.bit_generator.state
+
+
+def _set_rng_state(g: np.random.Generator | list[np.random.Generator], saved: Any) -> None:
+    for x, s in zip(g, saved, strict=True) if isinstance(g, list) else [(g, saved)]:
+        x.bit_generator.state = s

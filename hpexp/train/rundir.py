@@ -3,11 +3,19 @@
     config.yaml    the resolved config, with the chosen option of every config group
     history.csv    one row per epoch (rewritten after every epoch, so a killed run keeps its curve)
     summary.json   status, stop reason, best epoch and its record, final record, seconds, versions
+    checkpoint.npz while training: the state to resume from (hpexp.train.checkpoint), removed
+                   when the run ends; kept when it is interrupted
     weights.npz    optional: the final parameters, layer by layer (a dense layer's weights as the
                    book's (n_out, n_in), then its biases (1, n_out); conv filters (filters, c, kh, kw))
 
 Every file is written atomically (a temporary file in the same folder, then os.replace), so a
-reader never sees half a file.
+reader never sees half a file. A new run gets a folder of its own: `new_run_dir` names it by the
+time plus a short random suffix and creates it exclusively, so runs started in the same second
+never share one.
+
+While a run trains, its process holds a lock on `.lock` in the folder (`RunLock`). The lock dies
+with the process, however it ends (kill -9 included), so `read_summary` reports a run whose summary
+still says `running` but whose lock nobody holds as `interrupted`.
 """
 
 from __future__ import annotations
@@ -16,7 +24,10 @@ import csv
 import io
 import json
 import os
+import secrets
+import socket
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,8 +35,10 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "RunLock",
     "HistoryWriter",
     "history_csv",
+    "new_run_dir",
     "read_history",
     "read_summary",
     "write_atomic",
@@ -44,6 +57,20 @@ def _umask() -> int:
 
 
 _MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's own 0600 would hide runs from others
+
+
+def new_run_dir(parent: str | Path) -> Path:
+    """A fresh folder PARENT/<date>_<time>_<4 hex digits>, created here and by no one else."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    while True:
+        path = parent / f"{stamp}_{secrets.token_hex(2)}"
+        try:
+            path.mkdir()  # no exist_ok: whoever creates the folder owns it
+        except FileExistsError:
+            continue
+        return path
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -79,9 +106,13 @@ class HistoryWriter:
     thousands of epochs must not rewrite the whole file each epoch). A row cut short by a crash is
     skipped by `read_history`."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, history: Sequence[Record] = ()) -> None:
+        """`history`: the rows so far (a resumed run's), written at once in place of the file."""
         self.path = Path(run_dir) / "history.csv"
         self.columns: list[str] | None = None
+        if history:
+            write_history(run_dir, history)
+            self.columns = list(history[0])
 
     def append(self, record: Record) -> None:
         if self.columns is None:
@@ -118,5 +149,79 @@ def read_history(run_dir: Path) -> list[Record]:
 
 
 def read_summary(run_dir: Path) -> Record:
+    """summary.json; a run that says `running` but whose process is gone reads as `interrupted`."""
     path = Path(run_dir) / "summary.json"
-    return json.loads(path.read_text()) if path.exists() else {"status": "unknown"}
+    summary = json.loads(path.read_text()) if path.exists() else {"status": "unknown"}
+    if summary.get("status") == "running" and RunLock.abandoned(Path(run_dir), summary):
+        who = f"pid {summary.get('pid')} on {summary.get('host')}"
+        summary |= {"status": "interrupted", "stop_reason": f"the process ({who}) ended while training"}
+    return summary
+
+
+class RunLock:
+    """Held by the process training a run (see the module docstring); one holder at a time."""
+
+    NAME = ".lock"
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / self.NAME
+        self.fd: int | None = None
+
+    def acquire(self, timeout: float = 2.0) -> None:
+        """Take the lock, waiting up to `timeout` s (a reader may hold it for a moment); raises
+        BlockingIOError if another process trains this run."""
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, _MODE)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise
+                time.sleep(0.05)
+                continue
+            self.fd = fd
+            return
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the lock
+            self.fd = None
+
+    @staticmethod
+    def owner() -> Record:
+        """What a `running` summary records of the process that trains the run."""
+        return {"pid": os.getpid(), "host": socket.gethostname()}
+
+    @classmethod
+    def abandoned(cls, run_dir: Path, summary: Record) -> bool:
+        """Whether a `running` run's process is gone. Only this host can tell: a run of another
+        machine (on a shared file system) reads as running."""
+        if summary.get("host") != socket.gethostname():
+            return False
+        path = run_dir / cls.NAME
+        if not path.exists():  # written before locks: fall back to the pid
+            return summary.get("pid") is not None and not _alive(int(summary["pid"]))
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+        return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

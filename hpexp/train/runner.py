@@ -8,10 +8,11 @@ components named by the config groups, loads the data, calls `fit()` and writes 
 from __future__ import annotations
 
 import math
+import os
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ from hpexp.nn.network import DenseSpec, LayerSpec, Network, Shape, shapes
 from hpexp.nn.population import stack, stackable
 from hpexp.paths import config_dir
 from hpexp.progress import Progress, log, use_console
-from hpexp.train import rundir
+from hpexp.train import checkpoint as checkpoints
+from hpexp.train import checks, rundir
+from hpexp.train.checks import ConfigError
 from hpexp.train.loop import Member, Record, Stop, fit_population, rng_streams
 from hpexp.train.stopping import Never
 
@@ -45,6 +48,7 @@ __all__ = [
     "plain_overrides",
     "population_key",
     "restore_best",
+    "resume",
     "run",
     "run_population",
     "run_seeds",
@@ -84,8 +88,18 @@ for _name, _resolver in (("hpexp.data", _resolve_data), ("hpexp.dense", _resolve
         OmegaConf.register_new_resolver(_name, _resolver)
 
 
-class ConfigError(ValueError):
-    """A config value that cannot work, found before any training."""
+_RUN_DIRS: dict[str, str] = {}
+
+
+def _new_run_dir(parent: str) -> str:
+    """`${hpexp.run_dir:PARENT}` (conf/train.yaml's hydra.run.dir and sweep.dir): a folder made
+    exclusively for this process, however often Hydra resolves the key (see rundir.new_run_dir)."""
+    if parent not in _RUN_DIRS:
+        _RUN_DIRS[parent] = str(rundir.new_run_dir(parent))
+    return _RUN_DIRS[parent]
+
+
+OmegaConf.register_new_resolver("hpexp.run_dir", _new_run_dir, replace=True)
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
@@ -132,6 +146,7 @@ def _instantiate(cfg: DictConfig, group: str) -> Any:
         raise ConfigError(
             f"{group} must be chosen with {group.replace('.', '/')}=NAME, one of {options}; got {node!r}"
         )
+    checks.check_types(node, group)
     try:
         return instantiate(node)
     except InstantiationException as e:
@@ -199,9 +214,13 @@ def _check_network(cfg: DictConfig, info: data_sets.Info) -> None:
         )
 
 
-def validate(cfg: DictConfig) -> Parts:
-    """Check every value and build the components; raises ConfigError before any work is done."""
+def validate(cfg: DictConfig, *, selection: bool = False) -> Parts:
+    """Check every value and build the components; raises ConfigError before any work is done.
+
+    `selection`: the run is a search trial, which selects by the validation split."""
     t = cfg.train
+    checks.check_finite(cfg)
+    checks.check_seeds(cfg)
     if cfg.dtype not in ("float32", "float64"):
         raise ConfigError(f"dtype must be float32 or float64, got {cfg.dtype!r}")
     if not (isinstance(t.epochs, int) and t.epochs >= 1):
@@ -214,8 +233,8 @@ def validate(cfg: DictConfig) -> Parts:
         raise ConfigError(
             f"train.batch_size must be an integer in [1, data.n_train={n_train}], got {t.batch_size!r}"
         )
-    if bad := [s for s in t.monitor if s not in SPLITS]:
-        raise ConfigError(f"train.monitor has unknown split(s) {bad}; valid: {list(SPLITS)}")
+    checks.check_splits(cfg, SPLITS, selection=selection)
+    checks.check_preset(cfg)
     _check_network(cfg, data_info(cfg))
     groups = ("activation", "cost", "init", "regularizer", "optimizer", "schedule", "stopping")
     parts = Parts(**{g: _instantiate(cfg, g) for g in groups}, expansion=_instantiate(cfg, "data.expand"))
@@ -334,20 +353,25 @@ def run(
 
     Studies pass `allow_test=False`, so no trial of a search can read the test split.
     """
-    out = Path(out_dir or cfg.out_dir or Path("runs/train") / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    out = out_dir or cfg.out_dir
+    if not out:
+        validate(cfg, selection=not allow_test)  # a refused config leaves no folder behind
+        out = rundir.new_run_dir("runs/train")
     (path,) = run_population([cfg], [out], on_epochs=[on_epoch], progress=progress, allow_test=allow_test)
     return path
 
 
 def run_seeds(cfg: DictConfig, out_dir: str | Path, **kwargs: Any) -> list[Path]:
     """`train.seeds=[1,2,3]`: one run per seed in OUT/seed_S/, trained together as one population."""
+    checks.check_seeds(cfg)  # distinct seeds: two members must never share a folder
     cfgs = []
     for seed in cfg.train.seeds:
         member = cfg.copy()
         with open_dict(member):
             member.seed, member.train.seeds = int(seed), None
         cfgs.append(member)
-    return run_population(cfgs, [Path(out_dir) / f"seed_{c.seed}" for c in cfgs], **kwargs)
+    outs = [Path(out_dir) / f"seed_{c.seed}" for c in cfgs]
+    return run_population(cfgs, outs, checkpoint=Path(out_dir) / CHECKPOINT, **kwargs)
 
 
 def run_population(
@@ -357,13 +381,19 @@ def run_population(
     on_epochs: Sequence[Callable[[Record], Stop | None] | None] | None = None,
     progress: bool = True,
     allow_test: bool = True,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
 ) -> list[Path]:
     """Train several configs that differ only in per-member values (seed, eta, lmbda, momentum,
     dropout p, epochs, schedule, stopping, init) in one vectorized pass; one run directory each,
     exactly as `run` writes it. With `train.shared_order` every member sees the first config's
     mini-batch order (common random numbers); otherwise each its own seed's order, as it would alone.
+
+    The population checkpoints itself into `checkpoint` (default: the first run folder's
+    checkpoint.npz) after every evaluated epoch; it is removed when every member has ended, kept
+    when training is interrupted or fails. `resume=True` goes on from it (see `resume`).
     """
-    parts = [validate(cfg) for cfg in cfgs]
+    parts = [validate(cfg, selection=not allow_test) for cfg in cfgs]
     if len({population_key(cfg) for cfg in cfgs}) > 1:
         differ = [k for k in SHARED if len({str(OmegaConf.select(c, k)) for c in cfgs}) > 1]
         raise ConfigError(f"configs differ in {differ}, which must be equal to train as one population")
@@ -371,9 +401,16 @@ def run_population(
     hooks = list(on_epochs or [None] * len(cfgs))
     if len(cfgs) > 1 and not stackable(network_specs(cfg0)[1]):  # conv nets train one by one
         return [
-            run_population([c], [o], on_epochs=[h], progress=progress, allow_test=allow_test)[0]
+            o
+            if resume and not (o / CHECKPOINT).exists() and rundir.read_summary(o).get("status") in ENDED
+            else run_population(
+                [c], [o], on_epochs=[h], progress=progress, allow_test=allow_test, resume=resume
+            )[0]
             for c, o, h in zip(cfgs, outs, hooks, strict=True)
         ]
+    path = Path(checkpoint) if checkpoint else outs[0] / CHECKPOINT
+    names = [os.path.relpath(o, path.parent) for o in outs]
+    saved = _saved_state(path, names) if resume else None
     splits = load_data(cfg0, allow_test=allow_test)
     if not cfg0.data.get("verify", True):
         log.warning(f"data: {data_info(cfg0).name} read without checking checksums (data.verify=false)")
@@ -381,16 +418,18 @@ def run_population(
     networks = [build_network(cfg, p, s["init"]) for cfg, p, s in zip(cfgs, parts, streams, strict=True)]
     network = networks[0] if len(networks) == 1 else stack(networks)
     n_params = sum(p.size for p in networks[0].params)
-    members = []
+    members, locks = [], _lock(outs)
     bar = None
     if progress:
         use_console()
         bar = Progress(max(cfg.train.epochs for cfg in cfgs), "train", unit="epoch")
-    for cfg, p, out, hook in zip(cfgs, parts, outs, hooks, strict=True):
-        out.mkdir(parents=True, exist_ok=True)
+        if saved:
+            bar.update(saved.epoch)
+    for k, (cfg, p, out, hook) in enumerate(zip(cfgs, parts, outs, hooks, strict=True)):
         rundir.write_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        rundir.write_summary(out, {"status": "running", "seed": cfg.seed})
-        on_epoch = _recorder(out, cfg, hook, bar, label=len(cfgs) > 1)
+        rundir.write_summary(out, {"status": "running", "seed": cfg.seed, **rundir.RunLock.owner()})
+        history = saved.histories[k] if saved else []
+        on_epoch = _recorder(out, cfg, hook, bar, label=len(cfgs) > 1, history=history)
         members.append(
             Member(
                 p.optimizer,
@@ -419,25 +458,91 @@ def run_population(
                 augment_rng=streams[0]["augment"],
                 eval_every=cfg0.train.get("eval_every") or 1,
                 shuffle=cfg0.train.get("shuffle", True),
+                checkpoint=lambda state: checkpoints.save(path, replace(state, members=names)),
+                resume=saved,
             )
     except BaseException as e:
         if bar is not None:
             bar.close()
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        interrupted = isinstance(e, KeyboardInterrupt)
+        reason = "interrupted (Ctrl-C or SIGTERM)" if interrupted else repr(e)
         for cfg, out in zip(cfgs, outs, strict=True):
             history = rundir.read_history(out)
             rundir.write_summary(
-                out, {"status": status, "stop_reason": repr(e), "epochs_run": len(history), "seed": cfg.seed}
+                out,
+                {
+                    "status": "interrupted" if interrupted else "failed",
+                    "stop_reason": reason,
+                    "epochs_run": len(history),
+                    "seed": cfg.seed,
+                },
             )
         raise
-    if bar is not None:
-        bar.close()
-    seconds = (time.perf_counter() - started) / len(cfgs)
-    for cfg, p, out, result in zip(cfgs, parts, outs, results, strict=True):
-        rundir.write_summary(out, _summary(cfg, p, result, seconds, n_params))
-        if cfg.train.save_weights:
-            rundir.write_weights(out, result.params)
+    else:
+        if bar is not None:
+            bar.close()
+        seconds = (time.perf_counter() - started) / len(cfgs)
+        for cfg, p, out, result in zip(cfgs, parts, outs, results, strict=True):
+            rundir.write_summary(out, _summary(cfg, p, result, seconds, n_params))
+            if cfg.train.save_weights:
+                rundir.write_weights(out, result.params)
+        path.unlink(missing_ok=True)  # every member ended: nothing left to resume
+    finally:
+        for lock in locks:
+            lock.release()
     return outs
+
+
+CHECKPOINT = "checkpoint.npz"
+ENDED = ("completed", "diverged", "stalled", "pruned")  # statuses a run ends in (not resumed)
+
+
+def _saved_state(path: Path, names: list[str]) -> checkpoints.State:
+    if not path.exists():
+        raise ConfigError(f"{path.parent} has no {path.name} to resume from (it is removed once a run ends)")
+    saved = checkpoints.load(path)
+    if saved.members != names:
+        raise ConfigError(f"{path} is the checkpoint of runs {saved.members}, not of {names}")
+    return saved
+
+
+def resume(run_dir: str | Path, *, progress: bool = True) -> list[Path]:
+    """Go on with an interrupted run (or a `train.seeds` population) from its last checkpoint, as
+    if it had never stopped: `hpexp train resume=RUN_DIR`. Returns the run folders."""
+    run_dir = Path(run_dir)
+    path = run_dir / CHECKPOINT
+    if not path.exists() and not (run_dir / "config.yaml").exists():  # one by one: seed_S/checkpoint.npz
+        members = sorted(p.parent for p in run_dir.glob(f"*/{CHECKPOINT}"))
+        if members:
+            return [out for member in members for out in resume(member, progress=progress)]
+    if not path.exists():
+        status = rundir.read_summary(run_dir).get("status")
+        raise ConfigError(f"{run_dir} has no {CHECKPOINT} to resume from (its status: {status})")
+    outs = [(run_dir / name).resolve() for name in checkpoints.load(path).members]
+    cfgs = [OmegaConf.load(out / "config.yaml") for out in outs]
+    return run_population(
+        cfgs,  # type: ignore[arg-type]
+        outs,
+        progress=progress,
+        checkpoint=path,
+        resume=True,
+    )
+
+
+def _lock(outs: Sequence[Path]) -> list[rundir.RunLock]:
+    """Each run folder's lock (see rundir.RunLock), or ConfigError if another process holds one."""
+    locks: list[rundir.RunLock] = []
+    for out in outs:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = rundir.RunLock(out)
+        try:
+            lock.acquire()
+        except BlockingIOError:
+            for held in locks:
+                held.release()
+            raise ConfigError(f"{out} is being trained by another process; choose another out_dir") from None
+        locks.append(lock)
+    return locks
 
 
 def _recorder(
@@ -446,12 +551,14 @@ def _recorder(
     hook: Callable[[Record], Stop | None] | None,
     bar: Progress | None,
     label: bool,
+    history: Sequence[Record] = (),
 ) -> Callable[[Record], Stop | None]:
-    """The per-epoch hook of one run: append to history.csv, log progress, call the caller's hook."""
-    history = rundir.HistoryWriter(out)
+    """The per-epoch hook of one run: append to history.csv, log progress, call the caller's hook.
+    A resumed run starts from the checkpoint's `history` (dropping rows of a later, lost epoch)."""
+    writer = rundir.HistoryWriter(out, history)
 
     def on_epoch(record: Record) -> Stop | None:
-        history.append(record)
+        writer.append(record)
         if bar is not None:
             if record["epoch"] > bar.done:  # a population's members share the bar
                 bar.update(

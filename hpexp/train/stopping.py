@@ -12,7 +12,7 @@ the strip of the last k epochs is P_k(t) = 1000 (sum E_tr / (k min E_tr) - 1).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,10 +27,12 @@ __all__ = [
     "error",
     "generalization_loss",
     "improvements",
+    "stalled",
     "training_progress",
 ]
 
 Record = dict[str, Any]
+STALL_EVALUATIONS, STALL_MARGIN = 3, 0.2  # evaluations; fraction of the chance accuracy
 METRICS = ("val_accuracy", "val_loss", "val_cost", "train_accuracy", "train_loss", "train_cost")
 
 
@@ -215,3 +217,22 @@ class UpStrips:
         if all(ends[i] > ends[i + 1] for i in range(self.s)):
             return f"{self.metric} went up in {self.s} successive strips of {self.k} epochs"
         return None
+
+
+def stalled(history: Sequence[Record], chance: Mapping[str, float], margin: float) -> str | None:
+    """Why a run learned nothing, or None: its accuracy (validation, else training, else test) was
+    at most `chance[key] + margin` at each of the last STALL_EVALUATIONS evaluations. `chance[key]`
+    is what a constant guess scores on that split (1/classes, or the most common class's share if
+    larger: a 200-image split is rarely balanced); the runner's margin is STALL_MARGIN / classes."""
+    last = history[-STALL_EVALUATIONS:]
+    splits = ("val", "train", "test")
+    key = next((f"{s}_accuracy" for s in splits if last and f"{s}_accuracy" in last[-1]), None)
+    if key is None or key not in chance or len(last) < STALL_EVALUATIONS or any(key not in r for r in last):
+        return None
+    if any(r[key] > chance[key] + margin for r in last):
+        return None
+    values = ", ".join(f"{r[key]:.4f}" for r in last)
+    return (
+        f"stuck at chance: {key} at most {chance[key]:.3g} (a constant guess) + {margin:.3g} at each of "
+        f"the last {len(last)} evaluations ({values})"
+    )
