@@ -61,7 +61,7 @@ def test_a_schedule_can_end_training():
         make_network(),
         train,
         {"val": val},
-        optimizer=SGD(eta=0.4),
+        optimizer=SGD(eta=2.0),  # at 0.4 it is still at a constant guess after 3 epochs: `stalled`
         epochs=10,
         batch_size=10,
         rng=np.random.default_rng(0),

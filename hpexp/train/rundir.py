@@ -203,8 +203,8 @@ class RunLock:
         if summary.get("host") != socket.gethostname():
             return False
         path = run_dir / cls.NAME
-        if not path.exists():  # written before locks: fall back to the pid
-            return summary.get("pid") is not None and not _alive(int(summary["pid"]))
+        if not path.exists():  # no lock, no telling
+            return False
         import fcntl
 
         fd = os.open(path, os.O_RDONLY)
@@ -215,13 +215,3 @@ class RunLock:
         finally:
             os.close(fd)
         return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
