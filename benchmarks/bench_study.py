@@ -21,7 +21,7 @@ from pathlib import Path
 import optuna
 from omegaconf import OmegaConf
 
-from hpexp.study import workers as study
+from hpexp import study
 from hpexp.train import batching, rundir
 from hpexp.train.runner import compose, run
 
@@ -63,9 +63,11 @@ def throughput(folder: Path, workers: int, trials: int, epochs: int, population:
 
 def storage_seconds(folder: Path, n: int = 20) -> float:
     """Median seconds of the storage work one 1-epoch trial does on the Journal file."""
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    from optuna.storages.journal import JournalStorage
 
-    storage = JournalStorage(JournalFileBackend(str(folder / "overhead.log")))
+    from hpexp.study.journal import journal_backend
+
+    storage = JournalStorage(journal_backend(folder / "overhead.log"))  # as studies open it
     s = optuna.create_study(storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
     params = study.parse_space(SEARCH)
     base = compose(BASE)
@@ -74,7 +76,7 @@ def storage_seconds(folder: Path, n: int = 20) -> float:
         started = time.perf_counter()
         s.enqueue_trial({})
         trial = optuna.Trial(s, s._pop_waiting_trial_id())
-        for key in ("host", "pid", "pid_start", "worker", "run_dir", "overrides"):
+        for key in ("host", "pid", "pid_start", "worker", "sampler_seed", "run_dir", "overrides"):
             trial.set_user_attr(key, key)
         study.sample(trial, params, base)
         trial.report(0.9, 1)

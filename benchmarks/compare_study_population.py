@@ -21,7 +21,7 @@ from pathlib import Path
 
 import optuna
 
-from hpexp.study import workers as study
+from hpexp import study
 
 
 def one_study(runs: Path, population: int, seed: int, args: argparse.Namespace) -> dict[str, float]:
