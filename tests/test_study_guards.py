@@ -15,7 +15,7 @@ from hpexp.study import storage
 from hpexp.study import workers as study
 from hpexp.study.coordinator import search
 from hpexp.study.finalize import finalize
-from hpexp.study.spec import load_spec
+from hpexp.study.spec import check_spec, load_spec
 from hpexp.study.storage import mask
 from hpexp.train.runner import ConfigError
 
@@ -50,6 +50,17 @@ def test_unknown_spec_key_on_the_command_line_is_one_line_and_exit_2(tmp_path):
         "hpexp study: error: unknown study spec key n_trail; did you mean n_trials?"
     ]
     assert not (tmp_path / "studies").exists()
+
+
+def test_spec_overrides_set_defaulted_keys_and_refuse_unknown_ones(tmp_path):
+    path = write_spec(tmp_path)  # leaves max_restarts and max_attempts to their defaults
+    spec = load_spec(str(path), ["max_restarts=20", "max_attempts=5", "n_trials=4"])
+    assert (spec.max_restarts, spec.max_attempts, spec.n_trials) == (20, 5, 4)
+    for override in ("n_trail=3", "+n_trail=3"):
+        with pytest.raises(ConfigError, match=r"unknown study spec key n_trail; did you mean n_trials\?"):
+            load_spec(str(path), [override])
+    with pytest.raises(ConfigError, match=r"sampler\.sead; did you mean sampler\.seed\?"):
+        check_spec(load_spec(str(path), ["+sampler.sead=3"]))
 
 
 def test_a_spec_missing_a_required_key_says_which(tmp_path):

@@ -95,11 +95,12 @@ def load_spec(name: str, overrides: Sequence[str] = ()) -> DictConfig:
     if not (folder / f"{stem}.yaml").is_file():
         known = sorted(p.stem for p in studies_dir().glob("*.yaml"))
         raise ConfigError(f"no study spec {folder / stem}.yaml; shipped studies: {', '.join(known)}")
+    overrides = _add_defaults(OmegaConf.load(folder / f"{stem}.yaml"), overrides)
     try:
         with initialize_config_dir(config_dir=str(folder), version_base="1.3"):
-            spec = hydra_compose(stem, overrides=list(overrides))
+            spec = hydra_compose(stem, overrides=overrides)
     except HydraException as e:
-        raise ConfigError(f"study spec {stem}: {e}") from e
+        raise ConfigError(f"study spec {stem}: {' '.join(str(e).split())}") from e
     _check_keys(spec, [*REQUIRED, *DEFAULTS], "")
     if missing := [k for k in REQUIRED if spec.get(k) is None]:
         raise ConfigError(f"study spec {stem} does not set {', '.join(missing)} (see studies/README.md)")
@@ -126,6 +127,19 @@ def population_size(spec: DictConfig, base: DictConfig) -> int:
     share = max(1, spec.n_trials // spec.workers)
     with threadpool_limits(limits=1, user_api="blas"):
         return batching.population(sizes, base.train.batch_size, base.dtype, largest=share)
+
+
+def _add_defaults(written: Any, overrides: Sequence[str]) -> list[str]:
+    """Overrides as Hydra takes them: `max_restarts=20` for a spec key the file leaves to its
+    default becomes `+max_restarts=20`; an unknown key is refused here, with a close one named."""
+    out = []
+    for override in overrides:
+        key = re.match(r"([A-Za-z_]\w*)[\w.]*=", override)
+        if key and key[1] not in (written or {}):
+            _check_keys([key[1]], [*REQUIRED, *DEFAULTS], "")
+            override = f"+{override}"
+        out.append(override)
+    return out
 
 
 def _check_keys(node: Any, valid: Sequence[str], where: str) -> None:
