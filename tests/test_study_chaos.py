@@ -136,8 +136,11 @@ def drive(process: subprocess.Popen, journal: Path, chaos: Chaos) -> None:
         if (now := journal.stat().st_mtime_ns) != mtime:
             mtime, last_change = now, time.monotonic()
         chaos.longest_wait = max(chaos.longest_wait, time.monotonic() - last_change)
+        if chaos.longest_wait > 90:  # hung: stop the study, the assertions say so
+            process.kill()
 
 
+@pytest.mark.timeout(1200)
 def test_chaos_study_reaches_its_budget_through_random_worker_kills(mnist_dir, tmp_path):
     random.seed(int.from_bytes(os.urandom(4), "little"))
     path = write_spec(
