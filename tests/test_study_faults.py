@@ -185,3 +185,25 @@ def test_a_trial_that_draws_an_earlier_trials_parameters_is_replaced(mnist_dir, 
     for t in trials:
         if t.user_attrs.get("status") == "duplicate":
             assert t.params == trials[t.user_attrs["duplicate_of"]].params and t.state == TrialState.FAIL
+
+
+def test_ctrl_c_while_finalizing_is_one_line_and_records_no_scoring(mnist_dir, tmp_path):
+    from hpexp.study.coordinator import search
+
+    path = write_spec(tmp_path, base=SLOW_TRIALS, n_trials=1)
+    spec = load_spec(str(path))
+    search(spec, tmp_path, quiet=True)
+    process = start(path, tmp_path, "--finalize", "--seeds", "2")
+    final = tmp_path / "studies" / "tiny" / "final"
+    while not final.exists():  # training the seeds has begun
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert err.strip().splitlines() == ["hpexp study: interrupted; run the same command again"]
+    assert not (final.parent / "final.json").exists()
+    again = subprocess.run(
+        start(path, tmp_path, "--finalize", "--seeds", "1").args, capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr  # not refused: the test set was never scored

@@ -54,6 +54,14 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="the runs folder (default: runs)")
     launchers.add_arguments(parser)
     args = parser.parse_intermixed_args(argv)
+    try:
+        _run(args)
+    except KeyboardInterrupt:  # before the search starts, or while finalizing (the search has its own)
+        print("\nhpexp study: interrupted; run the same command again", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _run(args: argparse.Namespace) -> None:
     launchers.refuse_hydra_overrides(args.overrides)
     spec = load_spec(args.name, args.overrides)
     launchers.apply_arguments(args, spec)
@@ -65,13 +73,7 @@ def main(argv: Sequence[str]) -> None:
     if not args.finalize:
         search(spec, args.runs, join=args.join)
     if args.finalize or spec.finalize:
-        try:
-            finalize(spec, args.runs, args.seeds, again=args.again)
-        except KeyboardInterrupt:
-            print(
-                f"\nhpexp study: finalize of {spec.name} interrupted; nothing was recorded", file=sys.stderr
-            )
-            raise SystemExit(130) from None
+        finalize(spec, args.runs, args.seeds, again=args.again)
 
 
 if __name__ == "__main__":
