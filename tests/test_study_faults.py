@@ -27,8 +27,12 @@ SLOW_TRIALS = [  # a few seconds per trial, so a trial can be caught between epo
 ]
 
 
+def command(path: Path, runs: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "hpexp.cli", "study", str(path), "--runs", str(runs), *extra]
+
+
 def start(path: Path, runs: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "hpexp.cli", "study", str(path), "--runs", str(runs), *extra]
+    cmd = command(path, runs, *extra)
     return subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
@@ -91,7 +95,7 @@ def test_a_study_that_cannot_finish_exits_1_saying_why_and_resumes(mnist_dir, tm
     assert (
         "study tiny cannot finish: 2 trial(s) never ran because workers died 1 times (max_restarts=0)" in err
     )
-    rerun = subprocess.run(start(path, tmp_path).args, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(command(path, tmp_path), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     trials = trials_of(spec, tmp_path)
     lost = trials[victim.number]
@@ -128,7 +132,7 @@ def test_an_interrupted_study_stops_promptly_in_one_line_and_resumes(
     )
     trials = trials_of(spec, tmp_path)
     assert not [t for t in trials if t.state == TrialState.RUNNING]
-    rerun = subprocess.run(start(path, tmp_path).args, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(command(path, tmp_path), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     trials = trials_of(spec, tmp_path)
     assert states(trials) == {"COMPLETE": 4, "FAIL": len(caught)}
@@ -204,6 +208,6 @@ def test_ctrl_c_while_finalizing_is_one_line_and_records_no_scoring(mnist_dir, t
     assert err.strip().splitlines() == ["hpexp study: interrupted; run the same command again"]
     assert not (final.parent / "final.json").exists()
     again = subprocess.run(
-        start(path, tmp_path, "--finalize", "--seeds", "1").args, capture_output=True, text=True
+        command(path, tmp_path, "--finalize", "--seeds", "1"), capture_output=True, text=True
     )
     assert again.returncode == 0, again.stderr  # not refused: the test set was never scored
