@@ -30,10 +30,11 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from hpexp.study import launchers
-from hpexp.study.progress import Display, summary_text
+from hpexp.study.progress import Display, _best, summary_text
 from hpexp.study.spec import population_size
 from hpexp.study.storage import fail_stale, mask, study_dir, unclaimed
 from hpexp.study.workers import prepare, work
+from hpexp.train import loggers
 from hpexp.train.runner import compose
 
 __all__ = ["Interrupted", "Pool", "search"]
@@ -56,10 +57,12 @@ def search(
     dies, with a progress display; raises SystemExit(1) if the study cannot finish here."""
     study: optuna.Study | None = None
     pool: AnyPool | None = None
+    tracked: DictConfig | None = None
     launchers.check_launcher(spec)
     with _signals_interrupt():
         try:
             study, _ = prepare(spec, runs, join=join)
+            tracked = _track(study, spec)  # before the pool copies the spec for its workers
             size = population_size(spec, compose(list(spec.base)))  # `auto` measured once, not per worker
             # Where the workers run: this machine's processes, or a Dask cluster or a job array.
             pool = (
@@ -75,8 +78,27 @@ def search(
     assert study is not None and pool is not None
     if not quiet:
         print(summary_text(study, spec, runs), flush=True)
+    best = _best(study.get_trials(deepcopy=False), spec)
+    if tracked is not None and best is not None and best.value is not None:
+        loggers.end_study_run(
+            tracked, study.user_attrs["mlflow_run_id"], {f"best_{spec.objective.metric}": best.value}
+        )
     _verdict(study, pool, spec)
     return study
+
+
+def _track(study: optuna.Study, spec: DictConfig) -> DictConfig | None:
+    """With logger.mlflow in the trials' config: the study's MLflow run (made once, kept in the
+    study) becomes every trial's parent run. Returns the trials' base config, or None."""
+    base = compose(list(spec.base))
+    data = OmegaConf.to_container(spec)
+    assert isinstance(data, dict)
+    run_id = loggers.study_run(base, spec.name, data, study.user_attrs.get("mlflow_run_id"))
+    if run_id is None:
+        return None
+    study.set_user_attr("mlflow_run_id", run_id)
+    spec.base = [*spec.base, f"logger.mlflow.parent_run_id={run_id}"]
+    return base
 
 
 def _print_start(spec: DictConfig, runs: Path, size: int) -> None:

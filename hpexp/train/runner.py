@@ -32,7 +32,7 @@ from hpexp.nn.population import stack, stackable
 from hpexp.paths import config_dir
 from hpexp.progress import Progress, log, use_console
 from hpexp.train import checkpoint as checkpoints
-from hpexp.train import checks, rundir
+from hpexp.train import checks, loggers, rundir
 from hpexp.train.checks import ConfigError
 from hpexp.train.loop import Member, Record, Stop, fit_population, rng_streams
 from hpexp.train.stopping import Never
@@ -411,6 +411,7 @@ def run_population(
     path = Path(checkpoint) if checkpoint else outs[0] / CHECKPOINT
     names = [os.path.relpath(o, path.parent) for o in outs]
     saved = _saved_state(path, names) if resume else None
+    trackers = [loggers.build(cfg) for cfg in cfgs]  # a missing optional package is named before work
     splits = load_data(cfg0, allow_test=allow_test)
     if not cfg0.data.get("verify", True):
         log.warning(f"data: {data_info(cfg0).name} read without checking checksums (data.verify=false)")
@@ -425,11 +426,13 @@ def run_population(
         bar = Progress(max(cfg.train.epochs for cfg in cfgs), "train", unit="epoch")
         if saved:
             bar.update(saved.epoch)
-    for k, (cfg, p, out, hook) in enumerate(zip(cfgs, parts, outs, hooks, strict=True)):
+    tracked = []
+    for k, (cfg, p, out, hook, chosen) in enumerate(zip(cfgs, parts, outs, hooks, trackers, strict=True)):
         rundir.write_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         rundir.write_summary(out, {"status": "running", "seed": cfg.seed, **rundir.RunLock.owner()})
         history = saved.histories[k] if saved else []
-        on_epoch = _recorder(out, cfg, hook, bar, label=len(cfgs) > 1, history=history)
+        tracked.append(loggers.start(cfg, out, chosen))
+        on_epoch = _recorder(out, cfg, hook, bar, tracked[-1], label=len(cfgs) > 1, history=history)
         members.append(
             Member(
                 p.optimizer,
@@ -466,26 +469,27 @@ def run_population(
             bar.close()
         interrupted = isinstance(e, KeyboardInterrupt)
         reason = "interrupted (Ctrl-C or SIGTERM)" if interrupted else repr(e)
-        for cfg, out in zip(cfgs, outs, strict=True):
+        for cfg, out, tracker in zip(cfgs, outs, tracked, strict=True):
             history = rundir.read_history(out)
-            rundir.write_summary(
-                out,
-                {
-                    "status": "interrupted" if interrupted else "failed",
-                    "stop_reason": reason,
-                    "epochs_run": len(history),
-                    "seed": cfg.seed,
-                },
-            )
+            summary = {
+                "status": "interrupted" if interrupted else "failed",
+                "stop_reason": reason,
+                "epochs_run": len(history),
+                "seed": cfg.seed,
+            }
+            rundir.write_summary(out, summary)
+            tracker.finish(summary, out)
         raise
     else:
         if bar is not None:
             bar.close()
         seconds = (time.perf_counter() - started) / len(cfgs)
-        for cfg, p, out, result in zip(cfgs, parts, outs, results, strict=True):
-            rundir.write_summary(out, _summary(cfg, p, result, seconds, n_params))
+        for cfg, p, out, result, tracker in zip(cfgs, parts, outs, results, tracked, strict=True):
+            summary = _summary(cfg, p, result, seconds, n_params)
+            rundir.write_summary(out, summary)
             if cfg.train.save_weights:
                 rundir.write_weights(out, result.params)
+            tracker.finish(summary, out)
         path.unlink(missing_ok=True)  # every member ended: nothing left to resume
     finally:
         for lock in locks:
@@ -550,15 +554,18 @@ def _recorder(
     cfg: DictConfig,
     hook: Callable[[Record], Stop | None] | None,
     bar: Progress | None,
+    tracker: loggers.Trackers,
     label: bool,
     history: Sequence[Record] = (),
 ) -> Callable[[Record], Stop | None]:
-    """The per-epoch hook of one run: append to history.csv, log progress, call the caller's hook.
-    A resumed run starts from the checkpoint's `history` (dropping rows of a later, lost epoch)."""
+    """The per-epoch hook of one run: append to history.csv, log progress, tell the trackers, call
+    the caller's hook. A resumed run starts from the checkpoint's `history` (dropping rows of a
+    later, lost epoch)."""
     writer = rundir.HistoryWriter(out, history)
 
     def on_epoch(record: Record) -> Stop | None:
         writer.append(record)
+        tracker.log_epoch(record)
         if bar is not None:
             if record["epoch"] > bar.done:  # a population's members share the bar
                 bar.update(
