@@ -230,16 +230,23 @@ def _trial_config(
 
 
 def _duplicate_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
-    """An earlier trial with the same parameters as this sampled one, or None. Baselines and
+    """Another trial with the same parameters as this sampled one, or None. Baselines and
     retries (their parameters were enqueued) are never duplicates; a trial that was retried or was
-    itself a duplicate is not compared (its parameters live on in another trial, or nowhere)."""
+    itself a duplicate is not compared (its parameters live on in another trial, or nowhere).
+
+    Later trials count too: two workers that draw alike at the same moment may each check before
+    the other's parameters are stored, and then the one that checks second sees the first,
+    whichever number it has (if both see each other, both are replaced: one draw too many, never
+    a duplicate)."""
     attrs = trial.user_attrs
     if "retry_of" in attrs or attrs.get("baseline"):
         return None
     trials = study.get_trials(deepcopy=False)
     gone = superseded(trials)
-    for t in trials[: trial.number]:
-        if t.number not in gone and t.user_attrs.get("status") != "duplicate" and t.params == trial.params:
+    for t in trials:
+        if t.number == trial.number or t.number in gone or t.user_attrs.get("status") == "duplicate":
+            continue
+        if t.params == trial.params:
             return t.number
     return None
 
