@@ -63,3 +63,27 @@ def test_a_run_without_weights_names_the_setting(mnist_dir, tmp_path):
     out = run(compose([*SMALL, "train.epochs=1"]), tmp_path / "run", progress=False)
     result = hpexp("eval", str(out), cwd=tmp_path, check=False)
     assert result.returncode == 2 and "train.save_weights=true" in result.stderr
+
+
+def test_finalize_scores_with_the_evaluation_masks(mnist_dir, tmp_path):
+    """network3's dropout (inverted: false) scales weighted inputs at evaluation: finalize's test
+    score of the saved weights must equal the test accuracy the run itself recorded."""
+    from hpexp.data import mnist as data
+    from hpexp.study.finalize import _score
+
+    cfg = compose(
+        [
+            *SMALL,
+            "regularizer=dropout",
+            "regularizer.p=0.5",
+            "regularizer.inverted=false",
+            "train.save_weights=true",
+            "train.monitor=[train,val,test]",
+        ]
+    )
+    out = run(cfg, tmp_path / "run", progress=False)
+    test = data.load_splits(cfg.data.dir, n_train=cfg.data.n_train, n_validation=cfg.data.n_validation)[
+        "test"
+    ]
+    last = rundir.read_history(out)[-1]
+    assert _score(cfg, out, test)["test_accuracy"] == pytest.approx(last["test_accuracy"], abs=1e-12)

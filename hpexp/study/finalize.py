@@ -88,7 +88,8 @@ def _score(cfg: DictConfig, out: Path, test: Any) -> dict[str, Any]:
     with np.load(out / "weights.npz") as saved:
         for i, p in enumerate(network.params):
             p[...] = saved[f"arr_{i}"]
-    test_cost, test_accuracy = evaluate(network, test)
+    masks = parts.regularizer.eval_masks(len(network.layers))  # network3-style dropout scales at evaluation
+    test_cost, test_accuracy = evaluate(network, test, masks)
     chosen = summary.get("best") or {}
     return {
         "seed": cfg.seed,
