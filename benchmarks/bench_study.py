@@ -22,6 +22,7 @@ import optuna
 from omegaconf import OmegaConf
 
 from hpexp import study
+from hpexp.study.spec import population_size
 from hpexp.train import batching, rundir
 from hpexp.train.runner import compose, run
 
@@ -128,7 +129,7 @@ def main() -> None:
         two = throughput(folder / "two", 2, args.trials, args.epochs)
         k = args.population if args.population == "auto" else int(args.population)
         spec = spec_for(folder / "pop", 2, args.trials, args.epochs, k)
-        chosen = study.population_size(spec, compose(list(spec.base)))  # measured now if not cached
+        chosen = population_size(spec, compose(list(spec.base)))  # measured now if not cached
         pop = throughput(folder / "pop", 2, args.trials, args.epochs, k)
         k = f"{k}={chosen}" if k == "auto" else k
         print(f"throughput ({args.trials} trials x {args.epochs} full-data epochs, mlp30, batch 10):")

@@ -143,9 +143,11 @@ def _retry(study: optuna.Study, trial: Any, max_attempts: int | None = None, die
     if died and max_attempts is not None and attempt >= max_attempts:
         return False
     attrs = {"retry_of": trial.number, "attempt": attempt + died}
-    study.enqueue_trial(
-        trial.params, user_attrs=attrs | {k: True for k in ("baseline",) if k in trial.user_attrs}
-    )
+    # A trial killed before it sampled has no params yet: an enqueued one (a baseline, a retry) keeps
+    # its fixed values; a sampled one draws afresh.
+    frozen = trial if isinstance(trial, FrozenTrial) else study.get_trials(deepcopy=False)[trial.number]
+    params = {**frozen.system_attrs.get("fixed_params", {}), **frozen.params}
+    study.enqueue_trial(params, user_attrs=attrs | {k: True for k in ("baseline",) if k in trial.user_attrs})
     return True
 
 
