@@ -17,8 +17,8 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import _free_port as free_port
-from omegaconf import OmegaConf
 from optuna.trial import TrialState
+from test_study import write_spec as tiny_spec
 
 from hpexp.study import artifacts, storage
 from hpexp.study.coordinator import search
@@ -28,30 +28,13 @@ from hpexp.train.runner import ConfigError
 distributed = pytest.importorskip("distributed", reason="needs the dask extra (pip install -e '.[dask]')")
 pytest.importorskip("optuna_integration", reason="needs the dask extra (pip install -e '.[dask]')")
 
-TINY = [
-    "network=linear",
-    "data.n_train=500",
-    "data.n_validation=200",
-    "train.epochs=3",
-    "train.batch_size=50",
-]
+
 BIN = Path(sys.executable).parent
 
 
 def write_spec(folder: Path, name: str, **changes) -> Path:
-    spec = {
-        "base": TINY,
-        "search": {"optimizer.eta": {"type": "float", "low": 0.05, "high": 2.0, "log": True}},
-        "baseline": {"optimizer.eta": 0.5},
-        "objective": {"metric": "val_accuracy", "direction": "maximize"},
-        "sampler": {"name": "random", "seed": 0},
-        "pruner": {"name": "none"},
-        "n_trials": 12,
-        "workers": 2,
-    } | changes
-    path = folder / f"{name}.yaml"
-    OmegaConf.save(OmegaConf.create(spec), path)
-    return path
+    """test_study's tiny spec, with a cluster's budget: 12 trials, 2 workers, batching by the default."""
+    return tiny_spec(folder, name, **({"n_trials": 12, "workers": 2, "population": "auto"} | changes))
 
 
 def unique_name(prefix: str) -> str:
