@@ -409,3 +409,69 @@ def test_resume_ignores_the_book_block_and_options_added_since(tmp_path):
         saved.optimizer.eta = 99.0  # a real change: the run must be redone
     OmegaConf.save(saved, out / "config.yaml")
     assert not book._is_done(out, cfg)
+
+
+class _Interrupt(KeyboardInterrupt):
+    pass
+
+
+@pytest.mark.parametrize("experiment_id", ["ch3-overfit-1k", "ch6-conv1-fc100"])
+def test_an_interrupted_book_run_goes_on_from_its_checkpoint(experiment_id, mnist_dir, tmp_path):
+    """A session ends mid-run: `hpexp book run` continues each run from its checkpoint and ends with
+    the history an uninterrupted run has (MLP seeds train as one population, conv nets one by one)."""
+    from hpexp.train.runner import run_population
+
+    e = book.load(experiment_id)
+    extra = [f"data.dir={mnist_dir}", "data.n_train=200", "data.n_validation=200", "train.epochs=4"]
+    book.run_experiments([e], seeds=2, runs_dir=tmp_path / "whole", extra=extra)
+
+    cut = tmp_path / "cut"
+    cfgs = [book.compose_run(e, "", k, extra) for k in range(2)]
+    outs = [cut / e.id / f"seed{k}" for k in range(2)]
+
+    def stop_after_2(record):
+        if record["epoch"] == 2:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        run_population(cfgs, outs, on_epochs=[stop_after_2, None], progress=False)
+    assert (outs[0] / rundir.CHECKPOINT).exists()
+    before = rundir.read_history(outs[0])
+    assert len(before) == 2
+    book.run_experiments([e], seeds=2, runs_dir=cut, extra=extra)
+    # The cut came in epoch 2's hook, before its checkpoint: epoch 1 is kept, not trained again (the
+    # same timing), epoch 2 is trained again from epoch 1's state.
+    assert rundir.read_history(outs[0])[0]["seconds"] == before[0]["seconds"]
+    for k in range(2):
+        whole = pd.DataFrame(rundir.read_history(tmp_path / "whole" / e.id / f"seed{k}"))
+        resumed = pd.DataFrame(rundir.read_history(outs[k]))
+        pd.testing.assert_frame_equal(
+            resumed.drop(columns="seconds", errors="ignore"), whole.drop(columns="seconds", errors="ignore")
+        )
+        assert not (outs[k] / rundir.CHECKPOINT).exists()
+        status = rundir.read_summary(outs[k])["status"]
+        assert status == rundir.read_summary(tmp_path / "whole" / e.id / f"seed{k}")["status"] != "running"
+
+
+def test_a_checkpoint_of_another_config_is_not_resumed(mnist_dir, tmp_path):
+    from hpexp.train.runner import run_population
+
+    e = book.load("ch3-overfit-1k")
+    extra = [f"data.dir={mnist_dir}", "data.n_train=200", "data.n_validation=200", "train.epochs=3"]
+    out = tmp_path / e.id / "seed0"
+
+    def stop(record):
+        raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        run_population(
+            [book.compose_run(e, "", 0, [*extra, "optimizer.eta=0.01"])],
+            [out],
+            on_epochs=[stop],
+            progress=False,
+        )
+    assert (out / rundir.CHECKPOINT).exists()
+    book.run_experiments([e], seeds=1, runs_dir=tmp_path, extra=extra)
+    history = rundir.read_history(out)
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert OmegaConf.load(out / "config.yaml").optimizer.eta == 0.5

@@ -62,7 +62,7 @@ def _select(args: argparse.Namespace) -> list[Experiment]:
 def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The command's parser and one per action; the folders are options of each, in any position."""
     folders = argparse.ArgumentParser(add_help=False)
-    folders.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="default: runs/book")
+    folders.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help=f"default: {RUNS_DIR}")
     folders.add_argument("--reports-dir", type=Path, default=REPORTS_DIR, help="default: reports/book")
     parser = argparse.ArgumentParser(
         prog="hpexp book",

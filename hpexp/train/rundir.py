@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "CHECKPOINT",
     "RunLock",
     "HistoryWriter",
     "history_csv",
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 Record = dict[str, Any]
+CHECKPOINT = "checkpoint.npz"  # a run's last saved state while it trains (hpexp.train.checkpoint)
 
 
 def _umask() -> int:

@@ -404,7 +404,12 @@ def run_population(
             o
             if resume and not (o / CHECKPOINT).exists() and rundir.read_summary(o).get("status") in ENDED
             else run_population(
-                [c], [o], on_epochs=[h], progress=progress, allow_test=allow_test, resume=resume
+                [c],
+                [o],
+                on_epochs=[h],
+                progress=progress,
+                allow_test=allow_test,
+                resume=resume and (o / CHECKPOINT).exists(),
             )[0]
             for c, o, h in zip(cfgs, outs, hooks, strict=True)
         ]
@@ -497,7 +502,7 @@ def run_population(
     return outs
 
 
-CHECKPOINT = "checkpoint.npz"
+CHECKPOINT = rundir.CHECKPOINT
 ENDED = ("completed", "diverged", "stalled", "pruned")  # statuses a run ends in (not resumed)
 
 
