@@ -91,3 +91,42 @@ def test_member_predictions_match_the_member_run(mnist_dir, tmp_path):
     val = load_data(cfg)["val"]
     p = ensemble.probabilities(network, val.x)
     assert np.mean(p.argmax(axis=1) == val.y) == pytest.approx(rundir.read_history(out)[-1]["val_accuracy"])
+
+
+class _Cut(KeyboardInterrupt):
+    pass
+
+
+def test_an_interrupted_member_goes_on_from_its_checkpoint(mnist_dir, tmp_path):
+    """The book's ensemble trains for hours: a member cut mid-training resumes from its checkpoint
+    (the epochs before the cut are not trained again) and the ensemble equals an uncut one."""
+    overrides = [
+        *SMALL,
+        f"data.dir={mnist_dir}",
+        "train.epochs=3",
+        "train.monitor=[val]",
+        "+ensemble.members=2",
+    ]
+    whole = ensemble.run(compose(overrides), tmp_path / "whole", progress=False)
+
+    cfg = compose(overrides)
+    calls = []
+
+    def cut_in_epoch_3(record):
+        calls.append(record["epoch"])
+        if record["epoch"] == 3 and len(calls) > 3:  # member 1, after its epoch-2 checkpoint
+            raise _Cut
+
+    with pytest.raises(_Cut):
+        ensemble.run(cfg, tmp_path / "cut", on_epoch=cut_in_epoch_3, progress=False)
+    member1 = tmp_path / "cut" / "members" / "member1"
+    before = rundir.read_history(member1)
+    assert (member1 / rundir.CHECKPOINT).exists() and [r["epoch"] for r in before] == [1, 2, 3]
+    again = ensemble.run(cfg, tmp_path / "cut", progress=False)
+    resumed = rundir.read_history(member1)
+    assert [r["seconds"] for r in resumed[:2]] == [r["seconds"] for r in before[:2]]  # kept, not retrained
+    assert rundir.read_history(again) == rundir.read_history(whole)
+    for k in range(2):
+        a = np.load(tmp_path / "cut" / "members" / f"member{k}" / "weights.npz")
+        b = np.load(tmp_path / "whole" / "members" / f"member{k}" / "weights.npz")
+        assert all(np.array_equal(a[f], b[f]) for f in a.files)

@@ -32,7 +32,7 @@ from threadpoolctl import threadpool_limits
 
 from hpexp.nn.network import Network
 from hpexp.train import rundir
-from hpexp.train.runner import build_network, load_data, validate
+from hpexp.train.runner import build_network, load_data, run_population, validate
 from hpexp.train.runner import run as run_one
 
 __all__ = [
@@ -124,12 +124,23 @@ def draw_filters(run_dir: Path, out: Path) -> Path:
     return path
 
 
-def _done(out: Path, cfg: DictConfig) -> bool:
-    if rundir.read_summary(out).get("status") != "completed" or not (out / "weights.npz").exists():
+def _same_config(out: Path, cfg: DictConfig) -> bool:
+    if not (out / "config.yaml").exists():
         return False
     keep = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "out_dir"}  # type: ignore[union-attr]
     previous = OmegaConf.to_container(OmegaConf.load(out / "config.yaml"))
     return keep == {k: v for k, v in previous.items() if k != "out_dir"}  # type: ignore[union-attr]
+
+
+def _done(out: Path, cfg: DictConfig) -> bool:
+    finished = rundir.read_summary(out).get("status") == "completed" and (out / "weights.npz").exists()
+    return finished and _same_config(out, cfg)
+
+
+def _resumable(out: Path, cfg: DictConfig) -> bool:
+    """A member interrupted mid-training (a killed process, the end of a session) goes on from its
+    checkpoint when its config is unchanged; otherwise it is trained afresh."""
+    return (out / rundir.CHECKPOINT).exists() and _same_config(out, cfg)
 
 
 def member_config(cfg: DictConfig, k: int, out: Path) -> DictConfig:
@@ -184,7 +195,11 @@ def run(
         if not _done(d, member):
             if progress:
                 print(f"member {k + 1}/{k_members} (seed {member.seed})", flush=True)
-            run_one(member, d, on_epoch=on_epoch, progress=progress)
+            if _resumable(d, member):
+                run_population([member], [d], on_epochs=[on_epoch], progress=progress, resume=True)
+            else:
+                (d / rundir.CHECKPOINT).unlink(missing_ok=True)
+                run_one(member, d, on_epoch=on_epoch, progress=progress)
         dirs.append(d)
     splits = {s: v for s, v in load_data(cfg).items() if s in cfg.train.monitor}
     with threadpool_limits(limits=1, user_api="blas"):  # as in training: threads only cost here
