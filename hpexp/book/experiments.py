@@ -145,6 +145,11 @@ class Experiment:
     def deterministic(self) -> bool:
         return bool(self.meta.get("deterministic"))
 
+    @property
+    def timing(self) -> bool:
+        """A speed measured on this machine (chapter 2's claim), not a trained network."""
+        return bool(self.meta.get("timing"))
+
 
 def presets_dir() -> Path:
     return config_dir() / "experiment" / "book"
@@ -344,6 +349,7 @@ def compare(
         "reproduced_rule": _verdict(check, diff_rule, tol),
         "reproduced": _verdict(check, diff_mean, tol),
         "deterministic": experiment.deterministic,
+        "timing": experiment.timing,
         "metric": check.metric,
         "selection": check.selection,
         "note": check.note,
