@@ -207,7 +207,7 @@ def test_ctrl_c_and_sigterm_keep_the_run_and_print_one_line(mnist_dir, tmp_path,
     proc = _start_and_wait_for_epoch(tmp_path, *SMALL, "train.epochs=100000")
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == code
+    assert proc.returncode == code, err
     assert err.splitlines() == [f"hpexp train: interrupted ({name}); the run so far is kept"]
     summary = rundir.read_summary(tmp_path / "run")
     assert summary["status"] == "interrupted" and "interrupted" in summary["stop_reason"]
