@@ -314,6 +314,20 @@ def test_figures_hold_our_data_and_the_books_marks(tmp_path):
     plt.close(fig)
 
 
+def test_an_accuracy_band_stays_between_0_and_100_percent(tmp_path):
+    """Three seeds far apart near 100%: the t interval of their mean (t = 4.30) would pass 100%."""
+    e = book.load("ch1-mlp30-quad")
+    runs = [[{"epoch": k, "test_accuracy": v} for k in range(1, 4)] for v in (0.999, 0.90, 0.999)]
+    _fake_runs(tmp_path, e.id, runs)
+    fig, ax = plt.subplots()
+    book_figures.plot_curves(ax, book_figures.curves(e, tmp_path), e, e.plots[0], chosen=0)
+    (band,) = [c for c in ax.collections if "95% interval" in str(c.get_label())]
+    ys = np.concatenate([path.vertices[:, 1] for path in band.get_paths()])
+    assert ys.max() <= 100.0 and ys.min() > 80.0
+    assert ys.max() == pytest.approx(100.0)  # it was clipped, not narrow
+    plt.close(fig)
+
+
 # --- the committed reports/book: data behind every figure, one run per page, reproducible --------
 
 REPORTS = Path(__file__).resolve().parents[1] / "reports" / "book"

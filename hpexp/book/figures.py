@@ -199,10 +199,13 @@ def plot_curves(
             drawn += int(part[metric].notna().sum())
             if n > 1:
                 half = stats["std"] * scale * t_quantile(0.95, n - 1) / math.sqrt(n)
+                low, high = mean - half, mean + half
+                if scale == 100.0:  # an accuracy's interval stays inside [0%, 100%]
+                    low, high = low.clip(lower=0.0), high.clip(upper=100.0)
                 ax.fill_between(
                     stats.index,
-                    mean - half,
-                    mean + half,
+                    low,
+                    high,
                     color=color,
                     alpha=0.15,
                     lw=0,
