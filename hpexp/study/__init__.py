@@ -1,8 +1,9 @@
 """Studies: Optuna searches over the training configs, on the validation split only.
 
 A spec (`studies/NAME.yaml`) names the base overrides, the search space, objective, sampler,
-pruner and budget; workers train trials through `hpexp.train.run_population`; `finalize`
-retrains the best configuration with fresh seeds and scores the test set once. Only this package
+pruner and budget; workers train trials through `hpexp.train.run_population` (or, with
+`sampler: {name: pbt}`, one population-based training run through `hpexp.train.run_pbt`);
+`finalize` retrains the best configuration with fresh seeds and scores the test set once. Only this package
 imports Optuna's samplers and storages.
 """
 
@@ -24,5 +25,6 @@ __all__, __getattr__, __dir__ = exports(
         "prepare": "workers",
         "work": "workers",
         "worker_seed": "workers",
+        "explore": "pbt",
     },
 )

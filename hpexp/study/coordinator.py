@@ -29,7 +29,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
-from hpexp.study import launchers
+from hpexp.study import launchers, pbt
 from hpexp.study.progress import Display, _best, summary_text
 from hpexp.study.spec import population_size
 from hpexp.study.storage import fail_stale, mask, study_dir, unclaimed
@@ -61,6 +61,8 @@ def search(
     launchers.check_launcher(spec)
     with _signals_interrupt():
         try:
+            if pbt.is_pbt(spec):
+                pbt.check(spec)
             study, _ = prepare(spec, runs, join=join)
             tracked = _track(study, spec)  # before the pool copies the spec for its workers
             size = population_size(spec, compose(list(spec.base)))  # `auto` measured once, not per worker
@@ -103,8 +105,9 @@ def _track(study: optuna.Study, spec: DictConfig) -> DictConfig | None:
 
 def _print_start(spec: DictConfig, runs: Path, size: int) -> None:
     where = spec.storage or str((study_dir(spec, runs) / "journal.log").resolve())
+    workers = "population-based training in 1 worker" if pbt.is_pbt(spec) else f"{spec.workers} worker(s)"
     print(
-        f"study {spec.name}: {spec.n_trials} trials, {spec.workers} worker(s){launchers.where(spec)}, "
+        f"study {spec.name}: {spec.n_trials} trials, {workers}{launchers.where(spec)}, "
         f"population {size}, "
         f"storage {mask(where)}",
         flush=True,
@@ -130,7 +133,10 @@ class Pool:
         self.spec, self.runs = spec, runs
         self.data = {**OmegaConf.to_container(spec, resolve=True), "population": size}  # type: ignore[dict-item]
         self.deadline = time.time() + spec.timeout if spec.timeout else None
-        self.slots: dict[int, BaseProcess | None] = dict.fromkeys(range(spec.workers))
+        # PBT trains its whole population in one process: one slot, whatever `workers` says.
+        self.slots: dict[int, BaseProcess | None] = dict.fromkeys(
+            range(1 if pbt.is_pbt(spec) else spec.workers)
+        )
         self.died: set[int] = set()  # slots whose worker died and has not been replaced
         self.restarts, self.gave_up = 0, False
 
@@ -293,7 +299,7 @@ def _worker_main(spec_data: dict[str, Any], runs: Path, slot: int, deadline: flo
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, interrupt)
     try:
-        work(spec_data, runs, slot, deadline)
+        (pbt.work if spec_data["sampler"]["name"] == "pbt" else work)(spec_data, runs, slot, deadline)
     except KeyboardInterrupt:
         sys.exit(128 + (received[0] if received else signal.SIGINT))
 

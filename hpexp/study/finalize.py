@@ -20,6 +20,8 @@ from hpexp.study.progress import _best
 from hpexp.study.spec import _monitor, parse_space
 from hpexp.study.storage import _load, study_dir
 from hpexp.train import rundir
+from hpexp.train.pbt_runner import run_pbt, with_values
+from hpexp.train.plans import Replay
 from hpexp.train.runner import ConfigError, compose, run_population, validate
 
 __all__ = ["finalize"]
@@ -29,6 +31,7 @@ def finalize(
     spec: DictConfig, runs: Path = Path("runs"), seeds: int | None = None, *, again: bool = False
 ) -> dict[str, Any]:
     """Retrain the best trial's config with K fresh seeds (epoch chosen by validation), score test once.
+    The best member of a population-based training study is retrained by replaying its schedule.
 
     A study is scored once: a second scoring is refused (saying when the first was, and its result)
     unless `again`; every scoring is recorded in the study (user attribute `finalized`).
@@ -50,7 +53,13 @@ def finalize(
     fixed = ["train.restore_best=true", "train.save_weights=true", "train.shared_order=false"]
     cfgs = [compose([*overrides, f"seed={s}", *fixed]) for s in range(spec.seed + 1, spec.seed + 1 + k)]
     outs = [folder / "final" / f"seed_{cfg.seed}" for cfg in cfgs]
-    run_population(cfgs, outs, progress=False, allow_test=False)
+    if schedule := best.user_attrs.get("pbt_schedule"):  # population-based training: replay it
+        start = schedule[0]["values"]
+        plan = Replay([dict(start) for _ in cfgs], schedule=schedule)
+        cfgs = [with_values(cfg, start) for cfg in cfgs]
+        run_pbt(cfgs, outs, plan, checkpoint=folder / "final" / "checkpoint.npz", allow_test=False)
+    else:
+        run_population(cfgs, outs, progress=False, allow_test=False)
     test = _test_split(cfgs[0])  # the one place a study reads the test split
     rows = []
     for cfg, out in zip(cfgs, outs, strict=True):
@@ -61,6 +70,8 @@ def finalize(
             flush=True,
         )
     result = _final_result(spec, best, rows)
+    if schedule:
+        result["pbt_schedule"] = schedule
     study.set_user_attr("finalized", [*scorings, _scoring(result)])  # before anything can fail
     rundir.write_atomic(folder / "final.json", json.dumps(result, indent=2) + "\n")
     rundir.write_atomic(folder / "final.csv", _final_csv(result))

@@ -41,6 +41,7 @@ SAMPLERS = {
     "bruteforce": "BruteForceSampler",
     "nsgaii": "NSGAIISampler",
     "qmc": "QMCSampler",  # needs SciPy
+    "pbt": "RandomSampler",  # population-based training (hpexp.study.pbt); random starting values
 }
 PRUNERS = {
     "median": "MedianPruner",
@@ -116,6 +117,8 @@ def population_size(spec: DictConfig, base: DictConfig) -> int:
     population size on this machine for the base config's network, batch size and dtype, measured
     with one BLAS thread as workers train (hpexp.train.batching; 1 for conv nets, which train one
     by one), and no more than a worker's share of the trials."""
+    if spec.sampler.name == "pbt":
+        return int(spec.n_trials)  # population-based training: the whole population at once
     if spec.population != "auto":
         return int(spec.population)
     from threadpoolctl import threadpool_limits
@@ -244,6 +247,8 @@ def check_spec(spec: DictConfig) -> tuple[list[Param], DictConfig]:
             f"got {spec.sampler.name!r}, {spec.pruner.name!r}"
         )
     for kind, table in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
+        if kind == "sampler" and spec.sampler.name == "pbt":
+            continue  # its arguments are PBT's own (hpexp.study.pbt.check)
         args = {str(k): v for k, v in spec[kind].items() if k != "name"}
         check_arguments(
             kind,

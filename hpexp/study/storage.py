@@ -251,7 +251,9 @@ def make_sampler(
     args = {str(k): v for k, v in OmegaConf.to_container(spec.sampler).items() if k != "name"}  # type: ignore[union-attr]
     if spec.sampler.name == "grid":
         args["search_space"] = {p.name: _grid(p) for p in params}
-    if seed is not None:
+    if spec.sampler.name == "pbt":  # PBT draws its starting values at random, with the spec's seed
+        args = {"seed": args.get("seed", 0)}
+    elif seed is not None:
         args["seed"] = seed
     try:
         return getattr(optuna.samplers, SAMPLERS[spec.sampler.name])(**args)

@@ -39,6 +39,7 @@ class State:
     ended: dict[int, Record]  # member -> its result (status, stop_reason, best/restored epoch, params)
     rngs: dict[str, Any]  # stream name -> bit_generator.state (a list of them for per-member orders)
     members: list[str] = field(default_factory=list)  # run folders, relative to the checkpoint's
+    plan: dict[str, Any] = field(default_factory=dict)  # a population-based training plan's state (JSON)
 
 
 def _arrays(prefix: str, arrays: list[np.ndarray] | None) -> dict[str, np.ndarray]:
@@ -66,6 +67,7 @@ def save(path: Path, state: State) -> None:
         "ended": ended,
         "rngs": state.rngs,
         "members": state.members,
+        "plan": state.plan,
     }
     buffer = io.BytesIO()
     np.savez(buffer, header=np.array(json.dumps(header)), **arrays)  # type: ignore[arg-type]
@@ -97,4 +99,5 @@ def load(path: Path) -> State:
             ended=ended,
             rngs=header["rngs"],
             members=header["members"],
+            plan=header.get("plan", {}),
         )
