@@ -31,12 +31,17 @@ from hpexp.train.runner import ConfigError, compose
 
 
 def test_exploit_copies_weights_momentum_and_the_parents_history_exactly():
-    train, val = problem()
-    nets = [new_network(seed) for seed in (1, 2, 3)]
+    """Members 2 and 3 both copy member 0 after epoch 2; member 1 is left alone."""
     from hpexp.nn.population import stack
 
-    network = stack(nets)
-    members = [member(0.5, 0.0, 0.5, 4), member(0.1, 1.0, 0.9, 4), member(1.0, 0.0, 0.3, 4)]
+    train, val = problem()
+    network = stack([new_network(seed) for seed in (1, 2, 3, 4)])
+    members = [
+        member(0.5, 0.0, 0.5, 4),
+        member(0.1, 1.0, 0.9, 4),
+        member(1.0, 0.0, 0.3, 4),
+        member(0.2, 0.0, 0.6, 4),
+    ]
     seen = {}
 
     def after(epoch, histories):
@@ -44,12 +49,12 @@ def test_exploit_copies_weights_momentum_and_the_parents_history_exactly():
             return []
         seen["before"] = [p.copy() for p in network.params]
         seen["histories"] = [list(map(dict, h)) for h in histories]
-        return [(2, 0, member(0.05, 2.0, 0.7, 4))]
+        return [(2, 0, member(0.05, 2.0, 0.7, 4)), (3, 0, member(0.3, 0.0, 0.2, 4))]
 
-    states_after = {}
+    saved = {}
 
     def checkpoint(state):
-        states_after[state.epoch] = (
+        saved[state.epoch] = (
             [p.copy() for p in state.params],
             [v.copy() for v in state.velocity],
             [list(map(dict, h)) for h in state.histories],
@@ -66,22 +71,25 @@ def test_exploit_copies_weights_momentum_and_the_parents_history_exactly():
         after=after,
         checkpoint=checkpoint,
     )
-    params, velocity, histories = states_after[2]
+    params, velocity, histories = saved[2]
     before = seen["before"]
-    assert not all(np.array_equal(b[2], b[0]) for b in before)  # the child differed from its parent
+    assert not any(np.array_equal(before[0][k], before[0][0]) for k in (1, 2, 3))  # all differed
     for p, b in zip(params, before, strict=True):
-        np.testing.assert_array_equal(p[2], b[0])  # the child is the parent's copy ...
-        np.testing.assert_array_equal(p[0], b[0])  # ... and the parent is untouched
+        for child in (2, 3):
+            np.testing.assert_array_equal(p[child], b[0])  # each child is the parent's copy ...
+        np.testing.assert_array_equal(p[0], b[0])  # ... the parent is untouched, and so is member 1
         np.testing.assert_array_equal(p[1], b[1])
-    assert velocity and all(np.array_equal(v[2], v[0]) for v in velocity)  # momentum copied too
+    assert velocity and all(np.array_equal(v[c], v[0]) for v in velocity for c in (2, 3))  # momentum too
     assert not np.array_equal(velocity[0][1], velocity[0][0])
-    assert histories[2] == seen["histories"][0] != seen["histories"][2]  # the parent's history
+    for child in (2, 3):
+        assert histories[child] == seen["histories"][0] != seen["histories"][child]  # the parent's history
     assert members[2].optimizer.eta == 0.05 and members[2].optimizer.momentum == 0.7  # explored
-    # The histories are copies: from epoch 3 on, child and parent train apart.
-    child, parent = results[2].history, results[0].history
-    assert without_seconds(child[:2]) == without_seconds(parent[:2])
-    assert child[2]["eta"] == 0.05 and parent[2]["eta"] == 0.5
-    assert child[2]["val_loss"] != parent[2]["val_loss"]
+    # The histories are copies: from epoch 3 on, the children and the parent train apart.
+    assert [[r["epoch"] for r in result.history] for result in results] == [[1, 2, 3, 4]] * 4
+    child, other, parent = results[2].history, results[3].history, results[0].history
+    assert without_seconds(child[:2]) == without_seconds(other[:2]) == without_seconds(parent[:2])
+    assert (child[2]["eta"], other[2]["eta"], parent[2]["eta"]) == (0.05, 0.3, 0.5)
+    assert len({child[2]["val_loss"], other[2]["val_loss"], parent[2]["val_loss"]}) == 3
 
 
 # --- explore -----------------------------------------------------------------------------------
@@ -204,6 +212,8 @@ def test_a_members_schedule_replayed_alone_retraces_its_training(mnist_dir, tmp_
     plan, outs = population(tmp_path, "pbt")
     exploited = [e["member"] for e in plan.lineage]
     assert exploited, "no member was exploited: the test would prove nothing"
+    for out in outs:  # every member's history is one record per epoch, whoever it copied
+        assert [r["epoch"] for r in rundir.read_history(out)] == [1, 2, 3, 4, 5, 6]
     for k in sorted(set(exploited)):
         schedule = plan.schedules[k]
         assert len(schedule) >= 2 and schedule[0]["values"] != START[k]  # it lives another's lineage
@@ -388,3 +398,20 @@ def test_pbt_study_records_schedules_and_finalize_replays_the_best(mnist_dir, tm
         config = OmegaConf.load(Path(row["run_dir"]) / "config.yaml")
         assert config.seed == row["seed"] and not config.train.shared_order
         assert rundir.read_summary(Path(row["run_dir"]))["pbt"]["schedule"] == best.user_attrs["pbt_schedule"]
+    # The report draws the lineage and each searched value's schedule, from what the trials recorded.
+    from hpexp.report import pbt as report_pbt
+    from hpexp.report.pages import study_page
+    from hpexp.report.runs import open_study
+
+    page = study_page(str(tmp_path / "studies" / "tiny"))
+    assert {"pbt_lineage", "pbt_schedule_optimizer_eta", "pbt_schedule_regularizer_lmbda"} <= set(
+        page.figures
+    )
+    recorded = json.loads((tmp_path / "studies" / "tiny" / "pbt" / "pbt.json").read_text())
+    lineage = report_pbt.load_lineage(open_study(str(tmp_path / "studies" / "tiny")))
+    want = sorted(recorded["lineage"], key=lambda e: (e["epoch"], e["member"]))
+    assert lineage[["epoch", "member", "parent"]].to_dict("records") == [
+        {k: e[k] for k in ("epoch", "member", "parent")} for e in want
+    ]
+    schedules = report_pbt.load_schedules(open_study(str(tmp_path / "studies" / "tiny")))
+    assert len(schedules) == 6 * 6 * 2  # members x epochs x searched keys

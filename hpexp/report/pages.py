@@ -425,6 +425,7 @@ def study_page(study: Any, title: str | None = None, storage: str | None = None)
             "drag along an axis to select)",
             [interactive.parallel_coordinates(trials, objective, log)],
         )
+    _pbt(page, study_obj, log, number)
     page.add("h2", "Trials")
     shown = trials.drop(columns=["run_dir"]).sort_values("value", ascending=not maximize, na_position="last")
     if scale == 100:
@@ -434,6 +435,38 @@ def study_page(study: Any, title: str | None = None, storage: str | None = None)
     if best is not None:
         _best_run(page, study_obj, number, folder, curves, objective)  # type: ignore[arg-type]
     return page
+
+
+def _pbt(page: Page, study: Any, log: dict[str, bool], number: int | None) -> None:
+    """Population-based training: the lineage and every searched value's schedule."""
+    from hpexp.report import pbt, plots
+
+    if not pbt.is_pbt(study):
+        return
+    schedules, lineage = pbt.load_schedules(study), pbt.load_lineage(study)
+    members, epochs = int(schedules["member"].max()) + 1, int(schedules["epoch"].max())
+    best = schedules.loc[schedules["number"] == number, "member"]
+    member = int(best.iloc[0]) if len(best) else None
+    page.add("h2", "Population-based training")
+    page.add(
+        "p",
+        f"{members} members trained together for {epochs} epochs; {len(lineage)} exploits (a member "
+        "below took a member above's weights, momentum and history, then perturbed or resampled its "
+        f"values). The best trial is member {member}; `--finalize` replays its schedule from scratch.",
+    )
+    page.figure(
+        "pbt_lineage",
+        plots.png(pbt.plot_lineage(lineage, members, epochs, member).figure),
+        "Lineage: an arrow where a member copied a parent after that epoch; thick: the stretches "
+        "of members whose weights the best member carries",
+    )
+    for key in schedules["key"].unique():
+        page.figure(
+            f"pbt_schedule_{key.replace('.', '_')}",
+            plots.png(pbt.plot_schedules(schedules, key, member, log.get(key, False)).figure),
+            f"{key} per epoch as each member's lineage trained with it; thick: the best member",
+        )
+    page.table("pbt_lineage", lineage)
 
 
 def _best_run(

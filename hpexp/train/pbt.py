@@ -169,7 +169,7 @@ def _apply(
     for k, j, member in changes:
         if k != j:
             history, best[k], kept = saved[j]
-            histories[k] = history
+            histories[k] = [dict(r) for r in history]  # each child its own copy (two may share a parent)
             best_params[k] = None if kept is None else [p.copy() for p in kept]
         members[k] = member
     stacked, regularizer = _stacked(members, list(range(len(members))), population, network.params[0].dtype)
