@@ -280,6 +280,7 @@ def _check_key(p: Param, spec: DictConfig, groups: frozenset[str]) -> None:
                 f"its options {sorted(options)}, got {p.type} {list(p.choices)}"
             )
         return
+    _check_guard(p, groups)
     guard = [_override(k, v[0]) for k, v in p.when]
     cfg = compose([*spec.base, *guard])
     if OmegaConf.select(cfg, p.name, default="<missing>") == "<missing>":
@@ -289,6 +290,18 @@ def _check_key(p: Param, spec: DictConfig, groups: frozenset[str]) -> None:
         )
     if isinstance(OmegaConf.select(cfg, p.name), DictConfig):
         raise ConfigError(f"search.{p.name} is a config section, not a value")
+
+
+def _check_guard(p: Param, groups: frozenset[str]) -> None:
+    """A `when:` guard on a config group names options the group has (a typo would never hold)."""
+    for key, allowed in p.when:
+        if key in groups:
+            options = sorted(f.stem for f in (config_dir() / key).glob("*.yaml"))
+            if bad := [v for v in allowed if str(v) not in options]:
+                raise ConfigError(
+                    f"search.{p.name}: its guard `when: {{{key}: {bad[0]}}}` names no option of {key}; "
+                    f"valid: {options}"
+                )
 
 
 def compose_trial(overrides: Sequence[str]) -> DictConfig:
