@@ -55,7 +55,8 @@ def test_schedule_and_patience_are_searched_under_their_guards(mnist_dir, tmp_pa
                     assert f"{field}={value!r}" in summary[group]
         history = rundir.read_history(out)
         if t.params["schedule"] == "step":  # the run's eta is the searched schedule's
-            eta0, step, factor = t.params["optimizer.eta"], t.params["schedule.step"], t.params["schedule.factor"]
+            p = t.params
+            eta0, step, factor = p["optimizer.eta"], p["schedule.step"], p["schedule.factor"]
             for r in history:
                 assert r["eta"] == pytest.approx(eta0 * factor ** ((r["epoch"] - 1) // step))
 

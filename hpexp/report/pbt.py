@@ -95,7 +95,7 @@ def plot_lineage(
     )
     ax.set_yticks(range(members))
     ax.invert_yaxis()
-    ax.figure.tight_layout()
+    ax.get_figure(root=True).tight_layout()  # type: ignore[union-attr]
     return ax
 
 
@@ -125,5 +125,5 @@ def plot_schedules(
     if best is not None:
         ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
-    ax.figure.tight_layout()
+    ax.get_figure(root=True).tight_layout()  # type: ignore[union-attr]
     return ax
