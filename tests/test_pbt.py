@@ -391,8 +391,15 @@ def test_pbt_study_records_schedules_and_finalize_replays_the_best(mnist_dir, tm
         for entry, nxt in zip(schedule, [*schedule[1:], {"epoch": 7}], strict=False):
             for e in range(entry["epoch"], nxt["epoch"]):
                 assert etas[e] == entry["values"]["optimizer.eta"]  # the schedule is what it trained with
-    result = finalize(spec, tmp_path)
     best = max(trials, key=lambda t: t.value)
+    from hpexp.study.progress import summary_text
+    from hpexp.study.storage import _load
+
+    text = summary_text(_load(spec, tmp_path, parse_space(spec.search), 0, create=False), spec, tmp_path)
+    first = best.user_attrs["pbt_schedule"][0]
+    assert f"PBT member {best.user_attrs['member']} began as" in text
+    assert f"from epoch 1: optimizer.eta={first['values']['optimizer.eta']:.4g}" in text
+    result = finalize(spec, tmp_path)
     assert result["best_trial"] == best.number and result["pbt_schedule"] == best.user_attrs["pbt_schedule"]
     for row in result["seeds"]:
         config = OmegaConf.load(Path(row["run_dir"]) / "config.yaml")

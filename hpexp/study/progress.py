@@ -102,20 +102,36 @@ def _trial_line(t: FrozenTrial, trials: Sequence[FrozenTrial], spec: DictConfig,
     return "  ".join(p for p in parts if p)
 
 
+def _values(values: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+
+
 def summary_text(study: optuna.Study, spec: DictConfig, runs: Path) -> str:
     trials = study.get_trials(deepcopy=False)
     folder = study_dir(spec, runs)
     states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     lines = [f"study {spec.name}: " + ", ".join(f"{n} {k}" for k, n in states.items() if n)]
     if best := _best(trials, spec):
-        lines += [
+        lines.append(
             f"best trial #{best.number}: {spec.objective.metric} {best.value:.4f} at epoch "
-            f"{best.user_attrs.get('best_epoch')}",
-            f"  overrides: {' '.join(best.user_attrs.get('overrides', []))}",
-            f"  run directory: {best.user_attrs.get('run_dir')}",
-        ]
+            f"{best.user_attrs.get('best_epoch')}"
+        )
+        overrides = " ".join(best.user_attrs.get("overrides", []))
+        if schedule := best.user_attrs.get("pbt_schedule"):  # PBT: the overrides are only where it began
+            lines += [
+                f"  PBT member {best.user_attrs.get('member')} began as {overrides}; its lineage's schedule:"
+            ]
+            lines += [f"    from epoch {e['epoch']}: {_values(e['values'])}" for e in schedule]
+        else:
+            lines.append(f"  overrides: {overrides}")
+        lines.append(f"  run directory: {best.user_attrs.get('run_dir')}")
     lines += [
-        f"study folder: {folder} (spec.yaml, trials/NNNN/ run directories"
+        f"study folder: {folder} (spec.yaml, "
+        + (
+            "pbt/members/KK/ run directories, pbt/pbt.json"
+            if spec.sampler.name == "pbt"
+            else "trials/NNNN/ run directories"
+        )
         + (", journal.log)" if not spec.storage else f"); storage {mask(spec.storage)}"),
         f"score the test set once: hpexp study {spec.name} --finalize",
         f"report: hpexp report --study {spec.name}",
