@@ -416,8 +416,9 @@ class Progress:
                 self.last = now
                 epochs = int(record.get("epochs") or 0)
                 fraction = min(1.0, (now - self.run_started) / max(estimate, 1e-9))
+                seed = f" seed {record['seed']}" if "seed" in record else ""
                 print(
-                    f"    {label} epoch {record.get('epoch')}{f'/{epochs}' if epochs else ''}; "
+                    f"    {label}{seed} epoch {record.get('epoch')}{f'/{epochs}' if epochs else ''}; "
                     f"elapsed {_fmt(now - self.started)}, left ~{_fmt(self._left(fraction * estimate))}",
                     flush=True,
                 )
@@ -534,18 +535,19 @@ def run_experiments(
         hook = progress.start(label, sum(estimate_seconds(i[3]) for i in items))
         started = time.perf_counter()
         epochs = items[0][3].train.epochs
-        on_epoch = lambda r, h=hook, n=epochs: h(r | {"epochs": n})  # noqa: E731
+        # Every seed reports (throttled to one line per 20 s): conv nets train their seeds one by one.
+        on_epochs = [lambda r, h=hook, k=i[2], n=epochs: h(r | {"epochs": n, "seed": k}) for i in items]
         try:
             if len(items) > 1 or (items[0][4] / CHECKPOINT).exists():
                 run_population(
                     [i[3] for i in items],
                     [i[4] for i in items],
-                    on_epochs=[on_epoch] + [None] * (len(items) - 1),
+                    on_epochs=on_epochs,
                     progress=False,
                     resume=any((i[4] / CHECKPOINT).exists() for i in items),
                 )
             else:
-                get_method(e.runner)(items[0][3], items[0][4], on_epoch=on_epoch, progress=False)
+                get_method(e.runner)(items[0][3], items[0][4], on_epoch=on_epochs[0], progress=False)
             status = ", ".join(sorted({rundir.read_summary(i[4]).get("status", "done") for i in items}))
             progress.finish(status)
             record_provenance(runs_dir, e.id, label, time.perf_counter() - started, status)
