@@ -489,3 +489,15 @@ def test_a_checkpoint_of_another_config_is_not_resumed(mnist_dir, tmp_path):
     history = rundir.read_history(out)
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert OmegaConf.load(out / "config.yaml").optimizer.eta == 0.5
+
+
+def test_the_committed_summary_and_pages_regenerate_from_the_committed_runs(tmp_path):
+    """reports/book/runs holds the run folders behind every page: `hpexp book report` from a clone
+    writes the summary, a page and its per-epoch data exactly as committed (a stale page, or a run
+    folder left out of the commit, fails here)."""
+    ids = ["ch3-overfit-1k", "ch5-speed-init"]
+    book_report.write(ids, REPORTS / "runs", tmp_path)
+    assert (tmp_path / "README.md").read_text() == (REPORTS / "README.md").read_text()
+    for i in ids:
+        for name in ("README.md", "history.csv", "figures.json"):
+            assert (tmp_path / i / name).read_text() == (REPORTS / i / name).read_text(), f"{i}/{name}"
