@@ -34,6 +34,35 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
+def _backprop(
+    weights: Sequence[np.ndarray],
+    biases: Sequence[np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    cross_entropy: bool,
+) -> Params:
+    """network2.backprop on the examples that are the columns of x (n_in, m) and y (n_out, m):
+    the gradients of the cost summed over those examples. One column is network2's own call."""
+    activation = x
+    activations, zs = [activation], []
+    for b, w in zip(biases, weights, strict=True):
+        z = w @ activation + b
+        zs.append(z)
+        activation = _sigmoid(z)
+        activations.append(activation)
+    delta = activations[-1] - y
+    if not cross_entropy:
+        delta = delta * activations[-1] * (1 - activations[-1])
+    nabla_b, nabla_w = [np.empty(0)] * len(weights), [np.empty(0)] * len(weights)
+    for layer in range(1, len(weights) + 1):
+        if layer > 1:
+            s = _sigmoid(zs[-layer])
+            delta = (weights[-layer + 1].T @ delta) * s * (1 - s)
+        nabla_b[-layer] = delta.sum(axis=1, keepdims=True)
+        nabla_w[-layer] = delta @ activations[-layer - 1].T
+    return nabla_b, nabla_w
+
+
 def per_example_gradient(
     weights: Sequence[np.ndarray],
     biases: Sequence[np.ndarray],
@@ -46,23 +75,9 @@ def per_example_gradient(
     nabla_b = [np.zeros(b.shape) for b in biases]
     nabla_w = [np.zeros(w.shape) for w in weights]
     for xi, yi in zip(x, y, strict=True):
-        activation = xi.reshape(-1, 1)
-        activations, zs = [activation], []
-        for b, w in zip(biases, weights, strict=True):
-            z = w @ activation + b
-            zs.append(z)
-            activation = _sigmoid(z)
-            activations.append(activation)
-        delta = activations[-1] - yi.reshape(-1, 1)
-        if not cross_entropy:
-            delta = delta * activations[-1] * (1 - activations[-1])
-        nabla_b[-1] += delta
-        nabla_w[-1] += delta @ activations[-2].T
-        for layer in range(2, len(weights) + 1):
-            s = _sigmoid(zs[-layer])
-            delta = (weights[-layer + 1].T @ delta) * s * (1 - s)
-            nabla_b[-layer] += delta
-            nabla_w[-layer] += delta @ activations[-layer - 1].T
+        delta_b, delta_w = _backprop(weights, biases, xi.reshape(-1, 1), yi.reshape(-1, 1), cross_entropy)
+        nabla_b = [nb + db for nb, db in zip(nabla_b, delta_b, strict=True)]
+        nabla_w = [nw + dw for nw, dw in zip(nabla_w, delta_w, strict=True)]
     return nabla_b, nabla_w
 
 
@@ -75,23 +90,7 @@ def matrix_gradient(
 ) -> Params:
     """The same sums with the whole mini-batch as one matrix (chapter 2's problem): the examples are
     the columns of X = [x1 ... xm], so each layer is one product."""
-    activation = x.T
-    activations, zs = [activation], []
-    for b, w in zip(biases, weights, strict=True):
-        z = w @ activation + b
-        zs.append(z)
-        activation = _sigmoid(z)
-        activations.append(activation)
-    delta = activations[-1] - y.T
-    if not cross_entropy:
-        delta = delta * activations[-1] * (1 - activations[-1])
-    nabla_b, nabla_w = [np.empty(0)] * len(weights), [np.empty(0)] * len(weights)
-    nabla_b[-1], nabla_w[-1] = delta.sum(axis=1, keepdims=True), delta @ activations[-2].T
-    for layer in range(2, len(weights) + 1):
-        s = _sigmoid(zs[-layer])
-        delta = (weights[-layer + 1].T @ delta) * s * (1 - s)
-        nabla_b[-layer], nabla_w[-layer] = delta.sum(axis=1, keepdims=True), delta @ activations[-layer - 1].T
-    return nabla_b, nabla_w
+    return _backprop(weights, biases, x.T, y.T, cross_entropy)
 
 
 @dataclass
