@@ -58,7 +58,9 @@ def _backprop(
         if layer > 1:
             s = _sigmoid(zs[-layer])
             delta = (weights[-layer + 1].T @ delta) * s * (1 - s)
-        nabla_b[-layer] = delta.sum(axis=1, keepdims=True)
+        nabla_b[-layer] = (
+            delta if delta.shape[1] == 1 else delta.sum(axis=1, keepdims=True)
+        )  # network2: delta
         nabla_w[-layer] = delta @ activations[-layer - 1].T
     return nabla_b, nabla_w
 
