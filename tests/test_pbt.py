@@ -25,7 +25,7 @@ from hpexp.train import rundir
 from hpexp.train.pbt import fit_pbt
 from hpexp.train.pbt_runner import run_pbt, with_values
 from hpexp.train.plans import Replay, Truncation, lineage_of
-from hpexp.train.runner import ConfigError, compose
+from hpexp.train.runner import ConfigError, SealedSplitError, compose
 
 # --- the loop: exploit --------------------------------------------------------------------------
 
@@ -232,6 +232,14 @@ def test_a_members_schedule_replayed_alone_retraces_its_training(mnist_dir, tmp_
         assert rundir.read_summary(alone)["pbt"]["schedule"] == schedule
 
 
+def test_a_population_cannot_read_the_test_split_where_it_is_sealed(mnist_dir, tmp_path):
+    cfgs = [with_values(compose([*BASE, "train.monitor=[train,val,test]"]), v) for v in START[:2]]
+    plan = Truncation([dict(v) for v in START[:2]], interval=2, fraction=0.5)
+    with pytest.raises(SealedSplitError, match="the test split is sealed here"):
+        run_pbt(cfgs, [tmp_path / "a", tmp_path / "b"], plan, checkpoint=tmp_path / "c.npz", allow_test=False)
+    assert not (tmp_path / "a").exists()  # refused before any folder is made
+
+
 def test_an_interrupted_population_resumes_to_the_uninterrupted_result(mnist_dir, tmp_path):
     plan, outs = population(tmp_path, "whole")
     with pytest.raises(KeyboardInterrupt):
@@ -386,6 +394,8 @@ def test_pbt_study_records_schedules_and_finalize_replays_the_best(mnist_dir, tm
     for t in trials:
         history = rundir.read_history(Path(t.user_attrs["run_dir"]))
         assert t.value == max(r["val_accuracy"] for r in history)
+        assert "test_accuracy" not in history[0]  # the test split stays sealed during the search
+        assert "test" not in OmegaConf.load(Path(t.user_attrs["run_dir"]) / "config.yaml").train.monitor
         schedule = t.user_attrs["pbt_schedule"]
         etas = {r["epoch"]: r["eta"] for r in history}
         for entry, nxt in zip(schedule, [*schedule[1:], {"epoch": 7}], strict=False):

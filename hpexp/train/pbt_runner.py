@@ -111,14 +111,14 @@ def run_pbt(
             writers[k] = rundir.HistoryWriter(outs[k], histories[j])
         return changes
 
+    splits = load_data(cfg0, allow_test=allow_test)  # a sealed split is refused before any folder is made
+    streams = [rng_streams(cfg.seed) for cfg in cfgs]
+    networks = [build_network(c, p, s["init"]) for c, p, s in zip(cfgs, parts, streams, strict=True)]
+    network = networks[0] if len(networks) == 1 else stack(networks)
     locks = _lock(outs)
     for cfg, out in zip(cfgs, outs, strict=True):
         rundir.write_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         rundir.write_summary(out, {"status": "running", "seed": cfg.seed, **rundir.RunLock.owner()})
-    splits = load_data(cfg0, allow_test=allow_test)
-    streams = [rng_streams(cfg.seed) for cfg in cfgs]
-    networks = [build_network(c, p, s["init"]) for c, p, s in zip(cfgs, parts, streams, strict=True)]
-    network = networks[0] if len(networks) == 1 else stack(networks)
     started = time.perf_counter()
     try:
         with threadpool_limits(limits=1, user_api="blas"), np.errstate(over="ignore", invalid="ignore"):
