@@ -275,6 +275,14 @@ def test_an_accuracy_row_with_a_tolerance_over_3_points_is_qualitative(tmp_path)
     assert row["reproduced"] == row["reproduced_rule"] == "qualitative"
 
 
+def test_a_tolerance_of_exactly_3_points_is_not_over_3(tmp_path):
+    e = book.load("ch3-hp-784-10-a")  # 100 validation images at 10%: the binomial SE is 3.0 points
+    _fake_runs(tmp_path, e.id, [[{"epoch": 1, "val_accuracy": 0.10}] for _ in range(3)])
+    row = book.compare(e, e.checks[0], tmp_path)
+    assert row["tolerance"] == pytest.approx(0.03) and row["tolerance_term"] == "binomial SE"
+    assert row["reproduced"] == row["reproduced_rule"] == "yes"
+
+
 def test_the_books_eleven_curves_are_carried_and_compared(tmp_path):
     ids = ["ch3-multiple-eta", "ch3-winit-30", "ch3-winit-100", "ch3-overfit-full", "ch3-l2-full-mlp30"]
     series = [book_figures.book_series(i) for i in ids]
