@@ -55,9 +55,14 @@ def epochs_of(spec: DictConfig, method: str) -> int:
     return int(searched["train.epochs"].high)
 
 
-def variant(spec: DictConfig, method: str, budget: int, seed: int, interval: int) -> DictConfig:
-    """The spec as searched by `method` with sampler seed `seed` on `budget` trial-epochs."""
+def variant(
+    spec: DictConfig, method: str, budget: int, seed: int, interval: int, baseline: bool = True
+) -> DictConfig:
+    """The spec as searched by `method` with sampler seed `seed` on `budget` trial-epochs; without
+    `baseline`, no search starts from the spec's baseline (its trial 0, PBT's member 0)."""
     s = copy.deepcopy(spec)
+    if not baseline:
+        s.baseline = None
     s.name, s.timeout, s.finalize = f"{spec.name}-{method}-seed{seed}", None, False
     epochs = epochs_of(spec, method)
     s.n_trials = max(2, budget // epochs)
@@ -73,12 +78,12 @@ def variant(spec: DictConfig, method: str, budget: int, seed: int, interval: int
         for p in parse_space(spec.search):
             entry = OmegaConf.select(spec.search, p.name) or spec.search[p.name]
             if p.name.startswith(pbt.FIXED) or p.name in pbt._groups():
-                if spec.baseline and p.name in spec.baseline:
+                if spec.baseline and p.name in spec.baseline:  # the baseline's, kept even without it
                     fixed.append(f"{p.name}={spec.baseline[p.name]}")
             else:
                 search[p.name] = OmegaConf.to_container(entry)
-                if spec.baseline and p.name in spec.baseline:
-                    baseline[p.name] = spec.baseline[p.name]
+                if s.baseline and p.name in s.baseline:
+                    baseline[p.name] = s.baseline[p.name]
         s.base = [*spec.base, *fixed]
         s.search, s.baseline = OmegaConf.create(search), OmegaConf.create(baseline) if baseline else None
         s.sampler = OmegaConf.create({"name": "pbt", "seed": seed, "interval": interval})
@@ -153,10 +158,11 @@ def percent(v: float) -> str:
     return "n/a (n=1)" if not math.isfinite(v) else f"{100 * v:.2f}"
 
 
-def markdown(table: pd.DataFrame, rows: pd.DataFrame, command: str, started: str) -> str:
+def markdown(table: pd.DataFrame, rows: pd.DataFrame, command: str, started: str, note: str = "") -> str:
     lines = [
         "# Search quality at equal compute",
         "",
+        *([note, ""] if note else []),
         f"`{command}` (benchmarks/bench_search.py), started {started}, on {os.cpu_count()} cores "
         f"({platform.machine()}, Python {platform.python_version()}). The machine was shared with other "
         "jobs: the 1-minute load average before and after each search is in the per-run table; wall "
@@ -191,6 +197,10 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=3, help="sampler seeds 1..R")
     parser.add_argument("--interval", type=int, default=4, help="PBT's epochs between exploits")
     parser.add_argument("--final-seeds", type=int, default=None, help="finalize seeds (default: the spec's)")
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="searches do not start from the spec's baseline"
+    )
+    parser.add_argument("--note", default="", help="a paragraph for the report, under its title")
     parser.add_argument("--runs", type=Path, default=Path("runs/bench_search"))
     parser.add_argument("--out", type=Path, default=Path("reports/search"))
     args = parser.parse_args()
@@ -208,7 +218,7 @@ def main() -> None:
         budget = args.budget or int(spec.n_trials) * epochs_of(spec, "tpe")
         for seed in range(1, args.repetitions + 1):  # repetition by repetition: a partial table is balanced
             for method in args.methods:
-                s = variant(spec, method, budget, seed, args.interval)
+                s = variant(spec, method, budget, seed, args.interval, not args.no_baseline)
                 check_spec(s)
                 if method == "pbt":
                     pbt.check(s)
@@ -218,17 +228,17 @@ def main() -> None:
         row = one(s, args.runs / f"seed{seed}", method, budget) | {"budget": budget}
         print("  " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
         rows.append(row)
-        write(args.out, pd.DataFrame(rows), command, started)  # after every search: a partial table stays
+        write(args.out, pd.DataFrame(rows), command, started, args.note)  # after every search
     table = summary(pd.DataFrame(rows))
     print(table.to_string(index=False))
 
 
-def write(out: Path, rows: pd.DataFrame, command: str, started: str) -> None:
+def write(out: Path, rows: pd.DataFrame, command: str, started: str, note: str = "") -> None:
     table = summary(rows)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     rows.to_csv(out / "tables" / "runs.csv", index=False)
     table.to_csv(out / "tables" / "search.csv", index=False)
-    buffer = io.StringIO(markdown(table, rows, command, started))
+    buffer = io.StringIO(markdown(table, rows, command, started, note))
     (out / "README.md").write_text(buffer.getvalue())
 
 
