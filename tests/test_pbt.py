@@ -424,6 +424,9 @@ def test_pbt_study_records_schedules_and_finalize_replays_the_best(mnist_dir, tm
     assert {"pbt_lineage", "pbt_schedule_optimizer_eta", "pbt_schedule_regularizer_lmbda"} <= set(
         page.figures
     )
+    (verdict,) = [text for kind, text in page.blocks if kind == "verdict"]
+    began = best.user_attrs["pbt_schedule"][0]["values"]["optimizer.eta"]
+    assert f"its lineage began at optimizer.eta={began:g}" in verdict  # not its slot's own draw
     recorded = json.loads((tmp_path / "studies" / "tiny" / "pbt" / "pbt.json").read_text())
     lineage = report_pbt.load_lineage(open_study(str(tmp_path / "studies" / "tiny")))
     want = sorted(recorded["lineage"], key=lambda e: (e["epoch"], e["member"]))

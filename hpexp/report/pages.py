@@ -328,6 +328,11 @@ def study_page(study: Any, title: str | None = None, storage: str | None = None)
     unit = "%" if scale == 100 else ""
     if best is not None:
         chosen = ", ".join(f"{c.removeprefix('params_')}={_value(best[c])}" for c in params)
+        if (
+            start := _pbt_start(study_obj, int(best["number"]))
+        ) is not None:  # its params: only its slot's draw
+            began = ", ".join(f"{k}={_value(v)}" for k, v in start.items())
+            chosen = f"the schedule drawn below (population-based training; its lineage began at {began})"
         page.add(
             "verdict",
             f"Best of {len(trials)} trials ({counts}): trial {int(best['number'])}, {objective} "
@@ -435,6 +440,12 @@ def study_page(study: Any, title: str | None = None, storage: str | None = None)
     if best is not None:
         _best_run(page, study_obj, number, folder, curves, objective)  # type: ignore[arg-type]
     return page
+
+
+def _pbt_start(study: Any, number: int) -> dict[str, Any] | None:
+    """A PBT trial's lineage's first values (what it began from), or None for any other trial."""
+    schedule = study.get_trials(deepcopy=False)[number].user_attrs.get("pbt_schedule")
+    return dict(schedule[0]["values"]) if schedule else None
 
 
 def _pbt(page: Page, study: Any, log: dict[str, bool], number: int | None) -> None:
