@@ -192,6 +192,9 @@ def _start_and_wait_for_epoch(tmp_path, *args):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A foreground Ctrl-C: a suite started in the background (`pytest &` from a script) passes
+        # SIGINT on ignored, and Python then leaves it ignored in the child.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     line = proc.stdout.readline()
     if not re.match(r"epoch +1/", line):
