@@ -359,6 +359,24 @@ def test_compiled_max_pool_gradient_equals_numpy_with_ties_bit_for_bit(kernels, 
     assert np.array_equal(kernels.maxpool2_grad(np.ascontiguousarray(x), out, delta), want)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_compiled_max_pool_equals_numpy_bit_for_bit_with_signed_zeros_and_nan(kernels, monkeypatch, dtype):
+    """np.maximum's rules, in the NumPy code's order: of two equal values the later is kept (so
+    -0.0 then 0.0 pools to 0.0), and a NaN anywhere in a region makes its maximum NaN."""
+    from hpexp.nn import conv
+
+    rng = np.random.default_rng(5)
+    x = maps_first(rng.choice(np.array([-0.0, 0.0, 1.0, -1.0, np.nan], dtype), size=(3, 4, 9, 7)))
+    pool = MaxPool(2)
+    monkeypatch.setattr(conv, "KERNELS", None)
+    want = pool.infer(x)
+    monkeypatch.setattr(conv, "KERNELS", kernels)
+    for got in (pool.infer(x), pool.forward(x), kernels.maxpool2(np.ascontiguousarray(x))):
+        assert got.shape == want.shape and np.array_equal(got, want, equal_nan=True)
+        assert np.array_equal(np.signbit(got), np.signbit(want))
+    assert np.isnan(want).any() and (np.signbit(want) & (want == 0)).any()  # the cases occurred
+
+
 @pytest.mark.parametrize("network", ["conv1", "conv2"])
 def test_a_conv_net_trains_to_the_same_weights_with_and_without_kernels(kernels, monkeypatch, network):
     """The kernels change speed only: a few SGD steps (with dropout) end in identical weights."""

@@ -1,9 +1,9 @@
-"""Convolution's data movement compiled: im2col (`patches`), its adjoint (`unpatch`) and the
-gradient of 2 x 2 max-pooling (`maxpool2_grad`).
+"""Convolution's data movement compiled: im2col (`patches`), its adjoint (`unpatch`), 2 x 2
+max-pooling (`maxpool2`) and its gradient (`maxpool2_grad`).
 
 Same results as hpexp.nn.conv's NumPy code (which documents the layouts), bit for bit: `patches`
 only copies, `unpatch` adds each pixel's contributions in the same (kernel row, kernel column)
-order, and the pooling gradient only compares and copies. NumPy spends most of its time there on
+order, and pooling only compares and copies. NumPy spends most of its time there on
 many small slice operations (kh * kw of them, or four passes over strided views); compiled, each
 is one loop.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["maxpool2_grad", "patches", "unpatch"]
+__all__ = ["maxpool2", "maxpool2_grad", "patches", "unpatch"]
 
 jit = numba.njit(cache=True, nogil=True)
 
@@ -57,6 +57,35 @@ def unpatch(dcols: np.ndarray, shape: tuple[int, ...], kh: int, kw: int) -> np.n
     dx = np.zeros((m, c, height, width), dcols.dtype)
     _unpatch(dcols.reshape(c, kh, kw, m, oh, ow), dx)
     return dx
+
+
+@jit
+def _maxpool2(x: np.ndarray, out: np.ndarray) -> None:
+    f, m, h, w = x.shape[0], x.shape[1], out.shape[2], out.shape[3]  # x map by map
+    for g in range(f):
+        for b in range(m):
+            for r in range(h):
+                x0, x1, o = x[g, b, 2 * r], x[g, b, 2 * r + 1], out[b, g, r]
+                for s in range(w):
+                    # np.maximum(v, c) in the NumPy code's order: v if v is NaN or larger, else c
+                    # (so of two equal zeros the later one's sign); without branches, so the
+                    # compiler can use selects
+                    v = x0[2 * s]
+                    c = x0[2 * s + 1]
+                    v = v if (v != v) | (v > c) else c
+                    c = x1[2 * s]
+                    v = v if (v != v) | (v > c) else c
+                    c = x1[2 * s + 1]
+                    o[s] = v if (v != v) | (v > c) else c
+
+
+def maxpool2(x: np.ndarray) -> np.ndarray:
+    """2 x 2 max-pooling of x (m, f, H, W), as hpexp.nn.conv.MaxPool.infer, into a new (m, f, h, w)
+    array; x is read map by map, as a convolution's output is stored."""
+    m, f, height, width = x.shape
+    out = np.empty((m, f, height // 2, width // 2), x.dtype)
+    _maxpool2(x.transpose(1, 0, 2, 3), out)
+    return out
 
 
 @jit

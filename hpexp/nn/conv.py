@@ -6,7 +6,7 @@ every deep-learning library we compute cross-correlation; network3's Theano conv
 kernel, which only mirrors the learned filters.
 Pooling is over non-overlapping p x p regions, dropping any remainder at the border.
 
-`patches`, `unpatch` (im2col and its adjoint) and MaxPool's backward are the reference in NumPy;
+`patches`, `unpatch` (im2col and its adjoint) and MaxPool (both ways) are the reference in NumPy;
 when the optional compiled kernels are installed (hpexp.kernels, the `fast` extra: numba) those run
 instead (for 2 x 2 pooling), with bit-for-bit the same results, unless HPEXP_KERNELS=numpy. The
 kernels are looked up here at run time, so the engine itself imports NumPy only.
@@ -170,6 +170,8 @@ class MaxPool(_Pool):
         return [x[..., i : h * p : p, j : w * p : p] for i in range(p) for j in range(p)]
 
     def infer(self, x: np.ndarray) -> np.ndarray:
+        if KERNELS is not None and self.size == 2:
+            return KERNELS.maxpool2(x)  # type: ignore[attr-defined,no-any-return]
         corners = self._corners(x)
         out = corners[0].copy()
         for corner in corners[1:]:
