@@ -11,7 +11,7 @@ from conftest import load_option
 from hpexp.data.mnist import Split
 from hpexp.nn.network import Network
 from hpexp.nn.optimizers import SGD
-from hpexp.nn.population import select, stack, stack_fields
+from hpexp.nn.population import select, stack, stack_fields, take, take_fields
 from hpexp.nn.regularizers import Regularizer
 from hpexp.train.loop import Member, fit_population
 from hpexp.train.stopping import MaxEpochs, NoImprovement
@@ -411,3 +411,14 @@ def test_study_population_must_be_a_count_or_auto(bad):
     spec = study_spec.load_spec("book_l2_mlp30", [f"population={bad}"])
     with pytest.raises(ConfigError, match=rf"population must be an integer >= 1 .* or auto .*got {bad!r}"):
         study_spec.check_spec(spec)
+
+
+def test_one_members_values_are_scalars_of_the_populations_dtype():
+    """A chunk of one trains as a single network: its per-member values come as NumPy scalars (the
+    same arithmetic as their (1, 1) arrays, without broadcasting's cost); shared values stay as
+    they are, and a slice of members keeps the arrays."""
+    optimizer = stack_fields([SGD(0.1), SGD(0.3)], (1, 1), np.float32)
+    one = take_fields(optimizer, 1)
+    assert isinstance(one.eta, np.float32) and one.eta == np.float32(0.3) and one.momentum == 0.0
+    assert take(optimizer.eta, 0) == np.float32(0.1) and take(0.5, 1) == 0.5
+    assert take_fields(optimizer, slice(1, 2)).eta.shape == (1, 1, 1)

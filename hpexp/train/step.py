@@ -16,7 +16,7 @@ import numpy as np
 
 from hpexp.nn.network import Masks, Network
 from hpexp.nn.optimizers import SGD
-from hpexp.nn.population import parts, take_fields
+from hpexp.nn.population import parts, take, take_fields
 from hpexp.nn.regularizers import Regularizer
 
 __all__ = ["Step", "mini_batch_steps", "split"]
@@ -37,7 +37,7 @@ def split(
         at: slice | int = rows.start if chunk == 1 else rows
         part_optimizer = take_fields(optimizer, at)
         part_optimizer._velocity = [v[rows] for v in optimizer._velocity]
-        part_eta = eta[at] if isinstance(eta, np.ndarray) else eta
+        part_eta = take(eta, at)
         out.append((at, part, part_optimizer, take_fields(regularizer, at), part_eta))
     return out
 
