@@ -1,37 +1,50 @@
-"""Conv-net speed, measured in one process: hpexp's engine with and without its compiled kernels,
-and against PyTorch CPU.
+"""Conv-net speed: this engine against the engine before the speed work (issue 19) and PyTorch CPU.
 
-    python benchmarks/bench_conv.py [--images 5000] [--repeats 3] [--no-profile]
+    python benchmarks/bench_conv.py [--images 5000] [--rounds 3] [--old 83ffd9a] [--no-profile]
 
 The chapter 6 networks at mini-batch 10, built through the config path: conv1 (ch6-conv1-fc100:
 conv-pool 20 maps, 5x5, 2x2 max-pool -> FC(100) -> softmax, sigmoid), conv2 (ch6-conv2-relu: conv-pool
 20 -> conv-pool 40 -> FC(100), ReLU) and conv2-2fc1000-dropout (ch6-dropout-2fc1000: two FC(1000)
 with network3's dropout 0.5). Each trains on the first `--images` training images (a fraction of
-an epoch, in stored order) with the NumPy reference path (hpexp.nn.conv.KERNELS = None: the
-engine as it was before the kernels, unchanged) and with the compiled kernels (hpexp.kernels, the
-`fast` extra), the two taking turns `--repeats` times; the best pass of each is scaled to 50,000
-images, and the ratio is printed (target >= 2, issue 19). For conv1, PyTorch CPU too, when torch is
-installed (optional, benchmark only: `pip install torch`). All use one thread; evaluation is not
-timed. The profile splits one mini-batch step of conv1 into its parts, to show what limits it.
+an epoch, in stored order), scaled to 50,000 images, with three engines:
+
+  old      the engine of commit `--old` (default 83ffd9a, the one issue 19 was filed against),
+           taken from git into a temporary folder: the figure to be twice as fast as
+  NumPy    this engine with HPEXP_KERNELS=numpy (the reference path the tests compare with)
+  new      this engine as it runs, with the compiled kernels if the `fast` extra is installed
+
+Each engine runs in a process of its own (one warm-up pass, then one timed pass), the three taking
+turns `--rounds` times; each keeps its best. Times are the process's CPU seconds with one BLAS
+thread, so other processes on a busy machine count only through the caches they share. PyTorch CPU
+(one thread, the same layers, optional: `pip install torch`) is timed in this process where
+installed. The profile splits one mini-batch step of conv1 into its parts, to show what limits it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable
+from io import BytesIO
+from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+import hpexp
 from hpexp.data.mnist import load_splits
-from hpexp.nn import conv
-from hpexp.train import batching
 from hpexp.train.loop import train_epoch
 from hpexp.train.runner import build_network, compose, validate
 
 N_EPOCH, BATCH = 50_000, 10
+OLD = "83ffd9a"  # the commit issue 19 was filed against
+REPO = Path(__file__).resolve().parents[1]
 COMMON = ["cost=log_likelihood", "init=network3"]
 OVERRIDES = ["network=conv1", "activation=sigmoid", *COMMON, "optimizer.eta=0.1"]
 NETWORKS = {
@@ -51,11 +64,12 @@ NETWORKS = {
 
 
 def best_of(repeats: int, run: Callable[[], None]) -> float:
+    """The least CPU time of `repeats` calls of run()."""
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         run()
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return min(times)
 
 
@@ -68,43 +82,86 @@ def trainer(overrides: list[str], x: np.ndarray, y: np.ndarray) -> tuple[Callabl
     return lambda: train_epoch(net, parts.optimizer, parts.regularizer, x, y, BATCH, eta, rng), net
 
 
-def engines_seconds(overrides: list[str], x: np.ndarray, y: np.ndarray, repeats: int) -> dict[str, float]:
-    """Seconds per 50,000-image epoch with the NumPy reference and with the compiled kernels,
-    taking turns so a busy machine slows both alike."""
-    kernels = conv.compiled_kernels()
-    engines = {"numpy": None, "kernels": kernels} if kernels is not None else {"numpy": None}
-    run, _ = trainer(overrides, x, y)
-    best = dict.fromkeys(engines, np.inf)
-    try:
-        for k in engines.values():  # warm-up (and compilation)
-            conv.KERNELS = k
-            run()
-        for _ in range(repeats):
-            for name, k in engines.items():
-                conv.KERNELS = k
-                best[name] = min(best[name], best_of(1, run))
-    finally:
-        conv.KERNELS = kernels
-    return {name: t * N_EPOCH / len(y) for name, t in best.items()}
+def worker(network: str, images: int) -> None:
+    """The child process: one warm-up pass and one timed pass of `network` with the hpexp found on
+    sys.path (this checkout, or the old engine's folder), printing seconds per 50,000 images."""
+    train = load_splits(os.environ.get("HPEXP_DATA_DIR"), n_train=images, splits=["train"])["train"]
+    with threadpool_limits(limits=1, user_api="blas"):
+        run, _ = trainer(NETWORKS[network], train.x, train.y)
+        run()
+        seconds = best_of(1, run) * N_EPOCH / images
+    print(json.dumps({"seconds": seconds, "hpexp": str(Path(hpexp.__file__).parent.parent)}))
 
 
-def torch_seconds(x: np.ndarray, y: np.ndarray, repeats: int) -> float | None:
+def old_engine(commit: str, into: Path) -> Path:
+    """The `hpexp` package and `conf/` of `commit`, extracted from git into `into`."""
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", commit, "hpexp", "conf"], check=True, capture_output=True
+    ).stdout
+    with tarfile.open(fileobj=BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def engines_seconds(network: str, images: int, rounds: int, old: Path) -> dict[str, float]:
+    """Seconds per 50,000-image epoch of each engine, each in its own process, taking turns."""
+    here = os.environ.get("PYTHONPATH", "")
+    envs = {
+        "old": {"PYTHONPATH": f"{old}{os.pathsep}{here}", "HPEXP_KERNELS": "numpy"},
+        "NumPy": {"PYTHONPATH": f"{REPO}{os.pathsep}{here}", "HPEXP_KERNELS": "numpy"},
+        "new": {"PYTHONPATH": f"{REPO}{os.pathsep}{here}", "HPEXP_KERNELS": ""},
+    }
+    best = dict.fromkeys(envs, np.inf)
+    command = [sys.executable, __file__, "--worker", network, "--images", str(images)]
+    for _ in range(rounds):
+        for name, env in envs.items():
+            # from the old engine's folder, so its own `hpexp` (not an installed one) is imported
+            cwd = old if name == "old" else REPO
+            out = subprocess.run(
+                command, env=os.environ | env, cwd=cwd, check=True, capture_output=True, text=True
+            )
+            result = json.loads(out.stdout.splitlines()[-1])
+            if Path(result["hpexp"]) != cwd:  # an installed hpexp shadowing the one asked for
+                raise RuntimeError(f"the {name} engine ran hpexp from {result['hpexp']}, not {cwd}")
+            best[name] = min(best[name], result["seconds"])
+    return best
+
+
+def torch_model(network: str):  # -> torch.nn.Sequential
+    """The same layers in PyTorch (dropout on each dense layer's input, as hpexp's masks)."""
+    from torch import nn
+
+    if network.startswith("conv1"):
+        return nn.Sequential(
+            nn.Conv2d(1, 20, 5), nn.MaxPool2d(2), nn.Sigmoid(), nn.Flatten(),
+            nn.Linear(2880, 100), nn.Sigmoid(), nn.Linear(100, 10),
+        )  # fmt: skip
+    convs = [
+        nn.Conv2d(1, 20, 5),
+        nn.MaxPool2d(2),
+        nn.ReLU(),
+        nn.Conv2d(20, 40, 5),
+        nn.MaxPool2d(2),
+        nn.ReLU(),
+    ]
+    if "dropout" not in network:
+        return nn.Sequential(*convs, nn.Flatten(), nn.Linear(640, 100), nn.ReLU(), nn.Linear(100, 10))
+    return nn.Sequential(
+        *convs, nn.Flatten(), nn.Dropout(0.5), nn.Linear(640, 1000), nn.ReLU(),
+        nn.Dropout(0.5), nn.Linear(1000, 1000), nn.ReLU(), nn.Dropout(0.5), nn.Linear(1000, 10),
+    )  # fmt: skip
+
+
+def torch_seconds(network: str, x: np.ndarray, y: np.ndarray, repeats: int) -> float | None:
+    """Seconds per 50,000-image epoch of PyTorch CPU (one thread), None if torch is not installed."""
     try:
         import torch
     except ImportError:
         return None
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 20, 5),
-        torch.nn.MaxPool2d(2),
-        torch.nn.Sigmoid(),
-        torch.nn.Flatten(),
-        torch.nn.Linear(2880, 100),
-        torch.nn.Sigmoid(),
-        torch.nn.Linear(100, 10),
-    )
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model = torch_model(network)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.03)
     loss_fn = torch.nn.CrossEntropyLoss()
     xt = torch.from_numpy(x.reshape(-1, 1, 28, 28).copy())  # the loaded splits are read-only
     yt = torch.from_numpy(y.astype(np.int64))
@@ -158,29 +215,39 @@ def profile(net, x: np.ndarray, y: np.ndarray, steps: int = 2000) -> dict[str, f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=5000, help="images trained per timing (default 5000)")
-    parser.add_argument("--repeats", type=int, default=3, help="passes timed, best taken (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of the engines, best taken (default 3)")
+    parser.add_argument(
+        "--old", default=OLD, help=f"the commit of the engine to compare with (default {OLD})"
+    )
     parser.add_argument("--no-profile", action="store_true", help="skip the per-part profile")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # a child process timing one engine
     args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker, args.images)
+    from hpexp.train import batching  # here: the old engine (in a worker) may not have it
+
     data_dir = os.environ.get("HPEXP_DATA_DIR")
     train = load_splits(data_dir, n_train=args.images, splits=["train"])["train"]
     x, y = train.x, train.y
-    fraction = f"{args.images:,} of {N_EPOCH:,} images, best of {args.repeats}, scaled"
-    with threadpool_limits(limits=1, user_api="blas"):
-        print(f"mini-batch {BATCH}, float32, one thread ({fraction}); machine: {batching.machine()}")
-        print(f"load average {os.getloadavg()[0]:.2f}")
-        print(f"{'network':<34} {'NumPy':>8} {'kernels':>8} {'speed-up':>8}  (s/epoch)")
-        for name, overrides in NETWORKS.items():
-            seconds = engines_seconds(overrides, x, y, args.repeats)
-            ours = seconds.get("kernels", seconds["numpy"])
-            ratio = f"{seconds['numpy'] / ours:7.2f}x" if "kernels" in seconds else "  (no numba)"
-            print(f"{name:<34} {seconds['numpy']:8.2f} {ours:8.2f} {ratio}", flush=True)
-            if name.startswith("conv1"):
-                conv1 = ours
-        theirs = torch_seconds(x, y, args.repeats)
-        if theirs is None:
-            print("PyTorch: not installed (optional: pip install torch)")
-        else:
-            print(f"PyTorch CPU, conv1: {theirs:.2f} s/epoch; hpexp / PyTorch: {conv1 / theirs:.2f}")
+    fraction = f"{args.images:,} of {N_EPOCH:,} images, best of {args.rounds}, scaled"
+    with threadpool_limits(limits=1, user_api="blas"), tempfile.TemporaryDirectory() as tmp:
+        old = old_engine(args.old, Path(tmp))
+        print(f"mini-batch {BATCH}, float32, one thread, CPU s/epoch ({fraction})")
+        print(f"machine: {batching.machine()}")
+        print(f"load average {os.getloadavg()[0]:.2f}; old = the engine of {args.old}")
+        columns = f"{'old':>7} {'NumPy':>7} {'new':>7} {'old/new':>8} {'PyTorch':>8} {'new/PyTorch':>11}"
+        print(f"{'network':<32} {columns}")
+        for name in NETWORKS:
+            seconds = engines_seconds(name, args.images, args.rounds, old)
+            theirs = torch_seconds(name, x, y, args.rounds)
+            vs_torch = (
+                "     (no torch)" if theirs is None else f"{theirs:8.2f} {seconds['new'] / theirs:10.2f}x"
+            )
+            print(
+                f"{name:<32} {seconds['old']:7.2f} {seconds['NumPy']:7.2f} {seconds['new']:7.2f} "
+                f"{seconds['old'] / seconds['new']:7.2f}x {vs_torch}",
+                flush=True,
+            )
         if not args.no_profile:
             _, net = trainer(OVERRIDES, x, y)
             print("profile of one mini-batch step of conv1 (microseconds, best of 3 x 2000):")
