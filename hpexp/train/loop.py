@@ -36,6 +36,7 @@ __all__ = [
     "Member",
     "Result",
     "Stop",
+    "epoch_record",
     "evaluate",
     "fit",
     "fit_population",
@@ -250,6 +251,26 @@ def _row(value: np.ndarray, row: int | None) -> float:
     return float(value if row is None else value[row])
 
 
+def epoch_record(
+    epoch: int,
+    evaluated: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    pen: np.ndarray,
+    norms: np.ndarray,
+    eta: float,
+    seconds: float,
+    row: int | None,
+) -> Record:
+    """One member's record of an evaluated epoch: each monitored split's loss, cost (loss plus the
+    regularizer's penalty) and accuracy, its eta, weight norm and share of the time. `row` is the
+    member's row in a population's arrays (None for a single network)."""
+    record: Record = {"epoch": epoch}
+    for name, (loss, accuracy) in evaluated.items():
+        record[f"{name}_loss"] = _row(loss, row)
+        record[f"{name}_cost"] = _row(loss + pen, row)
+        record[f"{name}_accuracy"] = _row(accuracy, row)
+    return record | {"eta": eta, "weight_norm": _row(norms, row), "seconds": seconds}
+
+
 def fit_population(
     network: Network,
     train: Split,
@@ -356,12 +377,7 @@ def fit_population(
         stopped = []
         for row, k in enumerate(active):
             r = row if population else None
-            record: Record = {"epoch": epoch}
-            for name, (loss, accuracy) in evaluated.items():
-                record[f"{name}_loss"] = _row(loss, r)
-                record[f"{name}_cost"] = _row(loss + pen, r)
-                record[f"{name}_accuracy"] = _row(accuracy, r)
-            record |= {"eta": etas[row], "weight_norm": _row(norms, r), "seconds": seconds}
+            record = epoch_record(epoch, evaluated, pen, norms, etas[row], seconds, r)
             history, member = histories[k], members[k]
             history.append(record)
             params = [p if r is None else p[r] for p in network.params]  # the member's views

@@ -32,6 +32,7 @@ from hpexp.train.loop import (
     _rng_state,
     _set_rng_state,
     _stacked,
+    epoch_record,
     evaluate,
     penalty,
     train_epoch,
@@ -121,12 +122,7 @@ def fit_pbt(
         start = time.perf_counter()
         for k, member in enumerate(members):
             r = k if population else None
-            record: Record = {"epoch": epoch}
-            for name, (loss, accuracy) in evaluated.items():
-                record[f"{name}_loss"] = _row(loss, r)
-                record[f"{name}_cost"] = _row(loss + pen, r)
-                record[f"{name}_accuracy"] = _row(accuracy, r)
-            record |= {"eta": etas[k], "weight_norm": _row(norms, r), "seconds": seconds}
+            record = epoch_record(epoch, evaluated, pen, norms, etas[k], seconds, r)
             histories[k].append(record)
             if _finite(record) and "val_accuracy" in record:
                 if best[k] is None or record["val_accuracy"] > best[k]["val_accuracy"]:  # type: ignore[index]
@@ -207,7 +203,3 @@ def _result(
 
 def _finite(record: Record) -> bool:
     return bool(np.isfinite([v for key, v in record.items() if key.endswith("_cost")]).all())
-
-
-def _row(value: np.ndarray, row: int | None) -> float:
-    return float(value if row is None else value[row])
