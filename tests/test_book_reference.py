@@ -90,7 +90,8 @@ def test_network2_run_and_matrix_speed_write_run_directories(mnist_dir, tmp_path
     cfg = book.compose_run(e, "", 0, [f"data.dir={mnist_dir}", "data.n_train=200", "timing.repeats=1"])
     out = matrix_speed(cfg, tmp_path / "speed")
     (record,) = rundir.read_history(out)
-    assert record["speedup"] == pytest.approx(record["per_example_seconds"] / record["matrix_seconds"])
+    # chapter 2's claim in direction: the matrix form is faster than the loop over examples
+    assert record["speedup"] > 1.5 and record["per_example_seconds"] > record["matrix_seconds"] > 0
     assert "numpy" in rundir.read_summary(out)["machine"]
 
 

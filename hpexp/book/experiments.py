@@ -437,25 +437,27 @@ class Progress:
         )
 
 
-def _is_done(out: Path, cfg: Any) -> bool:
-    """A run is done when it finished with the same training config. The `book:` block (the book's
+def _same_config(out: Path, cfg: Any) -> bool:
+    """The run folder's saved config is `cfg`'s training config. The `book:` block (the book's
     numbers and how to read ours) does not change what a run computes, and a key the saved config
     lacks is an option added since, whose default keeps the old behaviour: neither reruns anything."""
-    if rundir.read_summary(out).get("status") not in ("completed", "diverged", "stalled"):
+    if not (out / "config.yaml").exists():
         return False
     now = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     before = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.load(out / "config.yaml")))
     return _same(now, before, ignored=("out_dir", "book"))
+
+
+def _is_done(out: Path, cfg: Any) -> bool:
+    """A run is done when it finished with the same training config."""
+    ended = rundir.read_summary(out).get("status") in ("completed", "diverged", "stalled")
+    return ended and _same_config(out, cfg)
 
 
 def _resumable(out: Path, cfg: Any) -> bool:
     """An interrupted run goes on from its checkpoint when its saved config is the one asked for now
     (a killed `hpexp book run`, or the end of a session: chapter 6 takes many)."""
-    if not (out / CHECKPOINT).exists() or not (out / "config.yaml").exists():
-        return False
-    now = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
-    before = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.load(out / "config.yaml")))
-    return _same(now, before, ignored=("out_dir", "book"))
+    return (out / CHECKPOINT).exists() and _same_config(out, cfg)
 
 
 def _same(now: Any, before: Any, ignored: Sequence[str] = ()) -> bool:
