@@ -400,7 +400,9 @@ def test_fast_rows_rerun_equal_what_is_committed(experiment_id, run, mnist_dir, 
     compare with the committed history.csv, written with 6 significant digits: equal to 1e-5
     relative, so an engine change that moves the numbers is seen here."""
     e = book.load(experiment_id)
-    committed = pd.read_csv(REPORTS / experiment_id / "history.csv", keep_default_na=False, na_values=[""])
+    committed = pd.read_csv(
+        REPORTS / experiment_id / "history.csv", keep_default_na=False, na_values=[""], dtype={"run": str}
+    )
     committed = committed[(committed["run"].fillna("") == run) & (committed["seed"] == 0)]
     extra = [f"data.dir={mnist_dir}"] if e.runner.endswith("speed_of_learning") else []
     cfg = book.compose_run(e, run, 0, extra=extra)
