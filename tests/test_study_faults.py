@@ -146,6 +146,44 @@ def test_an_interrupted_study_stops_promptly_in_one_line_and_resumes(
         # finished its last epoch just before the signal, and not been told yet)
 
 
+def ended(pid: int) -> bool:
+    """Process `pid` is gone or a zombie (ended, not yet reaped by whoever adopted it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_sigkilled_coordinator_stops_its_workers_and_the_study_resumes(mnist_dir, tmp_path):
+    """SIGKILL of `hpexp study` itself (no handler runs) left its workers training on through the
+    rest of the budget, unsupervised; now each worker sees its coordinator end and interrupts its
+    trials as on Ctrl-C (failed and enqueued again), and the same command finishes the study."""
+    path = write_spec(tmp_path, base=SLOW_TRIALS, n_trials=8, workers=2)
+    spec = load_spec(str(path))
+    first = start(path, tmp_path)
+    caught = running_past_an_epoch(spec, tmp_path, first, n=2)
+    workers = {t.user_attrs["pid"] for t in caught}
+    os.kill(first.pid, signal.SIGKILL)
+    first.communicate(timeout=60)
+    deadline = time.monotonic() + 20
+    while not all(ended(pid) for pid in workers):
+        assert time.monotonic() < deadline, "workers still running 20 s after their coordinator died"
+        time.sleep(0.1)
+    trials = trials_of(spec, tmp_path)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert sum(t.state == TrialState.COMPLETE for t in trials) < 8  # they did not run the budget out
+    for t in caught:
+        stopped = trials[t.number]
+        assert stopped.state in (TrialState.FAIL, TrialState.COMPLETE)  # COMPLETE: done just before
+        if stopped.state == TrialState.FAIL:
+            assert stopped.user_attrs["fail_reason"] == "interrupted"
+    rerun = subprocess.run(command(path, tmp_path), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    trials = trials_of(spec, tmp_path)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 8 and len({tuple(t.params.items()) for t in done}) == 8
+
+
 @pytest.mark.parametrize("join", [False, True], ids=["same command twice at once", "--join"])
 def test_two_coordinators_on_one_study_never_repeat_each_other(mnist_dir, tmp_path, join):
     """Issue row: a second coordinator (same machine, or --join) repeated the first one's

@@ -74,6 +74,22 @@ def test_a_dead_owners_lock_is_released_at_once_and_its_torn_line_cut(tmp_path, 
     assert not (tmp_path / "journal.log.lock").exists()
 
 
+def test_a_zombie_is_not_alive_and_a_live_process_is(tmp_path):
+    """An ended process its parent has not reaped yet (a zombie: the state of a worker whose
+    adopter does not reap, as in some containers) holds no lock and runs no trial."""
+    from hpexp.study.journal import alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert not alive(child.pid, process_start(child.pid))  # ended, though its pid still answers
+    os.kill(child.pid, 0)
+    child.wait()
+    assert alive(os.getpid(), process_start(os.getpid()))
+
+
 def test_a_live_owners_lock_is_waited_for_not_taken(tmp_path, capfd):
     journal = tmp_path / "journal.log"
     s = new_study(journal)

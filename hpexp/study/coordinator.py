@@ -1,6 +1,7 @@
 """The coordinator of a study on one machine: start its worker processes, replace any that dies,
 show progress, stop them all promptly on Ctrl-C or SIGTERM, and end with an exit status that says
-whether the study finished.
+whether the study finished. Workers stop too when the coordinator itself is killed (SIGKILL): their
+trials are failed and enqueued again, as on Ctrl-C.
 
 A worker that dies (killed, or ended by an error) has its running trials failed and enqueued again
 (`storage.fail_stale`), and is replaced while trials wait, at most `max_restarts` times in all (a
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
@@ -287,8 +289,10 @@ def _signals_interrupt() -> Iterator[None]:
 
 def _worker_main(spec_data: dict[str, Any], runs: Path, slot: int, deadline: float | None) -> None:
     """A worker process: SIGINT or SIGTERM interrupts its trials once (they are failed and enqueued
-    again), then it exits with 128 + the signal."""
+    again), then it exits with 128 + the signal. A worker whose coordinator died (SIGKILL, a crash)
+    gives itself SIGTERM: no worker trains on, unsupervised, after its study's command is gone."""
     received: list[int] = []
+    _watch_parent()
 
     def interrupt(signum: int, frame: Any) -> None:
         received.append(signum)
@@ -302,6 +306,20 @@ def _worker_main(spec_data: dict[str, Any], runs: Path, slot: int, deadline: flo
         (pbt.work if spec_data["sampler"]["name"] == "pbt" else work)(spec_data, runs, slot, deadline)
     except KeyboardInterrupt:
         sys.exit(128 + (received[0] if received else signal.SIGINT))
+
+
+def _watch_parent() -> None:
+    """A daemon thread that waits on the coordinator's sentinel (ready when it ends) and then
+    interrupts this process with SIGTERM, the path a `kill` of the study would take."""
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not started by a Pool (a test calling the worker directly)
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent watch", daemon=True).start()
 
 
 @contextlib.contextmanager

@@ -39,12 +39,17 @@ def journal_backend(path: Path, grace: float = GRACE) -> JournalFileBackend:
     return JournalFileBackend(str(path), lock_obj=OwnedLock(str(path), grace))
 
 
-def process_start(pid: int) -> str | None:
-    """The start time of process `pid` in clock ticks since boot (Linux), or None."""
+def _stat(pid: int, field: int) -> str | None:
+    """Field `field` of /proc/PID/stat counted after the command name (Linux), or None."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[field]
     except (OSError, IndexError):
         return None
+
+
+def process_start(pid: int) -> str | None:
+    """The start time of process `pid` in clock ticks since boot (Linux), or None."""
+    return _stat(pid, 19)
 
 
 def alive(pid: int, started: str | None) -> bool:
@@ -55,6 +60,8 @@ def alive(pid: int, started: str | None) -> bool:
         return False
     except PermissionError:
         return True
+    if _stat(pid, 0) == "Z":  # ended; its parent (or whoever adopted it) has not reaped it yet
+        return False
     return started is None or process_start(pid) in (None, started)  # a reused pid is another process
 
 
