@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 from pathlib import Path
 
 __all__ = ["complete", "data_command", "hydra_argv", "main", "train"]
@@ -51,6 +52,18 @@ def _discard(out: Path, sweep: Path | None) -> None:
             shutil.rmtree(folder)
 
 
+def _write_failed(e: OSError, out: Path) -> NoReturn:
+    """One line for a run stopped by a file it could not write (exit 1, as a failed run), with
+    the command that goes on from its last checkpoint when it has one."""
+    from hpexp.train import rundir
+
+    what = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
+    kept = any(out.rglob(rundir.CHECKPOINT))
+    then = f"; free space, then `hpexp train resume={out}` goes on from its last checkpoint" if kept else ""
+    print(f"hpexp train: error: {what}; the run's history so far is kept{then}", file=sys.stderr)
+    raise SystemExit(1) from None
+
+
 def train(argv: Sequence[str]) -> None:
     import signal
 
@@ -91,6 +104,8 @@ def train(argv: Sequence[str]) -> None:
                 _discard(hydra_out, Path(hydra_cfg.sweep.dir) if multirun else None)
             print(f"hpexp train: error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
+        except OSError as e:  # a write that failed (a full disk): the run recorded it as failed
+            _write_failed(e, Path(cfg.out_dir or hydra_out))
         statuses.extend(str(rundir.read_summary(o).get("status")) for o in outs)
         log.info(f"run directory: {out}")
         log.info(f"report: hpexp report {hydra_cfg.sweep.dir if multirun else out}")  # the whole sweep
@@ -100,7 +115,10 @@ def train(argv: Sequence[str]) -> None:
         if others:
             raise ConfigError(f"resume=RUN_DIR continues the run as it was configured; drop {others}")
         run_dir = arg.split("=", 1)[1]
-        statuses.extend(str(rundir.read_summary(o).get("status")) for o in resume(run_dir))
+        try:
+            statuses.extend(str(rundir.read_summary(o).get("status")) for o in resume(run_dir))
+        except OSError as e:
+            _write_failed(e, Path(run_dir))
         log.info(f"run directory: {run_dir}")
 
     resume_arg = next((a for a in argv if a.startswith("resume=")), None)

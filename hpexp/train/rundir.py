@@ -76,6 +76,8 @@ def new_run_dir(parent: str | Path) -> Path:
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write `path` whole or not at all; a failed write (a full disk) leaves the old file as it was
+    and raises an OSError that names `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -83,9 +85,16 @@ def write_atomic(path: Path, data: str | bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        _name(e, path)
         raise
+
+
+def _name(e: BaseException, path: Path) -> None:
+    """Raise an OSError that says which file it met, when `e` names none (a write's ENOSPC)."""
+    if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+        raise OSError(e.errno, e.strerror, str(path)) from e
 
 
 def history_csv(history: Sequence[Record]) -> str:
@@ -123,9 +132,13 @@ class HistoryWriter:
             return
         out = io.StringIO()
         csv.DictWriter(out, fieldnames=self.columns, lineterminator="\n").writerow(record)
-        with self.path.open("a") as f:
-            f.write(out.getvalue())
-            f.flush()
+        try:
+            with self.path.open("a") as f:  # a row cut short by a full disk is skipped when read
+                f.write(out.getvalue())
+                f.flush()
+        except OSError as e:
+            _name(e, self.path)
+            raise
 
 
 def write_summary(run_dir: Path, summary: Record) -> None:

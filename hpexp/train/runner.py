@@ -7,6 +7,8 @@ components named by the config groups, loads the data, calls `fit()` and writes 
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 import os
 import platform
@@ -473,7 +475,7 @@ def run_population(
         if bar is not None:
             bar.close()
         interrupted = isinstance(e, KeyboardInterrupt)
-        reason = "interrupted (Ctrl-C or SIGTERM)" if interrupted else repr(e)
+        reason = "interrupted (Ctrl-C or SIGTERM)" if interrupted else _reason(e)
         for cfg, out, tracker in zip(cfgs, outs, tracked, strict=True):
             history = rundir.read_history(out)
             summary = {
@@ -482,8 +484,12 @@ def run_population(
                 "epochs_run": len(history),
                 "seed": cfg.seed,
             }
-            rundir.write_summary(out, summary)
-            tracker.finish(summary, out)
+            # A full disk may have no room for this either: the summary then still says `running`,
+            # which read_summary reports as interrupted once this process is gone.
+            with contextlib.suppress(OSError):
+                rundir.write_summary(out, summary)
+            with contextlib.suppress(OSError):
+                tracker.finish(summary, out)
         raise
     else:
         if bar is not None:
@@ -500,6 +506,14 @@ def run_population(
         for lock in locks:
             lock.release()
     return outs
+
+
+def _reason(e: BaseException) -> str:
+    """A failed run's stop reason: a write that failed names its file (`No space left on device:
+    .../checkpoint.npz`); any other error its type and message."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    return repr(e)
 
 
 CHECKPOINT = rundir.CHECKPOINT
