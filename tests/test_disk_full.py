@@ -77,7 +77,8 @@ def test_a_full_disk_stops_the_run_in_one_line_and_it_resumes_to_the_uninterrupt
     assert rundir.read_summary(out)["status"] == "interrupted"
     if not kept:
         return
-    assert checkpoint.load(out / "checkpoint.npz").epoch == full_from - 2  # saves: before epoch 1, then each epoch
+    # Checkpoints are saved before epoch 1 and after each epoch: the last whole one is epoch N - 2.
+    assert checkpoint.load(out / "checkpoint.npz").epoch == full_from - 2
     assert [r["epoch"] for r in rundir.read_history(out)] == list(range(1, full_from))
     resumed = train("train", f"resume={out}")  # room again
     assert resumed.returncode == 0, resumed.stderr

@@ -8,7 +8,6 @@ components named by the config groups, loads the data, calls `fit()` and writes 
 from __future__ import annotations
 
 import contextlib
-
 import math
 import os
 import platform
