@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-__all__ = ["complete", "data_command", "hydra_argv", "main", "train"]
+__all__ = ["complete", "data_command", "exit_for", "hydra_argv", "main", "train"]
 
 USAGE = """usage: hpexp COMMAND [ARGS]
 
@@ -142,6 +142,12 @@ def train(argv: Sequence[str]) -> None:
         raise SystemExit(143 if isinstance(e, Terminated) else 130) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+    exit_for(statuses)
+
+
+def exit_for(statuses: Sequence[str]) -> None:
+    """How `hpexp train` ends after its runs (whichever launcher ran them): when any did not
+    complete, one line naming the statuses, and the exit status of the worst (EXIT_STATUS)."""
     if any(s != "completed" for s in statuses):
         ended = sorted(set(statuses) - {"completed"})
         code = max(EXIT_STATUS.get(s, 1) for s in statuses)

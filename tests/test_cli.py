@@ -178,6 +178,27 @@ def test_population_launcher_trains_a_grid_as_the_basic_launcher_does(mnist_dir,
             assert a["eta"] == b["eta"]
 
 
+@pytest.mark.parametrize("launcher", ["basic", "population"])
+def test_a_grid_with_a_run_that_diverged_exits_non_zero_with_either_launcher(mnist_dir, tmp_path, launcher):
+    """The population launcher exited 0 whatever its runs' statuses; now, as the basic launcher
+    does, the worst status sets the exit code (diverged: 3) after one line."""
+    grid = [
+        *SMALL,
+        "activation=relu",
+        "network.sizes=[784,100,100,10]",
+        "optimizer.eta=0.1,1e3",
+    ]
+    result = hpexp(
+        "train", "-m", f"hydra/launcher={launcher}", *grid, "hydra.sweep.dir=grid", cwd=tmp_path, check=False
+    )
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.splitlines()[-1] == "hpexp train: 2 run(s), not completed: diverged"
+    assert [rundir.read_summary(tmp_path / "grid" / job)["status"] for job in ("0", "1")] == [
+        "completed",
+        "diverged",
+    ]
+
+
 def test_a_preset_that_is_not_one_training_run_points_to_hpexp_book(tmp_path):
     result = hpexp("train", "+experiment=book/ch6-ensemble5", cwd=tmp_path, check=False)
     assert result.returncode == 2

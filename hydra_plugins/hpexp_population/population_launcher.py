@@ -41,7 +41,9 @@ class PopulationLauncher(Launcher):
         self.config, self.hydra_context = config, hydra_context
 
     def launch(self, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
+        from hpexp.cli import exit_for
         from hpexp.data.mnist import DataError
+        from hpexp.train import rundir
         from hpexp.train.runner import population_key, run_population, task_config
 
         setup_globals()
@@ -70,6 +72,8 @@ class PopulationLauncher(Launcher):
                 print(f"hpexp train: error: {e}", file=sys.stderr)
                 raise SystemExit(2) from None
         print(f"run directories: {sweep_dir}\nreport: hpexp report {sweep_dir}")
+        # A run that diverged, stalled or failed makes the command fail, as with the basic launcher.
+        exit_for([str(rundir.read_summary(out).get("status")) for *_, out in jobs])
         return [
             JobReturn(
                 overrides=o,
