@@ -199,6 +199,19 @@ def test_a_grid_with_a_run_that_diverged_exits_non_zero_with_either_launcher(mni
     ]
 
 
+def test_a_grid_with_a_bad_point_is_refused_before_any_run_and_leaves_no_folder(tmp_path):
+    """The population launcher trained the grid's good populations before it met a bad value in
+    another (batch sizes make separate populations), and left its sweep folder behind. (Hydra's
+    basic launcher runs jobs one by one, so it trains the points before a bad one.)"""
+    grid = [*SMALL, "train.batch_size=10,0"]
+    result = hpexp(
+        "train", "-m", "hydra/launcher=population", *grid, "hydra.sweep.dir=grid", cwd=tmp_path, check=False
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("hpexp train: error: train.batch_size")
+    assert not (tmp_path / "grid").exists()
+
+
 def test_a_preset_that_is_not_one_training_run_points_to_hpexp_book(tmp_path):
     result = hpexp("train", "+experiment=book/ch6-ensemble5", cwd=tmp_path, check=False)
     assert result.returncode == 2

@@ -41,10 +41,10 @@ class PopulationLauncher(Launcher):
         self.config, self.hydra_context = config, hydra_context
 
     def launch(self, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
-        from hpexp.cli import exit_for
+        from hpexp.cli import _discard, exit_for
         from hpexp.data.mnist import DataError
         from hpexp.train import rundir
-        from hpexp.train.runner import population_key, run_population, task_config
+        from hpexp.train.runner import population_key, run_population, task_config, validate
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -59,6 +59,13 @@ class PopulationLauncher(Launcher):
             task = task_config(cfg)
             out = Path(task.out_dir) if task.out_dir else sweep_dir / str(cfg.hydra.sweep.subdir)
             jobs.append((list(overrides), cfg, task, out))
+        try:  # every job checked before any trains: a bad point of the grid is refused up front
+            for _, _, task, _ in jobs:
+                validate(task)
+        except (ValueError, DataError) as e:  # bad input: one clear line, as `hpexp train` gives
+            print(f"hpexp train: error: {e}", file=sys.stderr)
+            _discard(Path(), sweep_dir)
+            raise SystemExit(2) from None
         groups: dict[str, list[int]] = {}
         for i, (_, _, task, _) in enumerate(jobs):
             groups.setdefault(population_key(task), []).append(i)
@@ -68,7 +75,7 @@ class PopulationLauncher(Launcher):
                 log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(jobs[i][0]))}")
             try:
                 run_population([jobs[i][2] for i in members], [jobs[i][3] for i in members])
-            except (ValueError, DataError) as e:  # bad input: one clear line, as `hpexp train` gives
+            except (ValueError, DataError) as e:  # what only training finds (the data, say)
                 print(f"hpexp train: error: {e}", file=sys.stderr)
                 raise SystemExit(2) from None
         print(f"run directories: {sweep_dir}\nreport: hpexp report {sweep_dir}")
