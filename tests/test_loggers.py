@@ -31,14 +31,17 @@ def _history_columns(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {k: [(int(r["epoch"]), float(r[k])) for r in rows] for k in rows[0] if k != "epoch"}
 
 
-def _check_mlflow_run(client, run, run_dir: Path) -> None:
-    """The MLflow run holds the run directory: params, metrics per epoch, summary, artifacts."""
+def _check_mlflow_run(client, run, run_dir: Path, timings: bool = True) -> None:
+    """The MLflow run holds the run directory: params, metrics per epoch, summary, artifacts
+    (`timings`: each epoch's seconds too, not for a resumed run's epochs trained twice)."""
     config = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
     config.pop("logger")
     expected = {k: str(v) for k, v in flatten(config)}
     assert run.data.params == expected
     assert run.data.params["choices.network"] == "mlp30"  # the group choices are params too
     for key, values in _history_columns(run_dir).items():
+        if key == "seconds" and not timings:
+            continue
         logged = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
         assert sorted(logged) == values, key  # exactly: both hold the record's float64
     summary = rundir.read_summary(run_dir)
@@ -70,6 +73,35 @@ def test_a_run_with_csv_and_mlflow(mnist_dir, store, tmp_path, monkeypatch):
     (logged,) = client.search_runs([experiment.experiment_id])
     assert logged.info.status == "FINISHED" and logged.info.run_name == "run"
     _check_mlflow_run(client, logged, out)
+
+
+def test_a_resumed_run_goes_on_in_its_mlflow_run(mnist_dir, store, tmp_path, monkeypatch):
+    """An interrupted run resumed from its checkpoint opened a second MLflow run holding only the
+    later epochs; now the one MLflow run gets every epoch, once, and ends FINISHED."""
+    import mlflow
+
+    from hpexp.train.runner import resume
+
+    monkeypatch.chdir(tmp_path)
+    overrides = [*SMALL, "train.epochs=4", "logger=[csv,mlflow]", f"logger.mlflow.tracking_uri={store}"]
+    cfg = compose([*overrides, "logger.mlflow.experiment=resumed"])
+
+    def stop_at_2(record):
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "run", progress=False, on_epoch=stop_at_2)
+    client = mlflow.MlflowClient(store)
+    experiment = client.get_experiment_by_name("resumed")
+    (cut,) = client.search_runs([experiment.experiment_id])
+    assert cut.info.status == "KILLED"
+    out = resume(tmp_path / "run", progress=False)[0]
+    (logged,) = client.search_runs([experiment.experiment_id])
+    assert logged.info.run_id == cut.info.run_id and logged.info.status == "FINISHED"
+    # Epochs 1-4, each once, equal to history.csv: epoch 2, recorded before the interrupt but not
+    # checkpointed, was trained again to the same values (its time excepted) and not logged again.
+    _check_mlflow_run(client, logged, out, timings=False)
 
 
 def test_a_four_trial_study_logs_each_trial_as_a_child_run(mnist_dir, store, tmp_path):

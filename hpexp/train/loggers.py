@@ -17,6 +17,7 @@ named before any training.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 
 from omegaconf import DictConfig, OmegaConf
 
+from hpexp.train import rundir
 from hpexp.train.loop import Record
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
 ]
 
 DEFAULT_MLFLOW_URI = "sqlite:///mlflow.db"
+RUN_ID_FILE = ".mlflow_run.json"  # in the run folder: its MLflow run (tracking URI, run id), for a resume
 PARAM_LIMIT = 6000  # MLflow's longest parameter value
 
 
@@ -49,7 +52,8 @@ class TrackerError(ValueError):
 
 
 class Tracker(Protocol):
-    def start(self, cfg: DictConfig, run_dir: Path) -> None: ...
+    def start(self, cfg: DictConfig, run_dir: Path, resumed: bool = False) -> None:
+        """`resumed`: the run goes on from its checkpoint; a tracker continues what it logged."""
 
     def log_epoch(self, record: Record) -> None: ...
 
@@ -93,10 +97,19 @@ class MLflowLogger:
         mlflow = _require("mlflow", "mlflow")
         self.client = mlflow.MlflowClient(self.tracking_uri or _default_uri())
         self.run_id: str | None = None
+        self.logged = 0  # the last epoch already in the MLflow run (a resumed run's)
 
-    def start(self, cfg: DictConfig, run_dir: Path) -> None:
+    def start(self, cfg: DictConfig, run_dir: Path, resumed: bool = False) -> None:
         from mlflow.entities import Param
 
+        if resumed and (earlier := self._earlier(run_dir)) is not None:  # one MLflow run per run
+            self.run_id = earlier
+            self.client.update_run(earlier, status="RUNNING")
+            # Epochs logged after the checkpoint are trained again, to the same values: logged once.
+            metrics = self.client.get_run(earlier).data.metrics
+            steps = [m.step for k in metrics for m in self.client.get_metric_history(earlier, k)]
+            self.logged = max(steps, default=0)
+            return
         tags = {"hpexp.run_dir": str(run_dir.resolve())}
         if self.parent_run_id:
             tags["mlflow.parentRunId"] = self.parent_run_id
@@ -104,6 +117,8 @@ class MLflowLogger:
             _experiment_id(self.client, self.experiment), run_name=run_dir.name, tags=tags
         )
         self.run_id = run.info.run_id
+        where = {"tracking_uri": self.client.tracking_uri, "run_id": self.run_id}
+        rundir.write_atomic(run_dir / RUN_ID_FILE, json.dumps(where) + "\n")
         config = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(config, dict)
         config.pop("logger", None)
@@ -111,10 +126,26 @@ class MLflowLogger:
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[i : i + 100])
 
+    def _earlier(self, run_dir: Path) -> str | None:
+        """The MLflow run this run folder logged to before it was interrupted, if this store has it."""
+        try:
+            where = json.loads((run_dir / RUN_ID_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        if where.get("tracking_uri") != self.client.tracking_uri:
+            return None
+        run_id = str(where.get("run_id"))
+        try:
+            return str(self.client.get_run(run_id).info.run_id)
+        except Exception:  # deleted from the store meanwhile: a new MLflow run
+            return None
+
     def log_epoch(self, record: Record) -> None:
         from mlflow.entities import Metric
 
         now, step = int(time.time() * 1000), int(record["epoch"])
+        if step <= self.logged:
+            return
         metrics = [Metric(k, v, now, step) for k, v in _metrics(record).items() if k != "epoch"]
         self.client.log_batch(self.run_id, metrics=metrics)  # type: ignore[arg-type]
 
@@ -168,8 +199,8 @@ class TensorBoardLogger:
         self.writer_class = _require("tensorboardX", "tensorboard").SummaryWriter
         self.writer: Any = None
 
-    def start(self, cfg: DictConfig, run_dir: Path) -> None:
-        self.writer = self.writer_class(logdir=str(run_dir / self.subdir))
+    def start(self, cfg: DictConfig, run_dir: Path, resumed: bool = False) -> None:
+        self.writer = self.writer_class(logdir=str(run_dir / self.subdir))  # a resumed run adds a file
 
     def log_epoch(self, record: Record) -> None:
         for key, value in _metrics(record).items():
@@ -214,9 +245,9 @@ def build(cfg: DictConfig) -> list[Tracker]:
     return trackers
 
 
-def start(cfg: DictConfig, run_dir: Path, trackers: Sequence[Tracker]) -> Trackers:
+def start(cfg: DictConfig, run_dir: Path, trackers: Sequence[Tracker], resumed: bool = False) -> Trackers:
     for t in trackers:
-        t.start(cfg, run_dir)
+        t.start(cfg, run_dir, resumed)
     return Trackers(trackers)
 
 

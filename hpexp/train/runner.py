@@ -437,7 +437,7 @@ def run_population(
         rundir.write_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         rundir.write_summary(out, {"status": "running", "seed": cfg.seed, **rundir.RunLock.owner()})
         history = saved.histories[k] if saved else []
-        tracked.append(loggers.start(cfg, out, chosen))
+        tracked.append(loggers.start(cfg, out, chosen, resumed=saved is not None))
         on_epoch = _recorder(out, cfg, hook, bar, tracked[-1], label=len(cfgs) > 1, history=history)
         members.append(
             Member(
