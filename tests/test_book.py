@@ -501,6 +501,45 @@ def test_a_checkpoint_of_another_config_is_not_resumed(mnist_dir, tmp_path):
     assert OmegaConf.load(out / "config.yaml").optimizer.eta == 0.5
 
 
+def test_a_network_trained_for_one_experiment_is_copied_not_retrained_for_another(
+    mnist_dir, tmp_path, monkeypatch
+):
+    """Chapter 6's dropout network is ch6-dropout-2fc1000's seed k, ch6-ensemble5's member k and
+    (k = 0) ch6-filters' network: `hpexp book run` trains each once and copies it where the other
+    experiments need it, saying so in provenance.json; a member no twin has is trained."""
+    from hpexp.train import ensemble
+
+    extra = [f"data.dir={mnist_dir}", "data.n_train=60", "data.n_validation=100", "train.epochs=1"]
+    dropout, filters, vote = (book.load(i) for i in ("ch6-dropout-2fc1000", "ch6-filters", "ch6-ensemble5"))
+    assert not book.run_experiments([dropout], seeds=1, runs_dir=tmp_path, extra=extra)
+    trained = tmp_path / dropout.id / "seed0"
+    assert (trained / "weights.npz").exists()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained a network that was already trained")
+
+    monkeypatch.setattr(ensemble, "run_one", no_training)
+    assert not book.run_experiments([filters], seeds=1, runs_dir=tmp_path, extra=extra)
+    drawn = tmp_path / filters.id / "seed0"
+    assert (drawn / "filters.png").exists()
+    assert (drawn / "history.csv").read_text() == (trained / "history.csv").read_text()
+    provenance = json.loads((tmp_path / filters.id / "provenance.json").read_text())
+    assert [p["copied"] for p in provenance.values()] == [[f"{filters.id}/seed0 <- {dropout.id}/seed0"]]
+
+    monkeypatch.undo()  # member 1 has no twin: it trains
+    assert not book.run_experiments([vote], seeds=1, runs_dir=tmp_path, extra=[*extra, "ensemble.members=2"])
+    members = tmp_path / vote.id / "seed0" / "members"
+    provenance = json.loads((tmp_path / vote.id / "provenance.json").read_text())
+    (entry,) = provenance.values()
+    assert entry["copied"] == [f"{vote.id}/seed0/members/member0 <- {dropout.id}/seed0"]
+    assert (members / "member0" / "history.csv").read_text() == (trained / "history.csv").read_text()
+    assert rundir.read_summary(members / "member1")["seed"] == 1
+    assert rundir.read_summary(tmp_path / vote.id / "seed0")["status"] == "completed"
+    # The twin is another experiment's, whatever its folder: the copy's config is this run's.
+    saved = OmegaConf.load(members / "member0" / "config.yaml")
+    assert saved.choices.experiment == "book/ch6-ensemble5" and saved.ensemble.members == 2
+
+
 def test_the_committed_summary_and_pages_regenerate_from_the_committed_runs(tmp_path):
     """reports/book/runs holds the run folders behind every page: `hpexp book report` from a clone
     writes the summary, a page and its per-epoch data exactly as committed (a stale page, or a run

@@ -37,6 +37,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from hpexp.paths import config_dir
@@ -466,6 +467,78 @@ def _same(now: Any, before: Any, ignored: Sequence[str] = ()) -> bool:
     return bool(now == before)
 
 
+# Keys that do not change what a run trains: where it is kept, the book's numbers, whether its
+# weights are kept aside, an ensemble's size (its members are ordinary runs), the preset's name.
+NOT_TRAINING = ("out_dir", "book", "ensemble", "train.save_weights", "choices.experiment")
+
+
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # hundreds of saved configs: the fast one
+
+
+def _training(config: dict[str, Any]) -> dict[str, Any]:
+    out = json.loads(json.dumps(config))  # a copy
+    for key in NOT_TRAINING:
+        *parents, last = key.split(".")
+        node = out
+        for p in parents:
+            node = node.get(p) or {}
+        node.pop(last, None)
+    return cast(dict[str, Any], out)
+
+
+def _twin(runs_dir: Path, cfg: Any, out: Path) -> Path | None:
+    """A run elsewhere under `runs_dir` that finished training exactly `cfg` (another experiment's
+    seed, an ensemble's member: chapter 6's dropout network is all three), with its weights when
+    `cfg` keeps them; None if there is none."""
+    now = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
+    if _runner(now) not in ORDINARY_RUNNERS:
+        return None
+    want = _training(now)
+    for saved in sorted(runs_dir.rglob("config.yaml")):
+        d = saved.parent
+        if d == out or (d / CHECKPOINT).exists() or rundir.read_summary(d).get("status") != "completed":
+            continue
+        if cfg.train.get("save_weights") and not (d / "weights.npz").exists():
+            continue
+        before = yaml.load(saved.read_text(), Loader=_LOADER)  # a resolved config
+        if _runner(before) in ORDINARY_RUNNERS and want == _training(before):  # every key equal
+            return d
+    return None
+
+
+# The runners whose runs are ordinary training runs of the engine (another runner computes
+# something else from the same config: network2's own algorithm, gradient speeds, an SVM).
+ORDINARY_RUNNERS = (DEFAULT_RUNNER, "hpexp.train.ensemble.run", "hpexp.train.ensemble.filters")
+
+
+def _runner(config: dict[str, Any]) -> str:
+    return str((config.get("book") or {}).get("runner") or DEFAULT_RUNNER)
+
+
+def reuse_twins(runs_dir: Path, cfg: Any, out: Path) -> list[str]:
+    """Fill the folders a run would train (the run's own, or an ensemble's members) from twins
+    (`_twin`) instead of training the same network again: the twin's folder is copied and its
+    config.yaml becomes this run's. Returns "FOLDER <- TWIN" for each copy."""
+    import shutil
+
+    from hpexp.train.ensemble import member_config
+
+    if cfg.get("ensemble"):
+        folders = [out / "members" / f"member{k}" for k in range(int(cfg.ensemble.members))]
+        targets = [(member_config(cfg, k, d), d) for k, d in enumerate(folders)]
+    else:
+        targets = [(cfg, out)]
+    copied = []
+    for c, d in targets:
+        if _is_done(d, c) or (twin := _twin(runs_dir, c, d)) is None:
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        shutil.copytree(twin, d, ignore=shutil.ignore_patterns(".lock", "filters.png"))
+        rundir.write_atomic(d / "config.yaml", OmegaConf.to_yaml(c, resolve=True))
+        copied.append(f"{d.relative_to(runs_dir)} <- {twin.relative_to(runs_dir)}")
+    return copied
+
+
 def source_commit() -> str:
     """The git commit of the code running (suffixed `+changes` when the work tree differs), or
     `unknown` outside a git checkout."""
@@ -486,9 +559,11 @@ def source_commit() -> str:
     return commit + ("+changes" if changed else "")
 
 
-def record_provenance(runs_dir: Path, experiment_id: str, label: str, seconds: float, status: str) -> None:
+def record_provenance(
+    runs_dir: Path, experiment_id: str, label: str, seconds: float, status: str, copied: Sequence[str] = ()
+) -> None:
     """Add one finished run (or population of seeds) to runs_dir/ID/provenance.json: the commit
-    that produced it and its wall time, which the pages print."""
+    that produced it and its wall time, which the pages print, and the folders copied from twins."""
     path = runs_dir / experiment_id / "provenance.json"
     known = json.loads(path.read_text()) if path.exists() else {}
     known[label] = {
@@ -496,7 +571,7 @@ def record_provenance(runs_dir: Path, experiment_id: str, label: str, seconds: f
         "seconds": round(seconds, 1),
         "status": status,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    } | ({"copied": list(copied)} if copied else {})
     path.parent.mkdir(parents=True, exist_ok=True)
     rundir.write_atomic(path, json.dumps(known, indent=1) + "\n")
 
@@ -537,6 +612,15 @@ def run_experiments(
         label = f"{e.id}{f'/{name}' if name else ''} seed{','.join(str(i[2]) for i in items)}"
         hook = progress.start(label, sum(estimate_seconds(i[3]) for i in items))
         started = time.perf_counter()
+        # A network another experiment (or an ensemble) has trained already is copied, not trained
+        # again; just before training, so a twin finished earlier in this same command counts.
+        copied = [c for i in items for c in ([] if force else reuse_twins(runs_dir, i[3], i[4]))]
+        if e.runner == DEFAULT_RUNNER and copied:
+            items = [i for i in items if not _is_done(i[4], i[3])]
+            if not items:
+                progress.finish("copied")
+                record_provenance(runs_dir, e.id, label, time.perf_counter() - started, "completed", copied)
+                continue
         epochs = items[0][3].train.epochs
         # Every seed reports (throttled to one line per 20 s): conv nets train their seeds one by one.
         on_epochs = [lambda r, h=hook, k=i[2], n=epochs: h(r | {"epochs": n, "seed": k}) for i in items]
@@ -553,7 +637,7 @@ def run_experiments(
                 get_method(e.runner)(items[0][3], items[0][4], on_epoch=on_epochs[0], progress=False)
             status = ", ".join(sorted({rundir.read_summary(i[4]).get("status", "done") for i in items}))
             progress.finish(status)
-            record_provenance(runs_dir, e.id, label, time.perf_counter() - started, status)
+            record_provenance(runs_dir, e.id, label, time.perf_counter() - started, status, copied)
         except Skip as why:
             skipped.append(f"{label}: skipped, {why}")
             progress.finish("skipped")

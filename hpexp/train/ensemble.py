@@ -234,12 +234,17 @@ def filters(
     on_epoch: Callable[[Record], Any] | None = None,
     progress: bool = True,
 ) -> Path:
-    """One ordinary run, keeping its weights, then filters.png of its first conv layer (ch6-filters)."""
+    """One ordinary run, keeping its weights, then filters.png of its first conv layer (ch6-filters).
+    A run already finished in `out_dir` with this config (copied from a twin by `hpexp book run`:
+    the book draws the first ensemble member's filters) is drawn, not trained again."""
     if not cfg.train.save_weights:
         cfg = copy.deepcopy(cfg)
         with open_dict(cfg):
             cfg.train.save_weights = True
-    out = run_one(cfg, out_dir, on_epoch=on_epoch, progress=progress)
+    if out_dir is not None and _done(Path(out_dir), cfg):
+        out = Path(out_dir)
+    else:
+        out = run_one(cfg, out_dir, on_epoch=on_epoch, progress=progress)
     draw_filters(out, out)
     return out
 
