@@ -550,3 +550,13 @@ def test_the_committed_summary_and_pages_regenerate_from_the_committed_runs(tmp_
     for i in ids:
         for name in ("README.md", "history.csv", "figures.json"):
             assert (tmp_path / i / name).read_text() == (REPORTS / i / name).read_text(), f"{i}/{name}"
+
+
+def test_a_copied_run_does_not_rescale_the_time_left(capsys):
+    """A group copied from a twin takes no time: counted as trained, it made `hpexp book run`
+    announce ~0 s left for hours of training."""
+    progress = book.Progress(total=5400.0, count=2)
+    progress.start("ch6-conv2-tanh/sigmoid seed0,1,2", 3600.0)
+    progress.finish("copied")
+    assert progress._left(0) == pytest.approx(1800.0)
+    assert "left ~30m00s" in capsys.readouterr().out.splitlines()[-1]

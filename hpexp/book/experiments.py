@@ -429,8 +429,11 @@ class Progress:
 
     def finish(self, status: str) -> None:
         seconds = time.perf_counter() - self.run_started
-        self.done_estimate += self.estimate
-        self.done_seconds += seconds
+        if status in ("copied", "skipped", "failed"):  # no training to learn the machine's speed from
+            self.total -= self.estimate
+        else:
+            self.done_estimate += self.estimate
+            self.done_seconds += seconds
         print(
             f"    {status} in {_fmt(seconds)}; elapsed {_fmt(time.perf_counter() - self.started)}, "
             f"left ~{_fmt(self._left(0))}",
