@@ -7,6 +7,7 @@ Errors in user input end with one clear line on stderr and exit status 2, never 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,6 +36,8 @@ EXIT_STATUS = {"completed": 0, "pruned": 0, "failed": 1, "diverged": 3, "stalled
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler's or a container's stop), handled like Ctrl-C."""
+
+    exit_status = 143  # Ctrl-C's is 130
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -65,8 +68,6 @@ def _write_failed(e: OSError, out: Path) -> NoReturn:
 
 
 def train(argv: Sequence[str]) -> None:
-    import signal
-
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -297,11 +298,29 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if argv[0] != "train":  # Hydra configures logging for train
         use_console(sys.stderr)
+    # SIGTERM stops every command as Ctrl-C does (runs keep their checkpoints), not in mid-write.
+    previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     try:
         COMMANDS[argv[0]](argv[1:])
     except (ValueError, DataError) as e:
         print(f"hpexp {argv[0]}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt as e:  # what a command did not handle itself (train and study do)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        what = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"
+        print(
+            f"\nhpexp {argv[0]}: interrupted ({what}); run the same command again to go on", file=sys.stderr
+        )
+        raise SystemExit(getattr(e, "exit_status", 130)) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import signal
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -560,3 +561,45 @@ def test_a_copied_run_does_not_rescale_the_time_left(capsys):
     progress.finish("copied")
     assert progress._left(0) == pytest.approx(1800.0)
     assert "left ~30m00s" in capsys.readouterr().out.splitlines()[-1]
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stopped_book_run_says_so_in_one_line_and_the_same_command_goes_on(
+    mnist_dir, tmp_path, signum, code
+):
+    """SIGTERM (a session's end, a scheduler) killed `hpexp book run` without a word, and Ctrl-C
+    printed a traceback; now both stop it in one line, the run keeps its checkpoint, and the same
+    command finishes it."""
+    import subprocess
+    import sys
+    import time
+
+    command = [
+        sys.executable, "-m", "hpexp.cli", "book", "run", "ch3-overfit-1k", "--seeds", "1",
+        "--runs-dir", str(tmp_path / "runs"), "--reports-dir", str(tmp_path / "pages"),
+        "--override", f"data.dir={mnist_dir}", "--override", "train.epochs=100",
+    ]  # fmt: skip
+    child = subprocess.Popen(
+        command,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    out = tmp_path / "runs" / "ch3-overfit-1k" / "seed0"
+    while not (out / rundir.CHECKPOINT).exists() or len(rundir.read_history(out)) < 2:
+        assert child.poll() is None, child.communicate()
+        time.sleep(0.05)
+    child.send_signal(signum)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == code, err
+    name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    assert (
+        err.strip().splitlines()[-1]
+        == f"hpexp book: interrupted ({name}); run the same command again to go on"
+    )
+    assert "Traceback" not in err
+    assert rundir.read_summary(out)["status"] == "interrupted" and (out / rundir.CHECKPOINT).exists()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert rundir.read_summary(out)["status"] == "completed"
+    assert [r["epoch"] for r in rundir.read_history(out)] == list(range(1, 101))

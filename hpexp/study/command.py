@@ -56,9 +56,9 @@ def main(argv: Sequence[str]) -> None:
     args = parser.parse_intermixed_args(argv)
     try:
         _run(args)
-    except KeyboardInterrupt:  # before the search starts, or while finalizing (the search has its own)
+    except KeyboardInterrupt as e:  # before the search starts, or while finalizing (the search has its own)
         print("\nhpexp study: interrupted; run the same command again", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(getattr(e, "exit_status", 130)) from None  # 143: SIGTERM (hpexp.cli)
 
 
 def _run(args: argparse.Namespace) -> None:
