@@ -60,7 +60,7 @@ def _write_failed(e: OSError, out: Path) -> NoReturn:
     the command that goes on from its last checkpoint when it has one."""
     from hpexp.train import rundir
 
-    what = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
+    what = rundir.describe(e)
     kept = any(out.rglob(rundir.CHECKPOINT))
     then = f"; free space, then `hpexp train resume={out}` goes on from its last checkpoint" if kept else ""
     print(f"hpexp train: error: {what}; the run's history so far is kept{then}", file=sys.stderr)

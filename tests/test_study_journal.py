@@ -210,3 +210,23 @@ def test_a_study_left_locked_by_a_killed_worker_runs_at_once(mnist_dir, tmp_path
     assert done.stderr.count("released the journal lock") == 1 and "is gone" in done.stderr
     assert "It is taking longer" not in done.stderr
     assert "study tiny: 2 complete" in done.stdout
+
+
+def test_a_lock_whose_owner_cannot_be_written_is_not_left_behind(tmp_path, monkeypatch):
+    """A full disk: the lock file was created but its owner line could not be written, and the
+    empty lock held every other process up for the grace time (30 s)."""
+    import errno
+
+    from hpexp.study import journal
+
+    lock = OwnedLock(str(tmp_path / "journal.log"))
+
+    def no_room(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(journal.os, "write", no_room)
+    with pytest.raises(OSError, match="No space left"):
+        lock.acquire()
+    monkeypatch.undo()
+    assert not (tmp_path / "journal.log.lock").exists()
+    assert OwnedLock(str(tmp_path / "journal.log")).acquire()  # at once

@@ -36,12 +36,13 @@ from hpexp.study.progress import Display, _best, summary_text
 from hpexp.study.spec import population_size
 from hpexp.study.storage import fail_stale, mask, study_dir, unclaimed
 from hpexp.study.workers import prepare, work
-from hpexp.train import loggers
+from hpexp.train import loggers, rundir
 from hpexp.train.runner import compose
 
 __all__ = ["Interrupted", "Pool", "search"]
 
 STOP_WAIT = 10.0  # seconds interrupted workers get to record their trials before they are killed
+DISK_FULL = 75  # a worker's exit status when it found no room to write (EX_TEMPFAIL): not restarted
 
 
 class Interrupted(BaseException):
@@ -79,6 +80,12 @@ def search(
             _supervise(study, pool, spec, quiet)
         except Interrupted as e:
             _stop(pool, study, spec, e.signum)
+        except OSError as e:  # the coordinator's own write (the journal, the spec) found no room
+            if not rundir.disk_full(e):
+                raise
+            if pool is not None:
+                pool.stop(signal.SIGTERM)
+            _fail(f"{rundir.describe(e)}; free space, then run the same command again to resume {spec.name}")
     assert study is not None and pool is not None
     if not quiet:
         print(summary_text(study, spec, runs), flush=True)
@@ -141,6 +148,7 @@ class Pool:
         )
         self.died: set[int] = set()  # slots whose worker died and has not been replaced
         self.restarts, self.gave_up = 0, False
+        self.full = False  # a worker found the disk full
 
     def start_all(self) -> None:
         for slot in self.slots:
@@ -162,13 +170,18 @@ class Pool:
             if process is not None and not process.is_alive():
                 process.join()
                 self.slots[slot] = None
-                if process.exitcode:
+                if process.exitcode == DISK_FULL:  # it said why; restarting cannot help
+                    self.full = True
+                elif process.exitcode:
                     self.died.add(slot)
                     print(
                         f"hpexp study: {process.name} (pid {process.pid}) {_ended(process)}", file=sys.stderr
                     )
         if failed := fail_stale(study, self.spec.max_attempts):
             print(f"hpexp study: trial(s) {failed} of a dead worker failed; they run again", file=sys.stderr)
+        if self.full:  # no room to write: stop the others (they record what they can) and end
+            self.stop(signal.SIGTERM)
+            return False
         waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         if waiting and not self.past_deadline():
             for slot in [s for s, p in self.slots.items() if p is None][:waiting]:
@@ -243,6 +256,8 @@ def _stop(pool: AnyPool | None, study: optuna.Study | None, spec: DictConfig, si
 
 def _verdict(study: optuna.Study, pool: AnyPool, spec: DictConfig) -> None:
     """Say why a study did not finish here; exit 1 if it cannot."""
+    if getattr(pool, "full", False):
+        _fail(f"the disk is full; free space, then run the same command again to resume study {spec.name}")
     trials = study.get_trials(deepcopy=False)
     waiting = sum(t.state == TrialState.WAITING for t in trials)
     elsewhere = sum(t.state == TrialState.RUNNING for t in trials)
@@ -306,6 +321,11 @@ def _worker_main(spec_data: dict[str, Any], runs: Path, slot: int, deadline: flo
         (pbt.work if spec_data["sampler"]["name"] == "pbt" else work)(spec_data, runs, slot, deadline)
     except KeyboardInterrupt:
         sys.exit(128 + (received[0] if received else signal.SIGINT))
+    except OSError as e:
+        if not rundir.disk_full(e):
+            raise
+        print(f"hpexp study: worker {slot} stopped: {rundir.describe(e)}", file=sys.stderr, flush=True)
+        sys.exit(DISK_FULL)
 
 
 def _watch_parent() -> None:

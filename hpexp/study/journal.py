@@ -109,8 +109,11 @@ class OwnedLock(JournalFileOpenLock):
             return False
         try:
             os.write(fd, self.owner.encode())
-        finally:
+        except OSError:  # a full disk: an empty lock would hold every process up for `grace`
             os.close(fd)
+            os.unlink(self.path)
+            raise
+        os.close(fd)
         return True
 
     def _holder(self) -> tuple[str, int] | None:

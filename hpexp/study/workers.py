@@ -41,6 +41,7 @@ one machine) and `command` (the command line).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -187,12 +188,18 @@ def run_trials(
     except KeyboardInterrupt:
         _interrupted(study, list(pending.values()))
         raise
+    except OSError as e:  # a full disk stops the worker; its trials run again once there is room
+        if not rundir.disk_full(e):
+            raise
+        with contextlib.suppress(OSError):  # the journal may have no room for this either; then
+            _interrupted(study, list(pending.values()), f"stopped: {rundir.describe(e)}")  # else: stale
+        raise
 
 
-def _interrupted(study: optuna.Study, trials: Sequence[optuna.Trial]) -> None:
+def _interrupted(study: optuna.Study, trials: Sequence[optuna.Trial], reason: str = "interrupted") -> None:
     """Fail interrupted trials and enqueue each again (an interrupt is not the trial's fault)."""
     for trial in trials:
-        _finish(study, trial, TrialState.FAIL, status="interrupted", fail_reason="interrupted")
+        _finish(study, trial, TrialState.FAIL, status="interrupted", fail_reason=reason)
         _retry(study, trial, died=False)
 
 
@@ -274,6 +281,8 @@ def _train(
         with _heartbeat(study._storage, [t._trial_id for t in trials]):
             run_population([c for _, c in group], outs, on_epochs=hooks, progress=False, allow_test=False)
     except Exception as e:  # the trials' error is their outcome; the study goes on
+        if rundir.disk_full(e):  # not theirs: the worker stops (run_trials)
+            raise
         outcomes: list[Outcome] = [(t, TrialState.FAIL, None, _failed(e)) for t in trials]
     else:
         outcomes = [(t, *_outcome(out, spec)) for t, out in zip(trials, outs, strict=True)]

@@ -21,6 +21,7 @@ still says `running` but whose lock nobody holds as `interrupted`.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -39,6 +40,8 @@ __all__ = [
     "RunLock",
     "HistoryWriter",
     "history_csv",
+    "describe",
+    "disk_full",
     "new_run_dir",
     "read_history",
     "read_summary",
@@ -89,6 +92,17 @@ def write_atomic(path: Path, data: str | bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         _name(e, path)
         raise
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether `e` is a write that found no room (a full disk or a used-up quota): no run's fault,
+    and nothing goes on until space is freed."""
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def describe(e: OSError) -> str:
+    """`No space left on device: PATH` (the file when the error names one)."""
+    return f"{e.strerror}: {e.filename}" if e.strerror and e.filename else (e.strerror or str(e))
 
 
 def _name(e: BaseException, path: Path) -> None:

@@ -510,9 +510,7 @@ def run_population(
 def _reason(e: BaseException) -> str:
     """A failed run's stop reason: a write that failed names its file (`No space left on device:
     .../checkpoint.npz`); any other error its type and message."""
-    if isinstance(e, OSError) and e.strerror:
-        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
-    return repr(e)
+    return rundir.describe(e) if isinstance(e, OSError) and e.strerror else repr(e)
 
 
 CHECKPOINT = rundir.CHECKPOINT
