@@ -526,6 +526,9 @@ def test_a_network_trained_for_one_experiment_is_copied_not_retrained_for_anothe
     assert (drawn / "history.csv").read_text() == (trained / "history.csv").read_text()
     provenance = json.loads((tmp_path / filters.id / "provenance.json").read_text())
     assert [p["copied"] for p in provenance.values()] == [[f"{filters.id}/seed0 <- {dropout.id}/seed0"]]
+    book_report.write([filters.id], tmp_path, tmp_path / "pages")  # the page says so too
+    page = (tmp_path / "pages" / filters.id / "README.md").read_text()
+    assert f"Copied, not trained again: {filters.id}/seed0 <- {dropout.id}/seed0 (" in page
 
     monkeypatch.undo()  # member 1 has no twin: it trains
     assert not book.run_experiments([vote], seeds=1, runs_dir=tmp_path, extra=[*extra, "ensemble.members=2"])

@@ -132,10 +132,21 @@ def _provenance(experiment: book.Experiment, runs_dir: Path) -> list[str]:
     commits = sorted({r["commit"] for r in runs.values()})
     seconds = sum(r["seconds"] for r in runs.values())
     finished = max(r["finished"] for r in runs.values())
+    copied = [c for r in runs.values() for c in r.get("copied", [])]
+    twins = (
+        [
+            f"Copied, not trained again: {'; '.join(copied)} (the same training config, trained once "
+            "for the experiment named on the right).",
+            "",
+        ]
+        if copied
+        else []
+    )
     return [
         f"Produced by commit {', '.join(commits)}; wall time {seconds / 60:.1f} min over {len(runs)} "
         f"run group(s) (the seeds of one run train together), finished {finished}.",
         "",
+        *twins,
     ]
 
 
