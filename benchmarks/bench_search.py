@@ -1,31 +1,43 @@
 """Search quality at equal compute: random search, TPE (with the spec's pruner) and population-based
 training on the same budget of trial-epochs, each repeated with different sampler seeds and
-finalized (the best setting retrained with fresh seeds, the test set scored once); prints the table
-a user reads to choose a search and writes it to reports/search/ (README.md, tables/*.csv).
+finalized (the best setting retrained with fresh seeds, the test set scored once): the table a user
+reads to choose a search, in reports/search/.
 
-    nice -n 10 python benchmarks/bench_search.py [--studies book_l2_mlp30 mlp100] [--budget N]
-        [--repetitions 3] [--methods random tpe pbt] [--interval 4] [--out reports/search]
+    python benchmarks/bench_search.py [--studies book_l2_mlp30 mlp100] [--budget N]
+        [--repetitions 3] [--methods random tpe pbt] [--interval 4] [--no-baseline]
+    python benchmarks/bench_search.py --report      # rebuild reports/search/README.md from the rows
+
+A job that accumulates across sessions: each finished (study, method, settings, budget, sampler
+seed) search appends its row to reports/search/tables/runs.csv (written atomically; commit it). A
+re-run skips the rows already there, and resumes an interrupted search from its Optuna storage
+under --runs (SIGTERM stops it cleanly; its wall time so far is kept in the study folder's
+bench.json); a search scored on the test set but not yet in the table reads its final.json instead of
+scoring again. The report is built from the committed rows alone (tests/test_bench_search.py checks
+that the committed README regenerates byte for byte).
 
 The budget is in trial-epochs (one network trained for one epoch on the full 50,000 images): random
 search and TPE start with budget / E trials (E: the spec's `train.epochs`, or the top of its epochs
 search) and get more trials while a whole one still fits in what pruning and shorter trials left;
 PBT trains budget / E members for E epochs (E: the spec's epochs, or its baseline's when epochs are
 searched; keys PBT cannot change while training, such as the batch size, are fixed at the
-baseline's values). The table says what each search used. Wall times depend on the machine's
-load, which the report states (the 1-minute load average before and after each search).
+baseline's values and named in its settings).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
-import io
+import hashlib
+import importlib.util
+import json
 import math
 import os
-import platform
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +45,35 @@ import optuna
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from hpexp.report.pages import _md_table
-from hpexp.stats import mean_ci
 from hpexp.study import pbt
 from hpexp.study.coordinator import search
-from hpexp.study.finalize import finalize
+from hpexp.study.progress import _best
 from hpexp.study.spec import check_spec, load_spec, parse_space
-from hpexp.study.storage import _load
+from hpexp.study.storage import _load, study_dir
+from hpexp.train import rundir
 from hpexp.train.runner import compose
 
 METHODS = ("random", "tpe", "pbt")
+ROWS = Path("reports/search/tables/runs.csv")
+KEY = ["study", "method", "settings", "baseline", "budget", "sampler_seed"]
+COLUMNS = [
+    *KEY,
+    "trials",
+    "trial_epochs",
+    "best_val",
+    "best_is_baseline",
+    "final_val",
+    "test",
+    "test_seeds",
+    "search_s",
+    "finalize_s",
+    "wall_s",
+    "sessions",
+    "load_before",
+    "load_after",
+    "cores",
+    "finished",
+]
 
 
 def epochs_of(spec: DictConfig, method: str) -> int:
@@ -74,7 +105,7 @@ def variant(
     elif method == "tpe":
         s.sampler = OmegaConf.merge(spec.sampler, {"seed": seed})
     else:
-        fixed, search, baseline = [], {}, {}
+        fixed, search, baseline_values = [], {}, {}
         for p in parse_space(spec.search):
             entry = OmegaConf.select(spec.search, p.name) or spec.search[p.name]
             if p.name.startswith(pbt.FIXED) or p.name in pbt._groups():
@@ -83,12 +114,36 @@ def variant(
             else:
                 search[p.name] = OmegaConf.to_container(entry)
                 if s.baseline and p.name in s.baseline:
-                    baseline[p.name] = s.baseline[p.name]
+                    baseline_values[p.name] = s.baseline[p.name]
         s.base = [*spec.base, *fixed]
-        s.search, s.baseline = OmegaConf.create(search), OmegaConf.create(baseline) if baseline else None
+        s.search = OmegaConf.create(search)
+        s.baseline = OmegaConf.create(baseline_values) if baseline_values else None
         s.sampler = OmegaConf.create({"name": "pbt", "seed": seed, "interval": interval})
         s.pruner = OmegaConf.create({"name": "none"})
     return s
+
+
+def settings_of(s: DictConfig, spec: DictConfig) -> str:
+    """What, besides the study, budget, baseline and sampler seed, makes a search this search: the
+    sampler's and pruner's arguments (PBT's defaults spelled out), keys fixed for it, final seeds."""
+
+    def args(node: Any) -> str:
+        items = {str(k): v for k, v in OmegaConf.to_container(node).items() if k not in ("name", "seed")}
+        return " ".join([str(node.name), *(f"{k}={v}" for k, v in items.items())])
+
+    if pbt.is_pbt(s):
+        sampler = " ".join(["pbt", *(f"{k}={v}" for k, v in pbt.arguments(s).items() if k != "seed")])
+    else:
+        sampler = args(s.sampler)
+    fixed = [o for o in s.base if o not in list(spec.base)]
+    return "; ".join(
+        [
+            sampler,
+            "pruner " + args(s.pruner),
+            *(["fixed " + " ".join(fixed)] if fixed else []),
+            f"final_seeds={s.final_seeds}",
+        ]
+    )
 
 
 def trial_epochs(spec: DictConfig, runs: Path) -> tuple[int, float]:
@@ -100,91 +155,128 @@ def trial_epochs(spec: DictConfig, runs: Path) -> tuple[int, float]:
     return used, max(done) if done else math.nan
 
 
+class Clock:
+    """Seconds spent per phase, summed over sessions, in the study folder's bench.json (a killed
+    session keeps what it spent: phases are written in a `finally`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fresh = {"search_s": 0.0, "finalize_s": 0.0, "sessions": 0, "load_before": None, "load_after": None}
+        self.data = json.loads(path.read_text()) if path.is_file() else fresh
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.data[name] += time.perf_counter() - start
+            self.data["load_after"] = round(os.getloadavg()[0], 2)
+            rundir.write_atomic(self.path, json.dumps(self.data, indent=2) + "\n")
+
+    def session(self) -> None:
+        self.data["sessions"] += 1
+        if self.data["load_before"] is None:
+            self.data["load_before"] = round(os.getloadavg()[0], 2)
+
+
 def one(spec: DictConfig, runs: Path, method: str, budget: int) -> dict[str, Any]:
-    """Search until the budget is spent, then finalize. Random search and TPE get more trials while
-    a whole trial still fits in what pruning and shorter trials left of the budget (the study
-    resumes with a larger n_trials); PBT spends it exactly."""
-    load = os.getloadavg()[0]
-    start = time.perf_counter()
-    most = epochs_of(spec, "tpe" if method != "pbt" else "pbt")
-    for _ in range(50):
-        search(spec, runs, quiet=True)
-        left = budget - trial_epochs(spec, runs)[0]
-        if method == "pbt" or left < most:
-            break
-        spec.n_trials += left // most
-    searched = time.perf_counter() - start
-    result = finalize(spec, runs)
-    wall = time.perf_counter() - start
-    used, best = trial_epochs(spec, runs)
+    """Search until the budget is spent, then finalize; goes on from where an earlier session
+    stopped. Random search and TPE get more trials while a whole trial still fits in what pruning
+    and shorter trials left of the budget (the study resumes with a larger n_trials); PBT spends
+    it exactly."""
+    from hpexp.study.finalize import finalize
+
+    folder = study_dir(spec, runs)
+    clock = Clock(folder / "bench.json")
+    clock.session()
+    params = parse_space(spec.search)
+    if (folder / "journal.log").is_file():  # an earlier session may have raised n_trials
+        before = _load(spec, runs, params, 0, create=False).user_attrs.get("n_trials", 0)
+        spec.n_trials = max(int(spec.n_trials), int(before))
+    most = epochs_of(spec, "pbt" if method == "pbt" else "tpe")
+    with clock.phase("search_s"):
+        for _ in range(50):
+            search(spec, runs, quiet=True)
+            left = budget - trial_epochs(spec, runs)[0]
+            if method == "pbt" or left < most:
+                break
+            spec.n_trials += left // most
+    study = _load(spec, runs, params, 0, create=False)
+    if study.user_attrs.get("finalized"):  # scored in an earlier session: never twice
+        result = json.loads((folder / "final.json").read_text())
+    else:
+        with clock.phase("finalize_s"):
+            result = finalize(spec, runs)
+    used, best_val = trial_epochs(spec, runs)
+    best = _best(study.get_trials(deepcopy=False), spec)
+    assert best is not None
+    c = clock.data
     return {
         "study": spec.name.rsplit("-", 2)[0],
         "method": method,
         "sampler_seed": int(spec.sampler.seed),
         "trials": int(spec.n_trials),
         "trial_epochs": used,
-        "best_val": best,
+        "best_val": best_val,
+        "best_is_baseline": is_baseline(result, spec.baseline),
+        "final_val": result["mean"]["val_accuracy"],
         "test": result["mean"]["test_accuracy"],
-        "test_ci95": result["ci95"]["test_accuracy"],
-        "final_seeds": len(result["seeds"]),
-        "search_s": round(searched, 1),
-        "wall_s": round(wall, 1),
-        "load_before": round(load, 2),
-        "load_after": round(os.getloadavg()[0], 2),
+        "test_seeds": " ".join(f"{r['test_accuracy']:.4f}" for r in result["seeds"]),
+        "search_s": round(c["search_s"], 1),
+        "finalize_s": round(c["finalize_s"], 1),
+        "wall_s": round(c["search_s"] + c["finalize_s"], 1),
+        "sessions": c["sessions"],
+        "load_before": c["load_before"],
+        "load_after": c["load_after"],
+        "cores": os.cpu_count(),
+        "finished": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
     }
 
 
-def summary(rows: pd.DataFrame) -> pd.DataFrame:
-    out = []
-    for (name, method), part in rows.groupby(["study", "method"], sort=False):
-        test, half, n = mean_ci(part["test"])
-        out.append(
-            {
-                "study": name,
-                "method": method,
-                "n": n,
-                "test_mean": test,
-                "test_ci95": half,
-                "best_val_mean": part["best_val"].mean(),
-                "wall_s_mean": part["wall_s"].mean(),
-                "trial_epochs_mean": part["trial_epochs"].mean(),
-                "budget": int(part["budget"].iloc[0]),
-            }
-        )
-    return pd.DataFrame(out)
+def is_baseline(result: dict[str, Any], baseline: DictConfig | None) -> bool:
+    """Whether the finalized setting is the spec's baseline (for PBT: kept all along)."""
+    if not baseline:
+        return False
+    want = {str(k): v for k, v in OmegaConf.to_container(baseline).items()}
+    if schedule := result.get("pbt_schedule"):
+        return all(e["values"] == want for e in schedule)
+    return bool(result["params"] == want)
 
 
-def percent(v: float) -> str:
-    return "n/a (n=1)" if not math.isfinite(v) else f"{100 * v:.2f}"
+def read_rows(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        return pd.DataFrame(columns=COLUMNS)
+    return pd.read_csv(path, dtype={"settings": str, "baseline": str, "test_seeds": str})
 
 
-def markdown(table: pd.DataFrame, rows: pd.DataFrame, command: str, started: str, note: str = "") -> str:
-    lines = [
-        "# Search quality at equal compute",
-        "",
-        *([note, ""] if note else []),
-        f"`{command}` (benchmarks/bench_search.py), started {started}, on {os.cpu_count()} cores "
-        f"({platform.machine()}, Python {platform.python_version()}). The machine was shared with other "
-        "jobs: the 1-minute load average before and after each search is in the per-run table; wall "
-        "times are only comparable at equal load.",
-        "",
-        "Test accuracy: each search's best setting retrained with fresh seeds (its `final_seeds`), each "
-        "read at its best-validation epoch, the test set scored once; the table gives the mean over "
-        "repetitions (different sampler seeds) with a 95% Student-t interval (n = repetitions; none "
-        "for n = 1). Best validation: the search's best trial (optimistic: chosen as the best of many).",
-        "",
-        "| study | search | n | test accuracy % (95% CI) | best val % | wall s (search + finalize) "
-        "| trial-epochs used / budget |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in table.itertuples():
-        ci = "" if not math.isfinite(r.test_ci95) else f" +/- {100 * r.test_ci95:.2f}"
-        lines.append(
-            f"| {r.study} | {r.method} | {r.n} | {100 * r.test_mean:.2f}{ci} | {100 * r.best_val_mean:.2f} "
-            f"| {r.wall_s_mean:.0f} | {r.trial_epochs_mean:.0f} / {r.budget} |"
-        )
-    lines += ["", "Every run:", "", _md_table(rows.round(4)), ""]
-    return "\n".join(lines)
+def done(rows: pd.DataFrame, key: dict[str, Any]) -> bool:
+    match = pd.Series(True, index=rows.index)
+    for k, v in key.items():
+        match &= rows[k].astype(str) == str(v)
+    return bool(match.any())
+
+
+def add_row(path: Path, row: dict[str, Any]) -> pd.DataFrame:
+    """The table with `row` appended, written atomically (a killed write leaves the old table)."""
+    rows = read_rows(path)
+    rows = (
+        pd.concat([rows, pd.DataFrame([row])[COLUMNS]], ignore_index=True)
+        if len(rows)
+        else pd.DataFrame([row])[COLUMNS]
+    )
+    rundir.write_atomic(path, rows.to_csv(index=False))
+    return rows
+
+
+def report_module() -> Any:
+    """benchmarks/search_report.py (beside this file), imported by path: benchmarks is no package."""
+    where = Path(__file__).with_name("search_report.py")
+    spec = importlib.util.spec_from_file_location("search_report", where)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def main() -> None:
@@ -200,17 +292,19 @@ def main() -> None:
     parser.add_argument(
         "--no-baseline", action="store_true", help="searches do not start from the spec's baseline"
     )
-    parser.add_argument("--note", default="", help="a paragraph for the report, under its title")
+    parser.add_argument("--report", action="store_true", help="only rebuild the report from the rows")
     parser.add_argument("--runs", type=Path, default=Path("runs/bench_search"))
     parser.add_argument("--out", type=Path, default=Path("reports/search"))
     args = parser.parse_args()
+    table = args.out / "tables" / "runs.csv"
+    if args.report:
+        report_module().write(args.out, read_rows(table))
+        return
     if args.repetitions < 1 or (args.budget is not None and args.budget < 1):
         parser.error(f"--repetitions and --budget must be >= 1, got {args.repetitions}, {args.budget}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    command = "python benchmarks/bench_search.py " + " ".join(sys.argv[1:])
-    rows = []
-    specs = {}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `finally` blocks run: times are kept
+    jobs = []
     for name in args.studies:  # every spec checked before any work
         spec = load_spec(name)
         if args.final_seeds:
@@ -222,24 +316,33 @@ def main() -> None:
                 check_spec(s)
                 if method == "pbt":
                     pbt.check(s)
-                specs[(name, method, seed)] = (s, budget)
-    for (name, method, seed), (s, budget) in specs.items():
-        print(f"{name} {method} seed {seed}: {s.n_trials} trials, budget {budget} trial-epochs", flush=True)
-        row = one(s, args.runs / f"seed{seed}", method, budget) | {"budget": budget}
-        print("  " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
-        rows.append(row)
-        write(args.out, pd.DataFrame(rows), command, started, args.note)  # after every search
-    table = summary(pd.DataFrame(rows))
-    print(table.to_string(index=False))
-
-
-def write(out: Path, rows: pd.DataFrame, command: str, started: str, note: str = "") -> None:
-    table = summary(rows)
-    (out / "tables").mkdir(parents=True, exist_ok=True)
-    rows.to_csv(out / "tables" / "runs.csv", index=False)
-    table.to_csv(out / "tables" / "search.csv", index=False)
-    buffer = io.StringIO(markdown(table, rows, command, started, note))
-    (out / "README.md").write_text(buffer.getvalue())
+                settings = settings_of(s, spec)
+                key = {
+                    "study": name,
+                    "method": method,
+                    "settings": settings,
+                    "baseline": "no" if args.no_baseline else "yes",
+                    "budget": budget,
+                    "sampler_seed": seed,
+                }
+                tag = hashlib.sha1(settings.encode()).hexdigest()[:8]
+                runs = args.runs / f"{name}-b{budget}-{key['baseline']}base" / f"{method}-{tag}"
+                jobs.append((key, s, runs))
+    for key, s, runs in jobs:
+        if done(read_rows(table), key):
+            print(
+                f"{key['study']} {key['method']} seed {key['sampler_seed']}: in {table} already", flush=True
+            )
+            continue
+        print(
+            f"{key['study']} {key['method']} seed {key['sampler_seed']}: {s.n_trials} trials, "
+            f"budget {key['budget']} trial-epochs ({runs})",
+            flush=True,
+        )
+        row = one(s, runs, key["method"], key["budget"]) | key
+        print("  " + "  ".join(f"{k}={row[k]}" for k in COLUMNS), flush=True)
+        rows = add_row(table, row)
+        report_module().write(args.out, rows)  # after every search
 
 
 if __name__ == "__main__":

@@ -1,0 +1,222 @@
+"""reports/search/README.md from the benchmark's rows alone (reports/search/tables/runs.csv): one
+table per study x budget x baseline, the targets of issue 20, and PBT - TPE with its interval.
+`python benchmarks/bench_search.py --report` runs `write`; the rows are the only input, so the page
+regenerates byte for byte from a clone."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from hpexp.report.pages import _md_table
+from hpexp.stats import Estimate, mean_interval, welch_difference
+from hpexp.train import rundir
+
+ORDER = {"random": 0, "tpe": 1, "pbt": 2}
+# study -> (finalized mean test accuracy to reach, wall seconds allowed for search + finalize)
+TARGETS = {"book_l2_mlp30": (0.968, 600), "mlp100": (0.982, 1200)}
+GROUP = ["study", "budget", "baseline"]
+
+
+def pct(e: Estimate) -> str:
+    """A mean in % with its interval, or the values when there are too few for one."""
+    if not math.isfinite(e.value):
+        return "n/a"
+    if e.has_interval:
+        return f"{e.value:.2f} [{e.lo:.2f}, {e.hi:.2f}]"
+    return f"{e.value:.2f} (values {', '.join(f'{v:.2f}' for v in e.values)}; no interval)"
+
+
+def searches(part: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The searches of one group, labelled by method (and by a letter when a method was run with
+    more than one setting), in the order random, TPE, PBT."""
+    out = []
+    for method, rows in sorted(part.groupby("method", sort=False), key=lambda m: ORDER.get(m[0], 9)):
+        kinds = list(dict.fromkeys(rows["settings"]))
+        for i, settings in enumerate(kinds):
+            label = method if len(kinds) == 1 else f"{method} [{'abcdefgh'[i]}]"
+            out.append((label, rows[rows["settings"] == settings].sort_values("sampler_seed")))
+    return out
+
+
+def summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per search: n, the finalized test mean and its interval (in %, inside [0, 100])."""
+    out = []
+    for key, part in rows.groupby(GROUP, sort=True):
+        for label, r in searches(part):
+            test = mean_interval(100 * r["test"], 0, 100)
+            out.append(
+                {
+                    **dict(zip(GROUP, key, strict=True)),
+                    "search": label,
+                    "settings": r["settings"].iloc[0],
+                    "n": test.n,
+                    "test_mean": round(test.value, 4),
+                    "test_lo": round(test.lo, 4),
+                    "test_hi": round(test.hi, 4),
+                    "best_val_mean": round(100 * r["best_val"].mean(), 4),
+                    "final_val_mean": round(100 * r["final_val"].mean(), 4),
+                    "wall_s_mean": round(r["wall_s"].mean(), 1),
+                    "wall_s_max": round(r["wall_s"].max(), 1),
+                    "trial_epochs_mean": round(r["trial_epochs"].mean(), 1),
+                }
+            )
+    return pd.DataFrame(out)
+
+
+def command(study: str, budget: int, baseline: str, n: int) -> str:
+    flag = "" if baseline == "yes" else " --no-baseline"
+    return f"python benchmarks/bench_search.py --studies {study} --budget {budget} --repetitions {n}{flag}"
+
+
+def difference(a: pd.DataFrame, b: pd.DataFrame) -> str:
+    """mean(a) - mean(b) of the finalized test accuracy in points, Welch (the repetitions of two
+    searches are independent draws: nothing but the seed's number ties repetition k of one to k of
+    the other), inside [-100, 100]."""
+    d = welch_difference(100 * a["test"], 100 * b["test"], -100, 100)
+    if not d.has_interval:
+        return f"{d.value:+.2f} points (n = {len(a)} and {len(b)}: too few for an interval)"
+    interval = f"95% interval [{d.lo:+.2f}, {d.hi:+.2f}]"
+    return f"{d.value:+.2f} points, {interval} ({d.method}; n = {len(a)} and {len(b)})"
+
+
+def group_section(key: tuple[Any, ...], part: pd.DataFrame) -> list[str]:
+    study, budget, baseline = key
+    found = searches(part)
+    n = int(part.groupby(["method", "settings"]).size().max())
+    start = (
+        "from the spec's baseline (its trial 0, PBT's member 0)"
+        if baseline == "yes"
+        else "without the baseline"
+    )
+    lines = [
+        f"## {study}: {budget:,} trial-epochs, searches {start}",
+        "",
+        "| search | n | finalized test % (mean, 95% CI) | best val % (search) | val % (finalize) "
+        "| wall s mean (max) | trial-epochs used / budget | load (1 min) | sessions |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for label, r in found:
+        test = mean_interval(100 * r["test"], 0, 100)
+        loads = pd.concat([r["load_before"], r["load_after"]])
+        lines.append(
+            f"| {label} | {test.n} | {pct(test)} | {100 * r['best_val'].mean():.2f} "
+            f"| {100 * r['final_val'].mean():.2f} | {r['wall_s'].mean():.0f} ({r['wall_s'].max():.0f}) "
+            f"| {r['trial_epochs'].mean():.0f} / {budget} | {loads.min():.1f}-{loads.max():.1f} "
+            f"| {int(r['sessions'].max())} |"
+        )
+    lines += ["", "Settings:", ""]
+    lines += [f"- {label}: {r['settings'].iloc[0]}" for label, r in found]
+    by = dict(found)
+    if "pbt" in by and "tpe" in by:
+        lines += ["", f"PBT - TPE, finalized test accuracy: {difference(by['pbt'], by['tpe'])}."]
+    same = [
+        f"{label}: {int(r['best_is_baseline'].sum())} of {len(r)}"
+        for label, r in found
+        if r["best_is_baseline"].any()
+    ]
+    if same:
+        lines += [
+            "",
+            "The finalized setting was the spec's baseline in " + "; ".join(same) + " repetitions: those "
+            "finalizations are one and the same retraining (seeds 1..K), so their spread is not the "
+            "search's.",
+        ]
+    lines += ["", f"Rows: `{command(study, budget, baseline, n)}`", ""]
+    return lines
+
+
+def targets(rows: pd.DataFrame) -> list[str]:
+    """Issue 20's targets, each met or not, from the rows."""
+    lines = []
+    for study, (accuracy, seconds) in TARGETS.items():
+        part = rows[rows["study"] == study]
+        if part.empty:
+            lines.append(f"- {study}: {100 * accuracy:.1f}% within {seconds / 60:.0f} min: **not run yet**.")
+            continue
+        best = None
+        for key, g in part.groupby(GROUP, sort=True):
+            for label, r in searches(g):
+                mean, wall = 100 * r["test"].mean(), r["wall_s"].max()
+                met = mean >= 100 * accuracy and wall <= seconds
+                if best is None or (met, mean) > (best[0], best[1]):
+                    best = (met, mean, wall, label, key, len(r))
+        assert best is not None
+        met, mean, wall, label, key, n = best
+        verdict, start = "met" if met else "not met", "with" if key[2] == "yes" else "without"
+        lines.append(
+            f"- {study}: {100 * accuracy:.1f}% within {seconds / 60:.0f} min: **{verdict}**; "
+            f"best: {label} at {key[1]:,} trial-epochs ({start} the baseline), "
+            f"mean {mean:.2f}% over n = {n}, slowest repetition {wall:.0f} s."
+        )
+    wins = []
+    for key, g in rows.groupby(GROUP, sort=True):
+        by = dict(searches(g))
+        if "pbt" in by and "tpe" in by:
+            diff = 100 * (by["pbt"]["test"].mean() - by["tpe"]["test"].mean())
+            wins.append(
+                (
+                    diff >= 0,
+                    f"{key[0]} at {key[1]:,} ({'with' if key[2] == 'yes' else 'without'} "
+                    f"the baseline): PBT - TPE {diff:+.2f} points",
+                )
+            )
+    verdict = "not compared yet" if not wins else ("met" if any(w for w, _ in wins) else "not met")
+    lines.append(
+        f"- PBT at least matches TPE's mean finalized test accuracy on one study: **{verdict}**"
+        + (f" ({'; '.join(t for _, t in wins)})." if wins else ".")
+    )
+    return lines
+
+
+HOW = """How to read it. Each search ran on the budget of trial-epochs its heading names (one trial-epoch:
+one network trained one epoch on the 50,000 training images), then was finalized: its best setting
+retrained with K fresh seeds (seeds 1..K, each its own init and mini-batch order, read at its
+best-validation epoch) and the test set scored once; its row holds the mean over those K seeds
+(per seed in `test_seeds`). n is the number of repetitions (searches with sampler seeds 1..n); the
+interval is the 95% Student-t interval over them (n - 1 df) intersected with [0, 100]%, and none is
+given below n = 3. Best val is the search's best trial (optimistic: the best of many, on one training
+seed); val (finalize) is the same setting's mean validation over the fresh seeds. Wall time is
+search + finalize, summed over the sessions a search took, on a machine shared with other jobs (the
+1-minute load average at the start and end of each search is in the rows): compare wall times only
+at equal load.
+
+What is paired and what is not. Random search and TPE mix the sampler seed with fresh OS entropy
+in each worker (the project's rule, so two workers never draw alike): their draws cannot be replayed
+from it, and repetition k of one search shares nothing with repetition k of another but the
+number. PBT's draws follow its seed exactly. Every search trains its trials with the spec's training
+seed, and every finalization uses seeds 1..K, whatever the method: the training randomness is shared
+across all rows, not between some. So PBT - TPE is an unpaired difference of means over
+repetitions (Welch's interval); with n = 3 a difference of a few tenths of a point is within noise."""
+
+
+def markdown(rows: pd.DataFrame) -> str:
+    lines = [
+        "# Search quality at equal compute",
+        "",
+        "Random search, TPE (with the spec's pruner) and population-based training at equal budgets of "
+        "trial-epochs, each finalized on the test set once. Targets (issue 20, on this 2-core machine):",
+        "",
+        *targets(rows),
+        "",
+        "Rebuilt from [tables/runs.csv](tables/runs.csv) alone by `python benchmarks/bench_search.py "
+        "--report`; the command under each table adds its rows (a re-run skips the rows already there "
+        "and resumes an interrupted search from its Optuna storage).",
+        "",
+    ]
+    for key, part in rows.groupby(GROUP, sort=True):
+        lines += group_section(key, part)
+    show = rows.drop(columns=["settings"]).copy()
+    for c in ("best_val", "final_val", "test"):
+        show[c] = (100 * show[c]).map(lambda v: f"{v:.2f}")
+    lines += [HOW, "", "## Every run (accuracies in %)", "", _md_table(show), ""]
+    return "\n".join(lines)
+
+
+def write(out: Path, rows: pd.DataFrame) -> None:
+    rows = rows.sort_values(["study", "budget", "baseline", "sampler_seed"], kind="stable")
+    rundir.write_atomic(out / "tables" / "search.csv", summary(rows).to_csv(index=False))
+    rundir.write_atomic(out / "README.md", markdown(rows))

@@ -1,0 +1,151 @@
+"""The search benchmark as a job that accumulates across sessions: rows written once per finished
+search, skipped when done, a search resumed and never scored twice, and reports/search/README.md
+rebuilt from the committed rows alone."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from hpexp.study.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORT = ROOT / "reports" / "search"
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _module("bench_search")
+report = _module("search_report")
+
+
+def test_the_committed_report_regenerates_from_the_committed_rows(tmp_path):
+    """`bench_search.py --report` from a clone writes the README and summary exactly as committed
+    (a stale page, or a row left out of the commit, fails here)."""
+    report.write(tmp_path, bench.read_rows(REPORT / "tables" / "runs.csv"))
+    assert (tmp_path / "README.md").read_text() == (REPORT / "README.md").read_text()
+    assert (tmp_path / "tables" / "search.csv").read_text() == (REPORT / "tables" / "search.csv").read_text()
+
+
+def row(method: str, seed: int, test: float, **changes) -> dict:
+    base = {
+        "study": "book_l2_mlp30",
+        "method": method,
+        "settings": f"{method} x=1; final_seeds=3",
+        "baseline": "no",
+        "budget": 60,
+        "sampler_seed": seed,
+        "trials": 2,
+        "trial_epochs": 60,
+        "best_val": 0.97,
+        "best_is_baseline": False,
+        "final_val": 0.969,
+        "test": test,
+        "test_seeds": f"{test:.4f} {test:.4f} {test:.4f}",
+        "search_s": 10.0,
+        "finalize_s": 2.0,
+        "wall_s": 12.0,
+        "sessions": 1,
+        "load_before": 1.0,
+        "load_after": 2.0,
+        "cores": 2,
+        "finished": "2026-12-03 00:00",
+    }
+    return base | changes
+
+
+def test_a_row_is_added_atomically_and_a_done_search_is_recognized_by_its_settings(tmp_path):
+    path = tmp_path / "runs.csv"
+    bench.add_row(path, row("tpe", 1, 0.97))
+    rows = bench.add_row(path, row("pbt", 1, 0.96))
+    assert len(bench.read_rows(path)) == 2 and list(rows.columns) == bench.COLUMNS
+    key = {k: row("pbt", 1, 0.96)[k] for k in bench.KEY}
+    assert bench.done(bench.read_rows(path), key)
+    assert not bench.done(bench.read_rows(path), key | {"settings": "pbt x=2; final_seeds=3"})
+    assert not bench.done(bench.read_rows(path), key | {"sampler_seed": 2})
+    assert not bench.done(bench.read_rows(path), key | {"baseline": "yes"})
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
+
+
+def test_the_report_states_n_clips_intervals_to_the_range_and_compares_unpaired(tmp_path):
+    near_one = [0.9990, 1.0, 0.9995]  # a t-interval around 99.95% would pass 100%
+    rows = pd.DataFrame(
+        [row("tpe", s, t) for s, t in enumerate(near_one, 1)]
+        + [row("pbt", s, t) for s, t in enumerate([0.96, 0.97], 1)]
+    )
+    text = report.markdown(rows)
+    table = next(line for line in text.splitlines() if line.startswith("| tpe |"))
+    assert "| 3 | 99.95 [" in table and table.split("]")[0].endswith(", 100.00")
+    pbt = next(line for line in text.splitlines() if line.startswith("| pbt |"))
+    assert "| 2 | 96.50 (values 96.00, 97.00; no interval)" in pbt
+    assert "PBT - TPE, finalized test accuracy: -3.45 points (n = 2 and 3: too few" in text
+    rows = pd.concat([rows, pd.DataFrame([row("pbt", 3, 0.98)])], ignore_index=True)
+    text = report.markdown(rows)
+    assert "PBT - TPE, finalized test accuracy: -2.95 points, 95% interval [" in text and "Welch" in text
+    summary = report.summary(rows)
+    assert (summary["test_hi"] <= 100).all() and list(summary["n"]) == [3, 3]
+
+
+TINY = [
+    "network=linear",
+    "data.n_train=500",
+    "data.n_validation=200",
+    "train.epochs=3",
+    "train.batch_size=50",
+]
+
+
+def test_a_second_session_resumes_the_search_and_never_scores_the_test_set_twice(mnist_dir, tmp_path):
+    spec = OmegaConf.create(
+        {
+            "base": TINY,
+            "search": {"optimizer.eta": {"type": "float", "low": 0.05, "high": 2.0, "log": True}},
+            "baseline": None,
+            "objective": {"metric": "val_accuracy", "direction": "maximize"},
+            "sampler": {"name": "tpe", "seed": 0},
+            "pruner": {"name": "none"},
+            "n_trials": 4,
+            "workers": 1,
+            "population": 1,
+            "final_seeds": 2,
+        }
+    )
+    OmegaConf.save(spec, tmp_path / "tiny.yaml")
+    spec = load_spec(str(tmp_path / "tiny.yaml"))
+    first = bench.one(bench.variant(spec, "random", 6, 1, 1, baseline=False), tmp_path, "random", 6)
+    assert first["trial_epochs"] == 6 and first["sessions"] == 1 and len(first["test_seeds"].split()) == 2
+    again = bench.one(bench.variant(spec, "random", 6, 1, 1, baseline=False), tmp_path, "random", 6)
+    assert again["sessions"] == 2 and again["trial_epochs"] == 6
+    assert (again["test"], again["test_seeds"], again["final_val"]) == (
+        first["test"],
+        first["test_seeds"],
+        first["final_val"],
+    )
+    assert again["search_s"] >= first["search_s"] and again["finalize_s"] == pytest.approx(
+        first["finalize_s"], abs=0.1
+    )
+    folder = tmp_path / "studies" / "tiny-random-seed1"
+    assert json.loads((folder / "bench.json").read_text())["sessions"] == 2
+    s = bench.variant(spec, "random", 6, 1, 1, baseline=False)
+    study = bench._load(s, tmp_path, bench.parse_space(s.search), 0, create=False)
+    assert len(study.user_attrs["finalized"]) == 1  # scored once
+
+
+def test_the_settings_name_what_makes_a_search_and_pbt_fixes_what_it_cannot_search():
+    spec = load_spec("mlp100")
+    tpe = bench.settings_of(bench.variant(spec, "tpe", 600, 1, 4), spec)
+    pbt = bench.settings_of(bench.variant(spec, "pbt", 600, 1, 4), spec)
+    assert tpe.startswith("tpe") and "pruner median" in tpe and "final_seeds=3" in tpe
+    assert "interval=4 fraction=0.25" in pbt and "fixed train.batch_size=10 train.epochs=30" in pbt
+    assert bench.settings_of(bench.variant(spec, "pbt", 600, 2, 4), spec) == pbt  # the seed is not a setting
+    assert bench.settings_of(bench.variant(spec, "pbt", 600, 1, 2), spec) != pbt
