@@ -4,7 +4,7 @@ finalized (the best setting retrained with fresh seeds, the test set scored once
 reads to choose a search, in reports/search/.
 
     python benchmarks/bench_search.py [--studies book_l2_mlp30 mlp100] [--budget N]
-        [--repetitions 3] [--methods random tpe pbt] [--interval 4] [--no-baseline]
+        [--repetitions 3] [--methods random tpe pbt] [--interval 4] [--warmup 0] [--no-baseline]
     python benchmarks/bench_search.py --report      # rebuild reports/search/README.md from the rows
 
 A job that accumulates across sessions: each finished (study, method, settings, budget, sampler
@@ -87,7 +87,13 @@ def epochs_of(spec: DictConfig, method: str) -> int:
 
 
 def variant(
-    spec: DictConfig, method: str, budget: int, seed: int, interval: int, baseline: bool = True
+    spec: DictConfig,
+    method: str,
+    budget: int,
+    seed: int,
+    interval: int,
+    baseline: bool = True,
+    warmup: int = 0,
 ) -> DictConfig:
     """The spec as searched by `method` with sampler seed `seed` on `budget` trial-epochs; without
     `baseline`, no search starts from the spec's baseline (its trial 0, PBT's member 0)."""
@@ -118,7 +124,7 @@ def variant(
         s.base = [*spec.base, *fixed]
         s.search = OmegaConf.create(search)
         s.baseline = OmegaConf.create(baseline_values) if baseline_values else None
-        s.sampler = OmegaConf.create({"name": "pbt", "seed": seed, "interval": interval})
+        s.sampler = OmegaConf.create({"name": "pbt", "seed": seed, "interval": interval, "warmup": warmup})
         s.pruner = OmegaConf.create({"name": "none"})
     return s
 
@@ -288,6 +294,7 @@ def main() -> None:
     )
     parser.add_argument("--repetitions", type=int, default=3, help="sampler seeds 1..R")
     parser.add_argument("--interval", type=int, default=4, help="PBT's epochs between exploits")
+    parser.add_argument("--warmup", type=int, default=0, help="PBT's first epoch that may exploit")
     parser.add_argument("--final-seeds", type=int, default=None, help="finalize seeds (default: the spec's)")
     parser.add_argument(
         "--no-baseline", action="store_true", help="searches do not start from the spec's baseline"
@@ -312,7 +319,7 @@ def main() -> None:
         budget = args.budget or int(spec.n_trials) * epochs_of(spec, "tpe")
         for seed in range(1, args.repetitions + 1):  # repetition by repetition: a partial table is balanced
             for method in args.methods:
-                s = variant(spec, method, budget, seed, args.interval, not args.no_baseline)
+                s = variant(spec, method, budget, seed, args.interval, not args.no_baseline, args.warmup)
                 check_spec(s)
                 if method == "pbt":
                     pbt.check(s)

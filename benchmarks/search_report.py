@@ -6,6 +6,7 @@ regenerates byte for byte from a clone."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,12 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def command(study: str, budget: int, baseline: str, n: int) -> str:
+def command(study: str, budget: int, baseline: str, n: int, settings: str = "") -> str:
+    """The command that adds these rows; a PBT run with a non-default interval or warm-up names it."""
     flag = "" if baseline == "yes" else " --no-baseline"
+    pbt = dict(re.findall(r"\b(interval|warmup)=(\d+)", settings)) if settings.startswith("pbt") else {}
+    if pbt and pbt != {"interval": "4", "warmup": "0"}:
+        flag += " --methods pbt" + "".join(f" --{k} {v}" for k, v in pbt.items())
     return f"python benchmarks/bench_search.py --studies {study} --budget {budget} --repetitions {n}{flag}"
 
 
@@ -125,7 +130,8 @@ def group_section(key: tuple[Any, ...], part: pd.DataFrame) -> list[str]:
             "finalizations are one and the same retraining (seeds 1..K), so their spread is not the "
             "search's.",
         ]
-    lines += ["", f"Rows: `{command(study, budget, baseline, n)}`", ""]
+    commands = dict.fromkeys(command(study, budget, baseline, n, r["settings"].iloc[0]) for _, r in found)
+    lines += ["", "Rows: " + "; ".join(f"`{c}`" for c in commands), ""]
     return lines
 
 

@@ -146,6 +146,16 @@ def test_the_settings_name_what_makes_a_search_and_pbt_fixes_what_it_cannot_sear
     tpe = bench.settings_of(bench.variant(spec, "tpe", 600, 1, 4), spec)
     pbt = bench.settings_of(bench.variant(spec, "pbt", 600, 1, 4), spec)
     assert tpe.startswith("tpe") and "pruner median" in tpe and "final_seeds=3" in tpe
-    assert "interval=4 fraction=0.25" in pbt and "fixed train.batch_size=10 train.epochs=30" in pbt
+    assert "interval=4 warmup=0 fraction=0.25" in pbt and "fixed train.batch_size=10 train.epochs=30" in pbt
     assert bench.settings_of(bench.variant(spec, "pbt", 600, 2, 4), spec) == pbt  # the seed is not a setting
     assert bench.settings_of(bench.variant(spec, "pbt", 600, 1, 2), spec) != pbt
+    assert bench.settings_of(bench.variant(spec, "pbt", 600, 1, 4, warmup=8), spec) != pbt
+
+
+def test_the_rows_command_names_a_pbt_runs_interval_and_warmup():
+    assert report.command("s", 60, "no", 3, "pbt interval=4 warmup=0 fraction=0.25") == (
+        "python benchmarks/bench_search.py --studies s --budget 60 --repetitions 3 --no-baseline"
+    )
+    assert report.command("s", 60, "yes", 2, "pbt interval=4 warmup=24 fraction=0.25").endswith(
+        "--repetitions 2 --methods pbt --interval 4 --warmup 24"
+    )

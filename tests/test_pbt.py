@@ -158,6 +158,17 @@ def test_truncation_replaces_the_bottom_by_the_top_and_records_the_lineage():
     assert [(e["member"], e["epoch"]) for e in plan.lineage] == [(k, 2) for k, _, _ in changes]
 
 
+def test_truncation_waits_for_its_warmup_but_replaces_a_diverged_member_at_once():
+    histories = [
+        [{"epoch": 1, "val_accuracy": a}] for a in (0.5, 0.9, 0.1, 0.8, 0.7, float("nan"), 0.6, 0.95)
+    ]
+    plan = Truncation([{"a": float(k)} for k in range(8)], interval=2, fraction=0.25, warmup=4, seed=1)
+    assert [k for k, _, _ in plan.decide(2, histories)] == [5]  # before the warm-up: only the NaN member
+    assert sorted(k for k, _, _ in plan.decide(4, histories)) == [2, 5]  # from it on: the bottom quarter
+    with pytest.raises(ValueError, match="warmup must be an integer >= 0"):
+        Truncation([{"a": 0.0}], warmup=-1)
+
+
 def test_lineage_of_follows_parents_back_to_epoch_one():
     events = [{"epoch": 2, "member": 3, "parent": 1}, {"epoch": 4, "member": 0, "parent": 3}]
     assert lineage_of(0, events) == [(1, 1), (3, 3), (5, 0)]
@@ -268,6 +279,7 @@ SPACE_SPEC = {
     "change, says",
     [
         ({"sampler": PBT | {"interval": 0}}, "sampler.interval must be an integer in [1, train.epochs=3)"),
+        ({"sampler": PBT | {"warmup": 3}}, "sampler.warmup must be an integer in [0, train.epochs=3)"),
         ({"sampler": PBT | {"fraction": 0.7}}, "sampler.fraction must be in (0, 0.5]"),
         ({"sampler": PBT | {"perturb": [0.8, -1]}}, "sampler.perturb must be a list of factors > 0"),
         ({"sampler": PBT | {"resample": 2}}, "sampler.resample must be a probability"),

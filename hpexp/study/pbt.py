@@ -3,13 +3,13 @@
 The study's `n_trials` trials are the members of one population, trained together by one worker
 process for the base config's `train.epochs`, all from the spec's `seed` and one shared mini-batch
 order (so a member's recorded schedule, replayed alone, retraces it). Their starting values are
-drawn at random from the search space (the `baseline` is member 0). Every `interval` epochs the
-bottom `fraction` by validation copy the weights, momentum and history of a random member of the
-top `fraction` (exploit), then each searched value is, with probability `resample`, drawn afresh
-from its distribution, else multiplied by one of the `perturb` factors, and kept inside its bounds
-(explore). Only values a member can change while training may be searched (eta, lmbda, momentum,
-dropout p, schedule and stopping parameters): not config groups, the batch size, epochs or the
-network. The pruner is not used: truncation selection is PBT's own.
+drawn at random from the search space (the `baseline` is member 0). Every `interval` epochs (from
+epoch `warmup` on) the bottom `fraction` by validation copy the weights, momentum and history of a
+random member of the top `fraction` (exploit), then each searched value is, with probability
+`resample`, drawn afresh from its distribution, else multiplied by one of the `perturb` factors, and
+kept inside its bounds (explore). Only values a member can change while training may be searched
+(eta, lmbda, momentum, dropout p, schedule and stopping parameters): not config groups, the batch
+size, epochs or the network. The pruner is not used: truncation selection is PBT's own.
 
 Each trial reports its member's validation metric every epoch and ends with the best value of its
 lineage's history; its user attributes hold `member`, `pbt_schedule` (the values from each epoch
@@ -45,6 +45,7 @@ __all__ = ["ARGUMENTS", "check", "explore", "is_pbt", "work"]
 ARGUMENTS: dict[str, Any] = {
     "seed": 0,
     "interval": 4,
+    "warmup": 0,
     "fraction": 0.25,
     "perturb": [0.8, 1.25],
     "resample": 0.25,
@@ -72,6 +73,11 @@ def check(spec: DictConfig) -> None:
     if not (isinstance(a["interval"], int) and 1 <= a["interval"] < epochs):
         raise ConfigError(
             f"sampler.interval must be an integer in [1, train.epochs={epochs}), got {a['interval']!r}"
+        )
+    if not (isinstance(a["warmup"], int) and 0 <= a["warmup"] < epochs):
+        raise ConfigError(
+            f"sampler.warmup must be an integer in [0, train.epochs={epochs}) (the first epoch that may "
+            f"exploit), got {a['warmup']!r}"
         )
     if not (isinstance(a["fraction"], int | float) and 0 < a["fraction"] <= 0.5):
         raise ConfigError(
@@ -201,6 +207,7 @@ def run_members(
         plan = Truncation(
             values,
             interval=a["interval"],
+            warmup=a["warmup"],
             fraction=a["fraction"],
             explore=lambda v, rng: explore(v, params, rng, a["perturb"], a["resample"]),
             seed=int(a["seed"] or 0),

@@ -5,10 +5,11 @@ member's schedule as its lineage lived it (`schedules[k]`: entries `{"epoch": fi
 "values": {...}}`; a member that copies a parent after epoch t takes the parent's entries up to t,
 then its own from t + 1) and the lineage (one event per exploit: epoch, member, parent, the new
 values, both scores). `Truncation` is PBT's truncation selection (Jaderberg et al. 2017, section
-3.1): every `interval` epochs the bottom `fraction` of the members by their latest score copies a
-member of the top `fraction` drawn at random, then `explore` perturbs or resamples the copied
-values. `Replay` follows one recorded schedule and copies nothing: a member trained alone, or K
-fresh seeds, with a schedule replayed go through the epochs the recorded member did.
+3.1): every `interval` epochs from epoch `warmup` on, the bottom `fraction` of the members by their
+latest score copies a member of the top `fraction` drawn at random, then `explore` perturbs or
+resamples the copied values. `Replay` follows one recorded schedule and copies nothing: a member
+trained alone, or K fresh seeds, with a schedule replayed go through the epochs the recorded member
+did.
 """
 
 from __future__ import annotations
@@ -75,11 +76,14 @@ def _score(history: Sequence[Record], metric: str, sign: float) -> float:
 
 @dataclass
 class Truncation(Plan):
-    """PBT's exploit (truncation selection) and explore, every `interval` epochs; a member whose
-    cost stops being finite is replaced at once (by a top member, explored)."""
+    """PBT's exploit (truncation selection) and explore, every `interval` epochs from epoch `warmup`
+    on (before it, short-horizon scores mislead: a setting that fits fast early, such as a small
+    lmbda before a learning-rate cut, can end worse); a member whose cost stops being finite is
+    replaced at once (by a top member, explored)."""
 
     interval: int = 4
     fraction: float = 0.25
+    warmup: int = 0
     explore: Callable[[Values, np.random.Generator], Values] = lambda v, rng: dict(v)
     seed: int = 0
     metric: str = "val_accuracy"
@@ -90,6 +94,8 @@ class Truncation(Plan):
         super().__post_init__()
         if not (isinstance(self.interval, int) and self.interval >= 1):
             raise ValueError(f"interval must be an integer >= 1 (epochs), got {self.interval!r}")
+        if not (isinstance(self.warmup, int) and self.warmup >= 0):
+            raise ValueError(f"warmup must be an integer >= 0 (epochs), got {self.warmup!r}")
         if not 0 < self.fraction <= 0.5:
             raise ValueError(f"fraction must be in (0, 0.5], got {self.fraction!r}")
         self.rng = np.random.default_rng(self.seed)
@@ -100,7 +106,7 @@ class Truncation(Plan):
         order = sorted(range(len(scores)), key=lambda k: (scores[k], -k))  # worst first; ties: later first
         n = max(1, round(self.fraction * len(scores)))
         top = order[-n:]
-        if epoch % self.interval == 0:
+        if epoch % self.interval == 0 and epoch >= self.warmup:
             bottom = order[:n]
         else:  # between exploits, only members that diverged
             bottom = [k for k in order[:-n] if scores[k] == -math.inf]
