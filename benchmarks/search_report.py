@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from hpexp.report.pages import _md_table
-from hpexp.stats import Estimate, mean_interval, welch_difference
+from hpexp.stats import MIN_N_INTERVAL, Estimate, mean_interval, welch_difference
 from hpexp.train import rundir
 
 ORDER = {"random": 0, "tpe": 1, "pbt": 2}
@@ -153,6 +153,8 @@ def targets(rows: pd.DataFrame) -> list[str]:
         assert best is not None
         met, mean, wall, label, key, n = best
         verdict, start = "met" if met else "not met", "with" if key[2] == "yes" else "without"
+        if n < MIN_N_INTERVAL:
+            verdict += f" so far (n = {n} < {MIN_N_INTERVAL}: provisional)"
         lines.append(
             f"- {study}: {100 * accuracy:.1f}% within {seconds / 60:.0f} min: **{verdict}**; "
             f"best: {label} at {key[1]:,} trial-epochs ({start} the baseline), "
@@ -163,17 +165,23 @@ def targets(rows: pd.DataFrame) -> list[str]:
         by = dict(searches(g))
         if "pbt" in by and "tpe" in by:
             diff = 100 * (by["pbt"]["test"].mean() - by["tpe"]["test"].mean())
+            n = min(len(by["pbt"]), len(by["tpe"]))
             wins.append(
                 (
                     diff >= 0,
+                    n,
                     f"{key[0]} at {key[1]:,} ({'with' if key[2] == 'yes' else 'without'} "
-                    f"the baseline): PBT - TPE {diff:+.2f} points",
+                    f"the baseline): PBT - TPE {diff:+.2f} points, n = {len(by['pbt'])} and {len(by['tpe'])}",
                 )
             )
-    verdict = "not compared yet" if not wins else ("met" if any(w for w, _ in wins) else "not met")
+    verdict = "not compared yet" if not wins else ("met" if any(w for w, _, _ in wins) else "not met")
+    if any(w and n < MIN_N_INTERVAL for w, n, _ in wins) and not any(
+        w and n >= MIN_N_INTERVAL for w, n, _ in wins
+    ):
+        verdict += f" so far (only where n < {MIN_N_INTERVAL}: provisional)"
     lines.append(
         f"- PBT at least matches TPE's mean finalized test accuracy on one study: **{verdict}**"
-        + (f" ({'; '.join(t for _, t in wins)})." if wins else ".")
+        + (f" ({'; '.join(t for _, _, t in wins)})." if wins else ".")
     )
     return lines
 
@@ -188,7 +196,8 @@ given below n = 3. Best val is the search's best trial (optimistic: the best of 
 seed); val (finalize) is the same setting's mean validation over the fresh seeds. Wall time is
 search + finalize, summed over the sessions a search took, on a machine shared with other jobs (the
 1-minute load average at the start and end of each search is in the rows): compare wall times only
-at equal load.
+at equal load. Equal trial-epochs are not equal compute where the batch size is searched: in mlp100's
+searches an epoch at mini-batch 5-9 took two to three times one at 40-100.
 
 What is paired and what is not. Random search and TPE mix the sampler seed with fresh OS entropy
 in each worker (the project's rule, so two workers never draw alike): their draws cannot be replayed

@@ -159,3 +159,14 @@ def test_the_rows_command_names_a_pbt_runs_interval_and_warmup():
     assert report.command("s", 60, "yes", 2, "pbt interval=4 warmup=24 fraction=0.25").endswith(
         "--repetitions 2 --methods pbt --interval 4 --warmup 24"
     )
+
+
+def test_a_target_reached_on_fewer_than_three_repetitions_is_called_provisional():
+    one = pd.DataFrame([row("tpe", 1, 0.96), row("pbt", 1, 0.97)])
+    assert "**met so far (only where n < 3: provisional)**" in report.markdown(one)
+    three = pd.DataFrame(
+        [row(m, s, t + s / 1000) for s in (1, 2, 3) for m, t in (("tpe", 0.96), ("pbt", 0.97))]
+    )
+    text = report.markdown(three)
+    assert "on one study: **met** (" in text and "n = 3 and 3" in text
+    assert "book_l2_mlp30: 96.8% within 10 min: **met**;" in text  # 97.2% mean, 12 s each
