@@ -606,3 +606,37 @@ def test_a_stopped_book_run_says_so_in_one_line_and_the_same_command_goes_on(
     assert again.returncode == 0, again.stderr
     assert rundir.read_summary(out)["status"] == "completed"
     assert [r["epoch"] for r in rundir.read_history(out)] == list(range(1, 101))
+
+
+def test_a_pages_training_time_counts_each_trained_epoch_once_and_no_copy(tmp_path):
+    """A group resumed in a second process records only that process's seconds in provenance.json;
+    the page's training time comes from the epochs the runs hold, and leaves out copied runs."""
+    runs = tmp_path / "runs"
+    exp = runs / "ch6-conv2-tanh"
+    for run, seconds in [("seed0/tanh", [60.0, 90.0]), ("seed1/tanh", [30.0]), ("seed0/sigmoid", [600.0])]:
+        (exp / run).mkdir(parents=True)
+        pd.DataFrame({"epoch": range(1, len(seconds) + 1), "seconds": seconds}).to_csv(
+            exp / run / "history.csv", index=False
+        )
+    (exp / "provenance.json").write_text(
+        json.dumps(
+            {
+                "ch6-conv2-tanh/tanh seed1": {
+                    "commit": "c1",
+                    "seconds": 31.0,
+                    "status": "completed",
+                    "finished": "2026-01-01T00:00:00Z",
+                },
+                "ch6-conv2-tanh/sigmoid seed0": {
+                    "commit": "c1",
+                    "seconds": 0.5,
+                    "status": "completed",
+                    "finished": "2026-01-01T00:00:00Z",
+                    "copied": ["ch6-conv2-tanh/seed0/sigmoid <- ch6-conv2-fc100-sigmoid/seed0"],
+                },
+            }
+        )
+    )
+    lines = book_report._provenance(book.load("ch6-conv2-tanh"), runs)
+    assert "training time 3.0 min over 3 epochs" in lines[0]
+    assert "ch6-conv2-tanh/seed0/sigmoid <- ch6-conv2-fc100-sigmoid/seed0" in lines[2]

@@ -3,7 +3,7 @@
 A page gives each of the book's numbers in two views, by the book's rule (one run, chosen as the
 book chose) and as the mean over seeds with its 95% interval, with the derived tolerance of each
 row; the book's own per-epoch curves beside ours with their differences; the per-epoch data behind
-the page (history.csv), the data count of every figure (figures.json) and the commit and wall time
+the page (history.csv), the data count of every figure (figures.json) and the commit and training time
 that produced it. The figures are drawn by hpexp.book.figures.
 """
 
@@ -124,15 +124,31 @@ def _why(row: dict[str, Any]) -> str:
     return text + "".join(f"; {n}" for n in (row["note"], row["explain"]) if n)
 
 
+def _training_minutes(experiment_dir: Path, copied: Sequence[str]) -> tuple[float, int]:
+    """Minutes spent training this experiment's runs and the epochs they hold: the sum of the
+    `seconds` column of every history.csv, copies of a twin's runs left out. A run resumed across
+    processes counts each epoch once, which a process's own clock cannot do."""
+    twins = {c.split(" <- ")[0] for c in copied}
+    seconds, epochs = 0.0, 0
+    for history in sorted(experiment_dir.rglob("history.csv")):
+        if history.parent.relative_to(experiment_dir.parent).as_posix() in twins:
+            continue
+        frame = pd.read_csv(history)
+        if "seconds" in frame:
+            seconds += float(frame["seconds"].sum())
+            epochs += len(frame)
+    return seconds / 60, epochs
+
+
 def _provenance(experiment: book.Experiment, runs_dir: Path) -> list[str]:
     path = runs_dir / experiment.id / "provenance.json"
     if not path.exists():
         return []
     runs = json.loads(path.read_text())
     commits = sorted({r["commit"] for r in runs.values()})
-    seconds = sum(r["seconds"] for r in runs.values())
     finished = max(r["finished"] for r in runs.values())
     copied = [c for r in runs.values() for c in r.get("copied", [])]
+    minutes, epochs = _training_minutes(path.parent, copied)
     twins = (
         [
             f"Copied, not trained again: {'; '.join(copied)} (the same training config, trained once "
@@ -143,8 +159,9 @@ def _provenance(experiment: book.Experiment, runs_dir: Path) -> list[str]:
         else []
     )
     return [
-        f"Produced by commit {', '.join(commits)}; wall time {seconds / 60:.1f} min over {len(runs)} "
-        f"run group(s) (the seeds of one run train together), finished {finished}.",
+        f"Produced by commit {', '.join(commits)}, finished {finished}; training time {minutes:.1f} "
+        f"min over {epochs} epochs, the sum of the epochs' times in the runs' history.csv (evaluation "
+        "included; the machine and its load are not recorded).",
         "",
         *twins,
     ]
