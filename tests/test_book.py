@@ -183,7 +183,9 @@ def test_report_with_no_runs_lists_every_row_as_not_run_and_writes_no_figure(tmp
     book_report.write([e.id for e in book.registry()], tmp_path / "runs", tmp_path / "reports")
     summary = (tmp_path / "reports" / "README.md").read_text()
     rows = sum(c.value is not None for e in book.registry() for c in e.checks)
-    assert summary.count("| not run | not run |") == rows
+    contrasts = sum(len(e.contrasts) for e in book.registry())
+    assert summary.count("| not run | not run | - |") == rows
+    assert summary.count("| not run | not run | not run | not run |") == contrasts
     assert not list((tmp_path / "reports").rglob("*.png")), "a figure with no data is never written"
     page = (tmp_path / "reports" / "ch6-filters" / "README.md").read_text()
     assert "not run" in page
@@ -640,3 +642,53 @@ def test_a_pages_training_time_counts_each_trained_epoch_once_and_no_copy(tmp_pa
     lines = book_report._provenance(book.load("ch6-conv2-tanh"), runs)
     assert "training time 3.0 min over 3 epochs" in lines[0]
     assert "ch6-conv2-tanh/seed0/sigmoid <- ch6-conv2-fc100-sigmoid/seed0" in lines[2]
+
+
+def test_a_comparison_of_two_experiments_is_paired_by_seed(tmp_path):
+    """ReLU against sigmoid: the seeds move both networks together (+-0.4 points), ReLU is higher by
+    0.15-0.25 points on every seed. Unpaired, the two intervals overlap; paired, the difference's
+    interval is mean 0.20 +- t(0.975, 2) x 0.05 / sqrt(3) points and excludes 0."""
+    e = book.load("ch6-conv2-relu")
+    shared = [0.0, 0.004, -0.004]
+    gains = [0.0015, 0.0020, 0.0025]
+    relu = [0.990 + s for s in shared]
+    sigmoid = [0.990 + s - g for s, g in zip(shared, gains, strict=True)]
+    for experiment_id, values in [("ch6-conv2-relu", relu), ("ch6-conv2-fc100-sigmoid", sigmoid)]:
+        _fake_runs(
+            tmp_path,
+            experiment_id,
+            [[{"epoch": 1, "val_accuracy": 0.99, "test_accuracy": v}] for v in values],
+        )
+    (contrast,) = e.contrasts
+    row = book.measure(e, contrast, tmp_path)
+    half = 4.302652729911275 * 0.0005 / math.sqrt(3)  # t quantile with 2 df, from tables
+    assert row["difference"].value == pytest.approx(0.002)
+    assert (row["difference"].lo, row["difference"].hi) == pytest.approx((0.002 - half, 0.002 + half))
+    assert row["mean_a"].lo < row["mean_b"].value < row["mean_a"].value, "unpaired, nothing is resolved"
+    assert row["reading"] == "a higher (ch6-conv2-relu)"
+    page = book_report.page(e, [], {}, contrasts=[row])
+    assert "| +0.20 [+0.08, +0.32] (n=3) | a higher (ch6-conv2-relu) |" in page
+
+
+def test_a_comparison_with_a_side_not_run_says_so(tmp_path):
+    e = book.load("ch6-exp-fc300")
+    _fake_runs(tmp_path, "ch6-exp-fc100", [[{"epoch": 1, "val_accuracy": 0.99, "test_accuracy": 0.994}]] * 3)
+    row = book.measure(e, e.contrasts[0], tmp_path)
+    assert row["reading"] == "not run" and row["mean_a"].n == 0 and row["mean_b"].n == 3
+
+
+def test_a_bad_comparison_in_a_preset_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(book, "presets_dir", lambda: tmp_path)
+    block = (
+        "book: {chapter: 6, section: s, demonstrates: d, source: s, value: null, metric: test_accuracy,"
+        " selection: best_val, note: n, contrasts: [%s]}\n"
+    )
+    (tmp_path / "bad-ref.yaml").write_text(block % "{a: '', b: no-such-experiment, claim: c}")
+    with pytest.raises(ValueError, match="no-such-experiment.*neither a run"):
+        book.load("bad-ref")
+    (tmp_path / "bad-key.yaml").write_text(block % "{a: '', b: '', claim: c, metrc: val_accuracy}")
+    with pytest.raises(ValueError, match=r"unknown contrast keys \['metrc'\]"):
+        book.load("bad-key")
+    (tmp_path / "bad-selection.yaml").write_text(block % "{a: '', b: '', claim: c, selection: best}")
+    with pytest.raises(ValueError, match="unknown selection 'best'"):
+        book.load("bad-selection")

@@ -32,7 +32,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
@@ -41,7 +41,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from hpexp.paths import config_dir
-from hpexp.stats import mean_ci
+from hpexp.stats import mean_ci, mean_interval, paired_difference
 from hpexp.train import rundir
 from hpexp.train.rundir import CHECKPOINT
 
@@ -122,6 +122,27 @@ class Check:
 
 
 @dataclass(frozen=True)
+class Contrast:
+    """A claim of the book that compares two runs without a number of its own ("ReLU is
+    consistently better than sigmoid"), measured as `a - b` of `selection` of `metric`, paired by
+    seed. `a` and `b` name a run of this experiment or "EXPERIMENT" / "EXPERIMENT/RUN" of another."""
+
+    a: str
+    b: str
+    claim: str
+    metric: str = "test_accuracy"
+    selection: str = "best_val"
+    epoch: int | None = None
+
+    def check(self, run: str) -> Check:
+        return Check(metric=self.metric, selection=self.selection, value=None, run=run, epoch=self.epoch)
+
+    @property
+    def label(self) -> str:
+        return self.check("").label
+
+
+@dataclass(frozen=True)
 class Experiment:
     """A preset: its metadata, its runs (name -> overrides) and its checks (the first is the headline)."""
 
@@ -130,6 +151,7 @@ class Experiment:
     runs: dict[str, list[str]]
     checks: list[Check]
     plots: list[dict[str, Any]] = field(default_factory=list)
+    contrasts: list[Contrast] = field(default_factory=list)
 
     @property
     def chapter(self) -> int:
@@ -193,7 +215,29 @@ def load(experiment_id: str) -> Experiment:
     pick = meta.get("pick")
     if pick is not None and (set(pick) != {"metric", "selection"} or pick["selection"] not in SELECTIONS):
         raise ValueError(f"{path}: pick must be {{metric, selection}} with a selection of {SELECTIONS}")
-    return Experiment(experiment_id, meta, runs, checks, list(meta.get("plots") or []))
+    contrasts = [_contrast(c, meta, runs, path) for c in meta.get("contrasts") or []]
+    return Experiment(experiment_id, meta, runs, checks, list(meta.get("plots") or []), contrasts)
+
+
+def _contrast(item: dict[str, Any], meta: dict[str, Any], runs: dict[str, list[str]], path: Path) -> Contrast:
+    """A contrast reads the experiment's headline number (metric, selection) unless it says otherwise."""
+    fields = set(Contrast.__dataclass_fields__)
+    if unknown := set(item) - fields:
+        raise ValueError(f"{path}: unknown contrast keys {sorted(unknown)}; valid: {sorted(fields)}")
+    if missing := {"a", "b", "claim"} - set(item):
+        raise ValueError(f"{path}: a contrast lacks {', '.join(sorted(missing))}")
+    headline = {k: meta[k] for k in ("metric", "selection") if meta.get(k) is not None}
+    if "epoch" not in item and meta.get("selection") == item.get("selection", meta.get("selection")):
+        headline |= {"epoch": meta.get("epoch")}
+    contrast = Contrast(**headline | item)
+    _check(asdict(contrast.check("")), {})  # the selection and epoch are valid
+    for ref in (contrast.a, contrast.b):
+        other = ref.partition("/")[0]
+        if ref not in runs and not (presets_dir() / f"{other}.yaml").exists():
+            raise ValueError(
+                f"{path}: contrast names {ref!r}: neither a run ({list(runs)}) nor an experiment"
+            )
+    return contrast
 
 
 def registry(chapter: int | None = None) -> list[Experiment]:
@@ -356,6 +400,52 @@ def compare(
         "selection": check.selection,
         "note": check.note,
         "explain": str(experiment.meta.get("explain") or "").strip(),
+    }
+
+
+def _resolve(experiment: Experiment, ref: str) -> tuple[Experiment, str]:
+    if ref in experiment.runs:
+        return experiment, ref
+    other, _, run = ref.partition("/")
+    found = load(other)
+    if run not in found.runs:
+        raise ValueError(
+            f"{experiment.id}: contrast names run {run!r} of {other}; its runs are {list(found.runs)}"
+        )
+    return found, run
+
+
+def measure(experiment: Experiment, contrast: Contrast, runs_dir: Path = RUNS_DIR) -> dict[str, Any]:
+    """A contrast's row: each side's mean over seeds with its interval, and a - b paired by seed (the
+    seeds are shared: the same data order and, where the shapes agree, the same draws) with its 95%
+    t-interval, inside [-1, 1] for accuracies; `reading` says what the interval resolves."""
+    sides = [_resolve(experiment, ref) for ref in (contrast.a, contrast.b)]
+    name_a, name_b = (f"{e.id}/{run}".rstrip("/") for e, run in sides)
+    a, b = (seed_values(e, contrast.check(run), runs_dir) for e, run in sides)
+    accuracy = contrast.check("").is_accuracy
+    low, high = (0.0, 1.0) if accuracy else (-math.inf, math.inf)
+    diff = paired_difference(a, b, low - high, high - low)
+    if diff.n == 0:
+        reading = "not run"
+    elif not diff.has_interval:
+        reading = f"{diff.n} shared seed(s): too few for an interval"
+    elif diff.lo > 0:
+        reading = f"a higher ({name_a})"
+    elif diff.hi < 0:
+        reading = f"a lower ({name_a})"
+    else:
+        reading = "no difference resolved (the interval holds 0)"
+    return {
+        "id": experiment.id,
+        "claim": contrast.claim,
+        "measure": contrast.label,
+        "a": name_a,
+        "b": name_b,
+        "mean_a": mean_interval(list(a.values()), low, high),
+        "mean_b": mean_interval(list(b.values()), low, high),
+        "difference": diff,
+        "accuracy": accuracy,
+        "reading": reading,
     }
 
 

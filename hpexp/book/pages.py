@@ -124,6 +124,49 @@ def _why(row: dict[str, Any]) -> str:
     return text + "".join(f"; {n}" for n in (row["note"], row["explain"]) if n)
 
 
+def _estimate(row: dict[str, Any], est: Any, signed: bool = False) -> str:
+    """A mean (or a paired difference) with its interval and n; points for accuracies."""
+    if est.n == 0:
+        return "not run"
+    scale, unit = (100.0, "%") if row["accuracy"] else (1.0, "")
+    unit = "" if signed else unit
+    fmt = "{:+.2f}" if signed else "{:.2f}"
+    text = fmt.format(est.value * scale) + unit
+    if est.has_interval:
+        text += f" [{fmt.format(est.lo * scale)}, {fmt.format(est.hi * scale)}]"
+    return f"{text} (n={est.n})"
+
+
+def _contrast_table(rows: Sequence[dict[str, Any]], with_id: bool) -> list[str]:
+    head = ["the book says", "measure", "a", "b", "mean of a", "mean of b", "a - b paired by seed", "reading"]
+    lines = [
+        "| " + " | ".join((["experiment"] if with_id else []) + head) + " |",
+        "|" + " --- |" * (len(head) + with_id),
+    ]
+    for r in rows:
+        cells = [
+            r["claim"],
+            r["measure"],
+            r["a"],
+            r["b"],
+            _estimate(r, r["mean_a"]),
+            _estimate(r, r["mean_b"]),
+            _estimate(r, r["difference"], signed=True),
+            r["reading"],
+        ]
+        ident = [f"[{r['id']}]({r['id']}/README.md)"] if with_id else []
+        lines.append("| " + " | ".join(ident + cells) + " |")
+    return lines
+
+
+CONTRASTS_INTRO = (
+    "The book's claims that compare two runs, measured: each side's mean over seeds with its 95% "
+    "t-interval, and a - b paired by seed (our runs share their seeds: the same data order and, where "
+    "the shapes agree, the same initial draws), in points for accuracies. The reading says only what "
+    "the interval resolves; with 3 seeds a difference of a few tenths may stay unresolved."
+)
+
+
 def _training_minutes(experiment_dir: Path, copied: Sequence[str]) -> tuple[float, int]:
     """Minutes spent training this experiment's runs and the epochs they hold: the sum of the
     `seconds` column of every history.csv, copies of a twin's runs left out. A run resumed across
@@ -173,6 +216,7 @@ def page(
     drawn: dict[str, int],
     differences: Sequence[dict[str, Any]] = (),
     provenance: Sequence[str] = (),
+    contrasts: Sequence[dict[str, Any]] = (),
 ) -> str:
     m = experiment.meta
     rule = m.get("pick")
@@ -233,6 +277,15 @@ def page(
         if r["note"] and r["reproduced"] == "yes" and r["reproduced_rule"] == "yes"
     ]
     out += ["Notes on rows:", "", *notes, ""] if notes else []
+    if contrasts:
+        out += [
+            "## The book's comparisons, measured",
+            "",
+            CONTRASTS_INTRO,
+            "",
+            *_contrast_table(contrasts, False),
+            "",
+        ]
     if differences:
         out += [
             "## The book's curves beside ours",
@@ -280,6 +333,7 @@ def summary(
     rows: list[dict[str, Any]],
     experiments: Sequence[book.Experiment],
     differences: Sequence[dict[str, Any]] = (),
+    contrasts: Sequence[dict[str, Any]] = (),
 ) -> str:
     numbered = [r for r in rows if r["book"] is not None]
     trained = [r for r in numbered if not (r["deterministic"] or r["timing"])]
@@ -336,6 +390,15 @@ def summary(
             *_curve_table(list(differences), with_id=True),
             "",
         ]
+    if contrasts:
+        lines += [
+            "## The book's comparisons, measured",
+            "",
+            CONTRASTS_INTRO,
+            "",
+            *_contrast_table(contrasts, True),
+            "",
+        ]
     if figure_only:
         lines += ["Figures without a number: " + ", ".join(f"[{i}]({i}/README.md)" for i in figure_only), ""]
     lines += [
@@ -375,13 +438,16 @@ def write(ids: Sequence[str], runs_dir: Path = book.RUNS_DIR, reports_dir: Path 
     experiments = book.registry()
     all_rows: list[dict[str, Any]] = []
     all_differences: list[dict[str, Any]] = []
+    all_contrasts: list[dict[str, Any]] = []
     for e in experiments:
         chosen = book.chosen_seed(e, runs_dir)
         rows = [book.compare(e, c, runs_dir, chosen) for c in e.checks if c.value is not None]
         df = figures.curves(e, runs_dir)
         differences = figures.curve_differences(e, df)
+        contrasts = [book.measure(e, c, runs_dir) for c in e.contrasts]
         all_rows += rows
         all_differences += differences
+        all_contrasts += contrasts
         if e.id not in ids:
             continue
         out = reports_dir / e.id
@@ -395,9 +461,11 @@ def write(ids: Sequence[str], runs_dir: Path = book.RUNS_DIR, reports_dir: Path 
         if not table.empty:
             rundir.write_atomic(out / "history.csv", table.to_csv(index=False, float_format="%.6g"))
         rundir.write_atomic(out / "figures.json", json.dumps({"points": drawn}, indent=1) + "\n")
-        text = page(e, rows, drawn, differences, _provenance(e, runs_dir))
+        text = page(e, rows, drawn, differences, _provenance(e, runs_dir), contrasts)
         rundir.write_atomic(out / "README.md", text)
-    rundir.write_atomic(reports_dir / "README.md", summary(all_rows, experiments, all_differences))
+    rundir.write_atomic(
+        reports_dir / "README.md", summary(all_rows, experiments, all_differences, all_contrasts)
+    )
     table = pd.DataFrame(all_rows).drop(columns=["seeds", "seed_ids", "note", "explain"])
     rundir.write_atomic(reports_dir / "summary.csv", table.to_csv(index=False))
     return reports_dir
