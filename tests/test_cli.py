@@ -199,17 +199,28 @@ def test_a_grid_with_a_run_that_diverged_exits_non_zero_with_either_launcher(mni
     ]
 
 
-def test_a_grid_with_a_bad_point_is_refused_before_any_run_and_leaves_no_folder(tmp_path):
-    """The population launcher trained the grid's good populations before it met a bad value in
-    another (batch sizes make separate populations), and left its sweep folder behind. (Hydra's
-    basic launcher runs jobs one by one, so it trains the points before a bad one.)"""
+@pytest.mark.parametrize("launcher", ["checked", "population"])
+def test_a_grid_with_a_bad_point_is_refused_before_any_run_and_leaves_no_folder(tmp_path, launcher):
+    """Both launchers trained the grid's points before they met a bad value in another: Hydra's basic
+    launcher runs jobs one by one and failed at the bad one with a traceback, the population launcher
+    trained the good populations first (batch sizes make separate populations), and each left its
+    sweep folder behind. `checked` is `hpexp train -m`'s default; the bad point comes last here."""
     grid = [*SMALL, "train.batch_size=10,0"]
     result = hpexp(
-        "train", "-m", "hydra/launcher=population", *grid, "hydra.sweep.dir=grid", cwd=tmp_path, check=False
+        "train", "-m", f"hydra/launcher={launcher}", *grid, "hydra.sweep.dir=grid", cwd=tmp_path, check=False
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("hpexp train: error: train.batch_size")
+    assert "Traceback" not in result.stderr
     assert not (tmp_path / "grid").exists()
+
+
+def test_the_default_multirun_launcher_is_the_checked_one(mnist_dir, tmp_path):
+    result = hpexp("train", "-m", *SMALL, "seed=1,2", "hydra.sweep.dir=grid", cwd=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "grid").iterdir() if p.is_dir()) == ["0", "1"]
+    assert "hydra_plugins.hpexp_launchers.checked_launcher.CheckedLauncher" in (
+        tmp_path / "grid" / "0" / ".hydra" / "hydra.yaml"
+    ).read_text(), result.stderr
 
 
 def test_a_preset_that_is_not_one_training_run_points_to_hpexp_book(tmp_path):

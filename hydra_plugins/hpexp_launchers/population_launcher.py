@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PopulationLauncherConf:
-    _target_: str = "hydra_plugins.hpexp_population.population_launcher.PopulationLauncher"
+    _target_: str = "hydra_plugins.hpexp_launchers.population_launcher.PopulationLauncher"
 
 
 ConfigStore.instance().store(
@@ -36,36 +36,51 @@ ConfigStore.instance().store(
 )
 
 
+def checked_jobs(
+    config: DictConfig, hydra_context: HydraContext, job_overrides: Any, initial_job_idx: int
+) -> list[tuple[list[str], DictConfig, Any, Path]]:
+    """Every job of a sweep composed and checked before any trains, as (overrides, Hydra config,
+    task config, run directory): a bad point of the grid is refused up front, in one line naming the
+    value (exit 2), and the sweep folder made for it is removed. Both hpexp launchers start here."""
+    from hpexp.cli import _discard
+    from hpexp.data.mnist import DataError
+    from hpexp.train.runner import task_config, validate
+
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+        cfg = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+        with open_dict(cfg):
+            cfg.hydra.job.id = cfg.hydra.job.num = idx
+        HydraConfig.instance().set_config(cfg)
+        task = task_config(cfg)
+        out = Path(task.out_dir) if task.out_dir else sweep_dir / str(cfg.hydra.sweep.subdir)
+        jobs.append((list(overrides), cfg, task, out))
+    try:
+        for _, _, task, _ in jobs:
+            validate(task)
+    except (ValueError, DataError) as e:  # bad input: one clear line, as `hpexp train` gives
+        print(f"hpexp train: error: {e}", file=sys.stderr)
+        _discard(Path(), sweep_dir)
+        raise SystemExit(2) from None
+    return jobs
+
+
 class PopulationLauncher(Launcher):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
 
     def launch(self, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
-        from hpexp.cli import _discard, exit_for
+        from hpexp.cli import exit_for
         from hpexp.data.mnist import DataError
         from hpexp.train import rundir
-        from hpexp.train.runner import population_key, run_population, task_config, validate
+        from hpexp.train.runner import population_key, run_population
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        jobs = []
-        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            with open_dict(cfg):
-                cfg.hydra.job.id = cfg.hydra.job.num = idx
-            HydraConfig.instance().set_config(cfg)
-            task = task_config(cfg)
-            out = Path(task.out_dir) if task.out_dir else sweep_dir / str(cfg.hydra.sweep.subdir)
-            jobs.append((list(overrides), cfg, task, out))
-        try:  # every job checked before any trains: a bad point of the grid is refused up front
-            for _, _, task, _ in jobs:
-                validate(task)
-        except (ValueError, DataError) as e:  # bad input: one clear line, as `hpexp train` gives
-            print(f"hpexp train: error: {e}", file=sys.stderr)
-            _discard(Path(), sweep_dir)
-            raise SystemExit(2) from None
+        jobs = checked_jobs(self.config, self.hydra_context, job_overrides, initial_job_idx)
         groups: dict[str, list[int]] = {}
         for i, (_, _, task, _) in enumerate(jobs):
             groups.setdefault(population_key(task), []).append(i)

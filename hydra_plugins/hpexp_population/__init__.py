@@ -1,1 +1,0 @@
-"""hpexp's Hydra plugin: the `population` launcher (see population_launcher.py)."""
