@@ -38,7 +38,7 @@ def test_contracts_are_kept():
         (
             "kernels/conv.py",
             "from hpexp.nn import activations",
-            "The compiled kernels import NumPy and numba",
+            "The compiled kernels import NumPy, numba and SciPy",
         ),
         ("train/loop.py", "from hpexp.study import spec", "Layers"),
         ("report/plots.py", "from hpexp.report import pages", "No import circles"),

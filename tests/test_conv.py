@@ -411,7 +411,7 @@ def test_a_conv_net_trains_to_the_same_weights_with_and_without_kernels(kernels,
 
 
 def test_kernels_are_looked_up_at_run_time_and_can_be_turned_off(monkeypatch):
-    from hpexp.nn import conv
+    from hpexp.nn import compiled, conv
 
     monkeypatch.setenv("HPEXP_KERNELS", "numpy")
     assert conv.compiled_kernels() is None
@@ -420,5 +420,5 @@ def test_kernels_are_looked_up_at_run_time_and_can_be_turned_off(monkeypatch):
     def missing(name):
         raise ImportError(f"No module named {name!r}")
 
-    monkeypatch.setattr(conv.importlib, "import_module", missing)
+    monkeypatch.setattr(compiled.importlib, "import_module", missing)
     assert conv.compiled_kernels() is None  # without the `fast` extra: the NumPy path

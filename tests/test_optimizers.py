@@ -102,3 +102,39 @@ def test_weight_decay_is_refused_with_momentum():
     w = np.ones((2, 2))
     with pytest.raises(ValueError, match="plain SGD only"):
         SGD(0.1, momentum=0.5).step([w], [np.ones((2, 2))], [w], 0.99)
+
+
+# --- a step by a gradient left as a product (SGD.step's `products`) --------------------------------
+
+
+@pytest.fixture
+def blas():
+    pytest.importorskip("scipy", reason="the BLAS step needs the optional `fast` extra (SciPy)")
+    from hpexp.kernels import blas
+
+    return blas
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("orders", ["CCC", "CFC", "CCF", "FFF", "FCC"])
+@pytest.mark.parametrize("factor", [1.0, 0.999])
+def test_descend_with_blas_equals_numpy(blas, monkeypatch, dtype, orders, factor):
+    """w <- factor w - a^T b in place, whatever the arrays' memory order: BLAS's sums to rounding."""
+    from hpexp.nn import optimizers
+
+    rng = np.random.default_rng(1)
+    w0, a, b = (
+        np.asarray(rng.normal(size=shape), dtype, order=order)
+        for shape, order in zip([(7, 30), (10, 7), (10, 30)], orders, strict=True)
+    )
+    steps = []
+    for kernel in (None, blas):
+        monkeypatch.setattr(optimizers, "BLAS", kernel)
+        w = w0.copy(order="K")
+        optimizers.descend(w, a, b, factor)
+        steps.append(w)
+    want, got = steps
+    np.testing.assert_array_equal(want, w0 * factor - a.T @ b)  # NumPy: the product, then the step
+    # BLAS adds the m terms of each sum in its own order: equal to 1e-6 of their sizes in float32
+    scale = factor * np.abs(w0) + np.abs(a.T) @ np.abs(b)
+    assert np.all(np.abs(got - want) <= (1e-6 if dtype == "float32" else 1e-14) * scale)

@@ -1,7 +1,8 @@
-"""Compiled kernels (numba, the optional `fast` extra) for the engine's hot data-movement loops.
+"""Compiled kernels (numba and SciPy's BLAS, the optional `fast` extra) for the engine's hot loops.
 
 The engine (hpexp.nn) imports NumPy only and stays the reference: it looks these kernels up at run
-time (hpexp.nn.conv) and uses them when numba is installed, unless HPEXP_KERNELS=numpy. Each kernel
-does the same arithmetic in the same order as its NumPy counterpart, so results are identical, and
-tests compare the two. This package imports NumPy and numba only, never the rest of hpexp.
+time (hpexp.nn.compiled) and uses them when installed, unless HPEXP_KERNELS=numpy. Tests compare
+each with its NumPy counterpart: bit for bit where the arithmetic is done in the same order (conv),
+to rounding where the sums run in another (blas). This package imports NumPy, numba and SciPy only,
+never the rest of hpexp.
 """

@@ -14,15 +14,14 @@ kernels are looked up here at run time, so the engine itself imports NumPy only.
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from hpexp.nn import compiled
 from hpexp.nn.activations import Activation
 from hpexp.nn.init import Fan, Initializer
 
@@ -41,12 +40,7 @@ __all__ = [
 
 def compiled_kernels() -> object | None:
     """hpexp.kernels.conv if numba is installed and HPEXP_KERNELS is not `numpy`, else None."""
-    if os.environ.get("HPEXP_KERNELS", "").lower() == "numpy":
-        return None
-    try:
-        return importlib.import_module("hpexp.kernels.conv")
-    except ImportError:  # the optional `fast` extra is not installed
-        return None
+    return compiled.kernels("conv")
 
 
 KERNELS: object | None = compiled_kernels()  # the engine's choice; tests and benchmarks may set it
@@ -330,7 +324,13 @@ class ConvStack:
         self.out_shape = x.shape
         return x.reshape(len(x), -1)
 
-    def backward(self, delta: np.ndarray, propagate: bool = True) -> np.ndarray | None:
+    products: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def backward(
+        self, delta: np.ndarray, propagate: bool = True, factored: bool = False
+    ) -> np.ndarray | None:
+        """`factored` changes nothing here: the filters' gradients are formed (SGD.step's `products`
+        measured slower for them: small matrices, and products over thousands of patches)."""
         d: Any = delta.reshape(self.out_shape)  # None below the first layer when not propagated
         for i in range(len(self.layers) - 1, -1, -1):
             d = self.layers[i].backward(d, propagate=propagate or i > 0)

@@ -64,11 +64,17 @@ class Dense:
         self.a = self.z if self._linear else self.activation.value(self.z)
         return self.a
 
-    def backward(self, delta: np.ndarray, propagate: bool = True) -> np.ndarray | None:
-        """delta = dC/da; dC/dz = delta * f'(z); dC/dW = dC/dz^T x; dC/db = sum over the batch."""
+    def backward(
+        self, delta: np.ndarray, propagate: bool = True, factored: bool = False
+    ) -> np.ndarray | None:
+        """delta = dC/da; dC/dz = delta * f'(z); dC/dW = dC/dz^T x; dC/db = sum over the batch.
+
+        `factored`: dC/dW is left as its factors (`products`, for plain SGD's step), not formed."""
         if not self._linear:
             delta = delta * self.activation.grad(self.z, self.a)
-        if _wide(self.w, self.x):
+        if factored:
+            self.products = [(self.w, delta, self.x)]
+        elif _wide(self.w, self.x):
             k, n_out, n_in = self.w.shape
             rows = np.ascontiguousarray(delta.mT).reshape(k * n_out, -1)  # a view when delta is
             np.matmul(rows, self.x, out=self.gw.reshape(k * n_out, n_in, copy=False))  # feature-major already

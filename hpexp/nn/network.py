@@ -225,23 +225,42 @@ class Network:
         return x
 
     def backprop(
-        self, x: np.ndarray, y: np.ndarray, masks: Masks | None = None, scale: float | np.ndarray = 1.0
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        masks: Masks | None = None,
+        scale: float | np.ndarray = 1.0,
+        factored: bool = False,
     ) -> None:
         """Fill every layer's gradients of the mean cost over the mini-batch (x, y), times `scale`.
 
         Training passes the learning rate as `scale` (one per member of a population, shape (K, 1, 1)):
         multiplying the output error, a few numbers, spares the optimizer a pass over every gradient.
         With dropout `masks` (one multiplier per layer input, or None), layer i sees x_i * mask_i,
-        so the error passed down to the layer below is multiplied by the same mask."""
+        so the error passed down to the layer below is multiplied by the same mask.
+        `factored` (one network, not a population): the dense layers' weight gradients are left as
+        products (`products`) for plain SGD to step by, not formed."""
         masks = masks if masks is not None else [None] * len(self.layers)
         for layer, mask in zip(self.layers, masks, strict=True):
             x = layer.forward(x if mask is None else x * mask)
         delta: Any = self.cost.delta(x, y)  # becomes None below the first layer
         delta *= scale / y.shape[-1]
         for i in range(len(self.layers) - 1, -1, -1):
-            delta = self.layers[i].backward(delta, propagate=i > 0)
+            delta = self.layers[i].backward(delta, i > 0, factored)
             if delta is not None and masks[i] is not None:
                 delta *= masks[i]
+
+    @property
+    def products(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """After a factored backprop: (w, a, b) per dense layer, its weights' gradient being a^T b."""
+        return [p for layer in self.layers for p in layer.products]
+
+    def formed(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The parameters whose gradients a factored backprop still forms (all but the dense
+        layers' weights), and those gradients."""
+        dense = [layer.w for layer in self.layers if isinstance(layer, Dense)]
+        formed = [i for i, p in enumerate(self.params) if not any(p is w for w in dense)]
+        return [self.params[i] for i in formed], [self.grads[i] for i in formed]
 
     def input_shapes(self, m: int) -> list[tuple[int, ...]]:
         """The shape of every layer's input for a mini-batch of m examples (dropout mask shapes):

@@ -4,6 +4,11 @@ The gradients arrive already multiplied by the learning rate: the schedule owns 
 epoch and backprop folds it into the output error (`Network.backprop(..., scale=eta)`), a few numbers
 instead of a pass over every gradient. So `grads` holds eta * g below, and for a population of
 networks eta is one value per member.
+
+A weight matrix's gradient is a product, a^T b (a dense layer's: delta^T x). Plain SGD, linear in
+the gradient, may take it unformed (`products`, from `Network.backprop(..., factored=True)`):
+`descend` steps w by the product itself, with SciPy's BLAS (the `fast` extra) one gemm accumulating
+into w, so no gradient array is written and read back. NumPy forms the product, then steps.
 """
 
 from __future__ import annotations
@@ -13,7 +18,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["SGD"]
+from hpexp.nn import compiled
+
+__all__ = ["SGD", "descend"]
+
+BLAS = compiled.kernels("blas")  # the engine's choice; tests and benchmarks may set it
+
+
+def descend(w: np.ndarray, a: np.ndarray, b: np.ndarray, factor: float | np.ndarray = 1.0) -> None:
+    """w <- factor w - a^T b in place: plain SGD's step by an (eta-scaled) gradient a^T b."""
+    if BLAS is not None and np.ndim(factor) == 0 and BLAS.descend(w, a, b, float(factor)):
+        return
+    if factor != 1.0:
+        w *= factor
+    w -= a.mT @ b
 
 
 @dataclass
@@ -52,20 +70,25 @@ class SGD:
         grads: Sequence[np.ndarray],
         decay: Sequence[np.ndarray] = (),
         factor: float | np.ndarray = 1.0,
+        products: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] = (),
     ) -> None:
         """One update from `grads` = eta * g (see the module docstring); the gradients are used up.
 
         `decay` arrays (weights: views into `params`) are first multiplied by `factor`, network2's
         weight decay (Regularizer.weight_decay), which only a plain step may take in place of the
-        L2 gradient. A population's per-member momentum (K, 1, 1) needs params as per-layer arrays."""
+        L2 gradient. `products` (w, a, b) are weights not in `params` whose eta * g is a^T b,
+        decayed by `factor` too (plain step only). A population's per-member momentum (K, 1, 1)
+        needs params as per-layer arrays."""
         if self._plain:
+            for w, a, b in products:
+                descend(w, a, b, factor)
             for w in decay:
                 w *= factor
             for p, g in zip(params, grads, strict=True):
                 p -= g
             return
-        if decay:
-            raise ValueError("weight decay replaces the L2 gradient for plain SGD only; add it to g")
+        if decay or products:
+            raise ValueError("weight decay and unformed gradients are for plain SGD only")
         if not self._velocity:
             self._velocity = [np.zeros_like(p) for p in params]
         mu = self.momentum

@@ -71,23 +71,33 @@ def _stepper(
     rows: slice | int | None = None,
 ) -> Step:
     """One mini-batch step of `network` (the members `rows` of the population's dropout masks)."""
+    factor = regularizer.weight_decay(eta, n) if optimizer.plain else None
+    add_penalty = regularizer.add_grad(eta, n, l2=factor is None)
+    # Plain SGD on one network steps each dense weight matrix by its gradient's product, never
+    # formed (SGD.step's `products`): no gradient array written, no second pass over the weights.
+    factored = optimizer.plain and not network.lead and add_penalty is None
     # Plain SGD (no state) steps all parameters at once through the flat buffer; momentum's state
     # is kept per layer array, where a population's per-member momentum (K, 1, 1) broadcasts.
     flat = network.flat_params is not None and (optimizer.plain or not network.lead)
-    params, grads = ([network.flat_params], [network.flat_grads]) if flat else (network.params, network.grads)
-    if not (regularizer.penalized or regularizer.dropout or regularizer.max_norm is not None):
+    if factored:
+        params, grads = network.formed()
+    elif flat:
+        params, grads = [network.flat_params], [network.flat_grads]  # type: ignore[list-item]
+    else:
+        params, grads = network.params, network.grads
+    if not (factored or regularizer.penalized or regularizer.dropout or regularizer.max_norm is not None):
 
         def plain_step(xb: np.ndarray, yb: np.ndarray, masks: Masks | None) -> None:
             if rows is not None and yb.ndim == 2:
                 xb, yb = xb[rows], yb[rows]
             network.backprop(xb, yb, scale=eta)
-            optimizer.step(params, grads)  # type: ignore[arg-type]
+            optimizer.step(params, grads)
 
         return plain_step
     weights, weight_grads = network.weights, network.weight_grads
-    factor = regularizer.weight_decay(eta, n) if optimizer.plain else None
-    decayed = weights if factor is not None else []
-    add_penalty = regularizer.add_grad(eta, n, l2=factor is None)
+    # weight decay for the weights among `params` (the products' weights decay in their step)
+    decayed = [w for w in weights if any(np.may_share_memory(w, p) for p in params)]
+    decayed = decayed if factor is not None else []
     max_norm = regularizer.max_norm is not None
 
     def step(xb: np.ndarray, yb: np.ndarray, masks: Masks | None) -> None:
@@ -96,11 +106,12 @@ def _stepper(
                 masks = [m if m is None else m[rows] for m in masks]  # type: ignore[index]
             if yb.ndim == 2:
                 xb, yb = xb[rows], yb[rows]
-        network.backprop(xb, yb, masks, scale=eta)
+        network.backprop(xb, yb, masks, scale=eta, factored=factored)
         if add_penalty:
             for w, g in zip(weights, weight_grads, strict=True):
                 add_penalty(w, g)
-        optimizer.step(params, grads, decayed, 1.0 if factor is None else factor)  # type: ignore[arg-type]
+        products = network.products if factored else ()
+        optimizer.step(params, grads, decayed, 1.0 if factor is None else factor, products)
         if max_norm:
             for w in weights:
                 regularizer.constrain(w)
