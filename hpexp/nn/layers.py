@@ -7,15 +7,22 @@ Activations are batch-major, x of shape (m, n_in); weights are stored as the boo
 adds a leading axis: weights (K, n_out, n_in), and x either (K, m, n_in), each member its own
 mini-batch, or (m, n_in) shared by all, when the K weight matrices act as one (K * n_out, n_in)
 matrix: one wide product instead of K narrow ones.
+
+A dense layer's x W^T in training may run compiled (hpexp.kernels.dense, the `fast` extra) instead
+of BLAS: faster for a few rows of x and large W, slower otherwise, by how much depends on the CPU,
+so the trainer sets `Dense.compiled` where it measured a win (hpexp.train.batching).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from hpexp.nn import compiled
 from hpexp.nn.activations import Activation, Identity
 
 __all__ = ["Dense", "weighted_input"]
+
+KERNELS = compiled.kernels("dense")  # the engine's choice; tests and benchmarks may set it
 
 
 def _wide(w: np.ndarray, x: np.ndarray) -> bool:
@@ -33,7 +40,11 @@ def weighted_input(w: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 class Dense:
-    """A fully-connected layer a = f(x W^T + b) with W of shape (n_out, n_in) and b of shape (1, n_out)."""
+    """A fully-connected layer a = f(x W^T + b) with W of shape (n_out, n_in) and b of shape (1, n_out).
+
+    `compiled`: forward computes x W^T with the compiled kernel, if installed (one network only)."""
+
+    compiled = False
 
     def __init__(self, w: np.ndarray, b: np.ndarray, activation: Activation) -> None:
         self.w, self.b, self.activation = w, b, activation
@@ -59,7 +70,10 @@ class Dense:
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self.x = x
-        self.z = weighted_input(self.w, x)
+        if self.compiled and KERNELS is not None:
+            self.z = KERNELS.weighted_input(self.w, x)
+        else:
+            self.z = weighted_input(self.w, x)
         self.z += self.b
         self.a = self.z if self._linear else self.activation.value(self.z)
         return self.a

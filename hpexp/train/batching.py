@@ -16,6 +16,9 @@ machine: CPU model, BLAS library, version, kernel and threads (threadpoolctl) an
     chunk(sizes, batch_size, dtype, k)   members per pass for a population of k (k: all at once)
     population(sizes, batch_size, dtype) the K with the most network-steps per second (studies'
                                          `population: auto`)
+    compiled_products(network, batch_size)  which dense layers compute x W^T with the compiled
+                                         kernel (hpexp.kernels.dense) rather than BLAS: the same
+                                         kind of choice, between two products, made the same way
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +36,11 @@ import numpy as np
 import platformdirs
 from threadpoolctl import threadpool_info
 
+from hpexp.nn import layers
 from hpexp.nn.activations import Sigmoid
 from hpexp.nn.costs import CrossEntropy
 from hpexp.nn.init import Default
-from hpexp.nn.layers import Dense
+from hpexp.nn.layers import Dense, weighted_input
 from hpexp.nn.network import Network
 from hpexp.nn.optimizers import SGD
 from hpexp.nn.population import stack, stack_fields
@@ -48,6 +53,7 @@ __all__ = [
     "cache_path",
     "chunk",
     "chunk_for",
+    "compiled_products",
     "machine",
     "measure",
     "population",
@@ -151,23 +157,31 @@ def _save(key: str, case: str, result: dict[str, float]) -> None:
         pass  # a read-only cache costs a measurement per process, nothing else
 
 
-def _complete(found: Any) -> bool:
-    """Whether a cached entry is a whole table: seconds (> 0) for every population size."""
+def _complete(found: Any, keys: Sequence[str]) -> bool:
+    """Whether a cached entry is a whole table: seconds (> 0) for every key."""
     return isinstance(found, dict) and all(
-        isinstance(found.get(str(k)), int | float) and found[str(k)] > 0 for k in SIZES
+        isinstance(found.get(k), int | float) and found[k] > 0 for k in keys
     )
 
 
-def table(sizes: Sequence[int], batch_size: int, dtype: str, fresh: bool = False) -> dict[str, float]:
-    """The measured table for this machine and case: from this process, the cache file, or (none
-    yet, or `fresh`) measured now and cached."""
-    key, case = machine(), _case(sizes, batch_size, dtype)
+def _cached(
+    case: str, keys: Sequence[str], measure_now: Callable[[], dict[str, float]], fresh: bool
+) -> dict[str, float]:
+    """The table of `case` for this machine: from this process, the cache file, or (none yet, or
+    `fresh`) measured now and cached."""
+    key = machine()
     cached = None if fresh else _tables.get(f"{key} || {case}") or _load().get(key, {}).get(case)
-    found: dict[str, float] = cached if _complete(cached) else measure(sizes, batch_size, dtype)  # type: ignore[assignment]
+    found: dict[str, float] = cached if _complete(cached, keys) else measure_now()  # type: ignore[assignment]
     if found is not cached:  # none yet, fresh, or written by another version: measured again
         _save(key, case, found)
     _tables[f"{key} || {case}"] = found
     return found
+
+
+def table(sizes: Sequence[int], batch_size: int, dtype: str, fresh: bool = False) -> dict[str, float]:
+    """The measured table of population sizes for this machine and case (see `_cached`)."""
+    keys = [str(k) for k in SIZES]
+    return _cached(_case(sizes, batch_size, dtype), keys, lambda: measure(sizes, batch_size, dtype), fresh)
 
 
 def _fastest(measured: dict[str, float], largest: int) -> int:
@@ -197,3 +211,36 @@ def population(sizes: Sequence[int], batch_size: int, dtype: str, largest: int =
     """The population size (of SIZES, at most `largest`) with the most network-steps per second:
     what a study's `population: auto` trains at once."""
     return _fastest(table(sizes, batch_size, dtype), largest)
+
+
+def measure_product(shape: tuple[int, int], batch_size: int, dtype: str) -> dict[str, float]:
+    """Seconds per x W^T of a dense layer of weights `shape` on a mini-batch: BLAS (`numpy`) and the
+    compiled kernel (`compiled`), taking turns ROUNDS times, each keeping its fastest."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(shape).astype(dtype)
+    x = rng.random((batch_size, shape[1])).astype(dtype)
+    runs = {"numpy": lambda: weighted_input(w, x), "compiled": lambda: layers.KERNELS.weighted_input(w, x)}  # type: ignore[union-attr]
+    best = dict.fromkeys(runs, np.inf)
+    for _ in range(ROUNDS):
+        for name, run in runs.items():
+            run()
+            start = time.perf_counter()
+            for _ in range(STEPS):
+                run()
+            best[name] = min(best[name], (time.perf_counter() - start) / STEPS)
+    return best
+
+
+def compiled_products(network: Network, batch_size: int, fresh: bool = False) -> None:
+    """Set `compiled` on each dense layer of one network (not a population) whose x W^T the
+    compiled kernel computes faster than BLAS, by MARGIN, at this mini-batch size on this machine."""
+    if layers.KERNELS is None or network.lead:
+        return
+    for layer in network.layers:
+        if isinstance(layer, Dense):
+            shape, dtype = layer.w.shape, layer.w.dtype.name
+            case = f"dense {shape[0]}x{shape[1]} mb{batch_size} {dtype}"
+            times = _cached(
+                case, ("numpy", "compiled"), partial(measure_product, shape, batch_size, dtype), fresh
+            )
+            layer.compiled = times["compiled"] < times["numpy"] * (1 - MARGIN)

@@ -1,0 +1,54 @@
+"""A dense layer's x W^T compiled (hpexp.kernels.dense, the optional `fast` extra) against NumPy's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hpexp.nn import layers
+from hpexp.nn.activations import Sigmoid
+from hpexp.nn.layers import Dense, weighted_input
+
+
+@pytest.fixture
+def kernels():
+    pytest.importorskip("numba", reason="the compiled kernels need the optional `fast` extra (numba)")
+    from hpexp.kernels import dense
+
+    return dense
+
+
+def close(got, want, w, x, dtype):
+    """Equal to 1e-6 (float32; 1e-14 in float64) of the sum of the terms' sizes: the kernel adds
+    each sum's terms in another order than BLAS."""
+    scale = np.abs(x) @ np.abs(w).T
+    return np.all(np.abs(got - want) <= (1e-6 if dtype == "float32" else 1e-14) * scale)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    ("n_out", "n_in", "m"), [(100, 2880, 10), (7, 13, 3), (1, 5, 1), (10, 1000, 11), (4, 3, 5)]
+)
+def test_compiled_weighted_input_equals_numpy(kernels, dtype, n_out, n_in, m):
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(n_out, n_in)).astype(dtype)
+    x = rng.uniform(0, 1, (m, n_in)).astype(dtype)
+    got = kernels.weighted_input(w, x)
+    assert got.shape == (m, n_out) and got.dtype == w.dtype
+    assert close(got, weighted_input(w, x), w, x, dtype)
+
+
+def test_a_compiled_dense_layer_gives_the_same_gradients(kernels, monkeypatch):
+    """`compiled` changes how forward computes x W^T, nothing else."""
+    monkeypatch.setattr(layers, "KERNELS", kernels)
+    rng = np.random.default_rng(1)
+    w, b = rng.normal(size=(30, 50)).astype("float32"), rng.normal(size=(1, 30)).astype("float32")
+    x, delta = rng.uniform(0, 1, (10, 50)).astype("float32"), rng.normal(size=(10, 30)).astype("float32")
+    results = []
+    for compiled in (False, True):
+        layer = Dense(w.copy(), b.copy(), Sigmoid())
+        layer.compiled = compiled
+        a = layer.forward(x)
+        results.append((a, layer.backward(delta), layer.gw.copy(), layer.gb.copy()))
+    for want, got in zip(*results, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
