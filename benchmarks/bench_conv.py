@@ -18,6 +18,7 @@ turns `--rounds` times; each keeps its best. Times are the process's CPU seconds
 thread, so other processes on a busy machine count only through the caches they share. PyTorch CPU
 (one thread, the same layers, optional: `pip install torch`) is timed in this process where
 installed. The profile splits one mini-batch step of conv1 into its parts, to show what limits it.
+The BLAS line names each BLAS library loaded (NumPy's, and SciPy's for the `fast` extra's steps).
 """
 
 from __future__ import annotations
@@ -176,10 +177,16 @@ def torch_seconds(network: str, x: np.ndarray, y: np.ndarray, repeats: int) -> f
     return best_of(repeats, epoch) * N_EPOCH / len(y)
 
 
-def profile(net, x: np.ndarray, y: np.ndarray, steps: int = 2000) -> dict[str, float]:
-    """Microseconds per mini-batch of each part of one SGD step of hpexp's conv1 network."""
+def profile(net, optimizer, regularizer, x: np.ndarray, y: np.ndarray, steps: int = 2000) -> dict[str, float]:
+    """Microseconds per mini-batch of each part of one SGD step of hpexp's conv1 network, as
+    training runs it (the dense products compiled where hpexp.train.batching measured them faster)."""
     from hpexp.nn.conv import patches
+    from hpexp.nn.optimizers import descend
+    from hpexp.train import batching
+    from hpexp.train.step import mini_batch_steps
 
+    batching.compiled_products(net, BATCH)
+    (step,) = mini_batch_steps(net, optimizer, regularizer, 1e-6, N_EPOCH)
     stack, fc, out = net.layers
     cp = stack.layers[0]
     xb, yb = x[:BATCH], y[:BATCH]
@@ -190,6 +197,10 @@ def profile(net, x: np.ndarray, y: np.ndarray, steps: int = 2000) -> dict[str, f
     d_pooled = np.ones_like(pooled)
     flat = stack.forward(xb)
     d_flat = np.ones_like(flat)
+    a = fc.forward(flat)
+    d_fc = np.full_like(a, 1e-6)
+    w = fc.w.copy()
+    compiled = "compiled" if fc.compiled else "BLAS"
     parts: dict[str, Callable[[], object]] = {
         "im2col (patches, a copy)": lambda: patches(img, 5, 5),
         "conv matmul (20 x 25) @ (25 x 10*24*24)": lambda: cp.conv.matrix() @ cols,
@@ -198,11 +209,11 @@ def profile(net, x: np.ndarray, y: np.ndarray, steps: int = 2000) -> dict[str, f
         "conv weight grad (20 x 5760) @ (5760 x 25)": lambda: cp.conv.backward(np.ones_like(conv_out), False),
         "conv-pool layer forward": lambda: stack.forward(xb),
         "conv-pool layer backward": lambda: stack.backward(d_flat, False),
-        "FC(100) + softmax forward + backward": lambda: (fc.forward(flat), out.forward(fc.a)),
-        "whole step (backprop + SGD update)": lambda: (
-            net.backprop(xb, yb),
-            np.subtract(net.flat_params, 0.0, out=net.flat_params),
-        ),
+        f"FC(100) forward, x W^T by {compiled}": lambda: fc.forward(flat),
+        "FC(100) backward (its gradient as a product)": lambda: fc.backward(d_fc, True, factored=True),
+        "FC(100) SGD step inside the product (gemm)": lambda: descend(w, d_fc, flat),
+        "output layer + softmax forward + backward": lambda: (out.forward(a), out.backward(d_fc[:, :10])),
+        "whole step (backprop + SGD step)": lambda: step(xb, yb, None),
     }
 
     def repeat(f: Callable[[], object]) -> None:
@@ -249,9 +260,11 @@ def main() -> None:
                 flush=True,
             )
         if not args.no_profile:
-            _, net = trainer(OVERRIDES, x, y)
+            cfg = compose(OVERRIDES)
+            parts = validate(cfg)
+            net = build_network(cfg, parts, np.random.default_rng(0), "float32")
             print("profile of one mini-batch step of conv1 (microseconds, best of 3 x 2000):")
-            for name, us in profile(net, x, y).items():
+            for name, us in profile(net, parts.optimizer, parts.regularizer, x, y).items():
                 print(f"  {name:<44} {us:8.1f}")
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
