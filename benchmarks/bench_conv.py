@@ -185,7 +185,7 @@ def profile(net, optimizer, regularizer, x: np.ndarray, y: np.ndarray, steps: in
     from hpexp.train import batching
     from hpexp.train.step import mini_batch_steps
 
-    batching.compiled_products(net, BATCH)
+    batching.dense_choices(net, BATCH)
     (step,) = mini_batch_steps(net, optimizer, regularizer, 1e-6, N_EPOCH)
     stack, fc, out = net.layers
     cp = stack.layers[0]
@@ -201,6 +201,12 @@ def profile(net, optimizer, regularizer, x: np.ndarray, y: np.ndarray, steps: in
     d_fc = np.full_like(a, 1e-6)
     w = fc.w.copy()
     compiled = "compiled" if fc.compiled else "BLAS"
+    stepped = "inside the product (gemm)" if fc.by_product else "by the formed gradient"
+
+    def formed() -> None:
+        np.matmul(d_fc.T, flat, out=fc.gw)
+        np.subtract(w, fc.gw, out=w)
+
     parts: dict[str, Callable[[], object]] = {
         "im2col (patches, a copy)": lambda: patches(img, 5, 5),
         "conv matmul (20 x 25) @ (25 x 10*24*24)": lambda: cp.conv.matrix() @ cols,
@@ -210,8 +216,8 @@ def profile(net, optimizer, regularizer, x: np.ndarray, y: np.ndarray, steps: in
         "conv-pool layer forward": lambda: stack.forward(xb),
         "conv-pool layer backward": lambda: stack.backward(d_flat, False),
         f"FC(100) forward, x W^T by {compiled}": lambda: fc.forward(flat),
-        "FC(100) backward (its gradient as a product)": lambda: fc.backward(d_fc, True, factored=True),
-        "FC(100) SGD step inside the product (gemm)": lambda: descend(w, d_fc, flat),
+        "FC(100) backward": lambda: fc.backward(d_fc, True, factored=fc.by_product),
+        f"FC(100) SGD step {stepped}": lambda: descend(w, d_fc, flat) if fc.by_product else formed(),
         "output layer + softmax forward + backward": lambda: (out.forward(a), out.backward(d_fc[:, :10])),
         "whole step (backprop + SGD step)": lambda: step(xb, yb, None),
     }

@@ -424,27 +424,35 @@ def test_one_members_values_are_scalars_of_the_populations_dtype():
     assert take_fields(optimizer, slice(1, 2)).eta.shape == (1, 1, 1)
 
 
-def test_dense_layers_compute_x_w_compiled_where_measured_faster(monkeypatch, tmp_path):
-    """The choice between BLAS and the compiled x W^T (hpexp.kernels.dense) per layer shape and
-    mini-batch size, measured once per machine as the population sizes are."""
-    from hpexp.nn import layers
+def test_dense_layers_take_the_ways_measured_faster(monkeypatch, tmp_path):
+    """Per layer shape and mini-batch size, measured once per machine as the population sizes
+    are: x W^T compiled or by BLAS, the weights' step inside the gradient's product or after it."""
+    from hpexp.nn import layers, optimizers
     from hpexp.train import batching
 
     monkeypatch.setenv(batching.CACHE_ENV_VAR, str(tmp_path / "batching.json"))
     monkeypatch.setattr(batching, "_tables", {})
+    monkeypatch.setattr(batching, "_dense", {})
     monkeypatch.setattr(layers, "KERNELS", object())  # installed (never called: the timings are given)
-    times = {(7, 12): {"numpy": 2.0, "compiled": 1.0}, (5, 7): {"numpy": 1.0, "compiled": 0.99}}
-    monkeypatch.setattr(batching, "measure_product", lambda shape, m, dtype: times[shape])
+    monkeypatch.setattr(optimizers, "BLAS", object())
+    times = {
+        (7, 12): {"numpy": 2.0, "compiled": 1.0, "formed": 1.0, "product": 0.95},
+        (5, 7): {"numpy": 1.0, "compiled": 0.95, "formed": 2.0, "product": 1.0},
+    }
+    monkeypatch.setattr(batching, "measure_dense", lambda shape, m, dtype: times[shape])
     network = new_network(0)
-    batching.compiled_products(network, 10)
-    assert [layer.compiled for layer in network.layers] == [True, False]  # 1% is inside the margin
+    batching.dense_choices(network, 10)
+    assert [layer.compiled for layer in network.layers] == [True, False]  # 5% is inside the margin
+    assert [layer.by_product for layer in network.layers] == [False, True]
     dtype = network.params[0].dtype.name
     on_disk = json.loads((tmp_path / "batching.json").read_text())[batching.machine()]
     assert on_disk[f"dense 7x12 mb10 {dtype}"] == times[(7, 12)]
 
     population = stack([new_network(s) for s in range(2)])
-    batching.compiled_products(population, 10)  # populations keep BLAS's wide products
+    batching.dense_choices(population, 10)  # populations keep BLAS's wide products
     monkeypatch.setattr(layers, "KERNELS", None)
-    alone = new_network(1)
-    batching.compiled_products(alone, 10)  # without the `fast` extra: BLAS
-    assert not any(layer.compiled for net in (population, alone) for layer in net.layers)
+    monkeypatch.setattr(optimizers, "BLAS", None)
+    batching.dense_choices(network, 10)  # without the `fast` extra: BLAS, and the formed gradient
+    assert not any(
+        layer.compiled or layer.by_product for net in (population, network) for layer in net.layers
+    )

@@ -324,13 +324,11 @@ class ConvStack:
         self.out_shape = x.shape
         return x.reshape(len(x), -1)
 
-    products: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-
     def backward(
         self, delta: np.ndarray, propagate: bool = True, factored: bool = False
     ) -> np.ndarray | None:
-        """`factored` changes nothing here: the filters' gradients are formed (SGD.step's `products`
-        measured slower for them: small matrices, and products over thousands of patches)."""
+        """`factored` is there for Dense's signature: the filters' gradients are always formed (as
+        products for SGD.step they measured slower: small matrices, sums over thousands of patches)."""
         d: Any = delta.reshape(self.out_shape)  # None below the first layer when not propagated
         for i in range(len(self.layers) - 1, -1, -1):
             d = self.layers[i].backward(d, propagate=propagate or i > 0)

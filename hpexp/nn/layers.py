@@ -9,8 +9,9 @@ mini-batch, or (m, n_in) shared by all, when the K weight matrices act as one (K
 matrix: one wide product instead of K narrow ones.
 
 A dense layer's x W^T in training may run compiled (hpexp.kernels.dense, the `fast` extra) instead
-of BLAS: faster for a few rows of x and large W, slower otherwise, by how much depends on the CPU,
-so the trainer sets `Dense.compiled` where it measured a win (hpexp.train.batching).
+of BLAS, and plain SGD may step its weights inside the gradient's product (hpexp.nn.optimizers):
+faster for a few rows of x and large W, slower otherwise, by how much depends on the CPU, so the
+trainer sets `Dense.compiled` and `Dense.by_product` where it measured a win (hpexp.train.batching).
 """
 
 from __future__ import annotations
@@ -42,9 +43,11 @@ def weighted_input(w: np.ndarray, x: np.ndarray) -> np.ndarray:
 class Dense:
     """A fully-connected layer a = f(x W^T + b) with W of shape (n_out, n_in) and b of shape (1, n_out).
 
-    `compiled`: forward computes x W^T with the compiled kernel, if installed (one network only)."""
+    `compiled`: forward computes x W^T with the compiled kernel, if installed (one network only).
+    `by_product`: plain SGD's training step asks backward to leave dC/dW as its product."""
 
     compiled = False
+    by_product = False
 
     def __init__(self, w: np.ndarray, b: np.ndarray, activation: Activation) -> None:
         self.w, self.b, self.activation = w, b, activation

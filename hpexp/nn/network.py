@@ -20,7 +20,7 @@ inputs of the fully-connected layers only, and never a conv layer's, as in netwo
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -230,7 +230,7 @@ class Network:
         y: np.ndarray,
         masks: Masks | None = None,
         scale: float | np.ndarray = 1.0,
-        factored: bool = False,
+        factored: Collection[int] = (),
     ) -> None:
         """Fill every layer's gradients of the mean cost over the mini-batch (x, y), times `scale`.
 
@@ -238,29 +238,28 @@ class Network:
         multiplying the output error, a few numbers, spares the optimizer a pass over every gradient.
         With dropout `masks` (one multiplier per layer input, or None), layer i sees x_i * mask_i,
         so the error passed down to the layer below is multiplied by the same mask.
-        `factored` (one network, not a population): the dense layers' weight gradients are left as
-        products (`products`) for plain SGD to step by, not formed."""
+        `factored` (one network, not a population): the dense layers (by index) whose weight
+        gradients are left as products (`products`) for plain SGD to step by, not formed."""
         masks = masks if masks is not None else [None] * len(self.layers)
         for layer, mask in zip(self.layers, masks, strict=True):
             x = layer.forward(x if mask is None else x * mask)
         delta: Any = self.cost.delta(x, y)  # becomes None below the first layer
         delta *= scale / y.shape[-1]
         for i in range(len(self.layers) - 1, -1, -1):
-            delta = self.layers[i].backward(delta, i > 0, factored)
+            delta = self.layers[i].backward(delta, i > 0, i in factored)
             if delta is not None and masks[i] is not None:
                 delta *= masks[i]
 
-    @property
-    def products(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """After a factored backprop: (w, a, b) per dense layer, its weights' gradient being a^T b."""
-        return [p for layer in self.layers for p in layer.products]
+    def products(self, factored: Collection[int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """After a backprop `factored` so: (w, a, b) per such layer, its weights' gradient a^T b."""
+        return [p for i in factored for p in self.layers[i].products]  # type: ignore[union-attr]
 
-    def formed(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """The parameters whose gradients a factored backprop still forms (all but the dense
+    def formed(self, factored: Collection[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The parameters whose gradients a backprop `factored` so still forms (all but those
         layers' weights), and those gradients."""
-        dense = [layer.w for layer in self.layers if isinstance(layer, Dense)]
-        formed = [i for i, p in enumerate(self.params) if not any(p is w for w in dense)]
-        return [self.params[i] for i in formed], [self.grads[i] for i in formed]
+        left = [_weights(self.layers[i])[0] for i in factored]
+        kept = [i for i, p in enumerate(self.params) if not any(p is w for w in left)]
+        return [self.params[i] for i in kept], [self.grads[i] for i in kept]
 
     def input_shapes(self, m: int) -> list[tuple[int, ...]]:
         """The shape of every layer's input for a mini-batch of m examples (dropout mask shapes):

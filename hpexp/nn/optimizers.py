@@ -6,7 +6,7 @@ instead of a pass over every gradient. So `grads` holds eta * g below, and for a
 networks eta is one value per member.
 
 A weight matrix's gradient is a product, a^T b (a dense layer's: delta^T x). Plain SGD, linear in
-the gradient, may take it unformed (`products`, from `Network.backprop(..., factored=True)`):
+the gradient, may take it unformed (`products`, from `Network.backprop(..., factored=layers)`):
 `descend` steps w by the product itself, with SciPy's BLAS (the `fast` extra) one gemm accumulating
 into w, so no gradient array is written and read back. NumPy forms the product, then steps.
 """

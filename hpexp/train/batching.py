@@ -16,9 +16,10 @@ machine: CPU model, BLAS library, version, kernel and threads (threadpoolctl) an
     chunk(sizes, batch_size, dtype, k)   members per pass for a population of k (k: all at once)
     population(sizes, batch_size, dtype) the K with the most network-steps per second (studies'
                                          `population: auto`)
-    compiled_products(network, batch_size)  which dense layers compute x W^T with the compiled
-                                         kernel (hpexp.kernels.dense) rather than BLAS: the same
-                                         kind of choice, between two products, made the same way
+    dense_choices(network, batch_size)   per dense layer, whether x W^T runs compiled
+                                         (hpexp.kernels.dense) rather than by BLAS, and whether
+                                         plain SGD steps its weights inside the gradient's product
+                                         (hpexp.nn.optimizers.descend): measured the same way
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import numpy as np
 import platformdirs
 from threadpoolctl import threadpool_info
 
-from hpexp.nn import layers
+from hpexp.nn import layers, optimizers
 from hpexp.nn.activations import Sigmoid
 from hpexp.nn.costs import CrossEntropy
 from hpexp.nn.init import Default
@@ -53,7 +54,7 @@ __all__ = [
     "cache_path",
     "chunk",
     "chunk_for",
-    "compiled_products",
+    "dense_choices",
     "machine",
     "measure",
     "population",
@@ -64,7 +65,9 @@ CACHE_ENV_VAR = "HPEXP_BATCHING_CACHE"
 SIZES = (1, 2, 4, 8, 16)  # population sizes measured; chunks are the sizes up to K
 STEPS, ROUNDS = 4, 7  # mini-batch steps per timing, timings per case
 MARGIN = 0.03  # a larger population must be this much faster per network to be chosen
+DENSE_MARGIN = 0.1  # a compiled product or the step by product must win by this much
 _tables: dict[str, dict[str, float]] = {}  # this process's tables, by machine + case
+_dense: dict[str, tuple[bool, bool]] = {}  # this process's dense_choices, by case and kernels
 
 
 def cache_path() -> Path:
@@ -213,13 +216,25 @@ def population(sizes: Sequence[int], batch_size: int, dtype: str, largest: int =
     return _fastest(table(sizes, batch_size, dtype), largest)
 
 
-def measure_product(shape: tuple[int, int], batch_size: int, dtype: str) -> dict[str, float]:
-    """Seconds per x W^T of a dense layer of weights `shape` on a mini-batch: BLAS (`numpy`) and the
-    compiled kernel (`compiled`), taking turns ROUNDS times, each keeping its fastest."""
+def measure_dense(shape: tuple[int, ...], batch_size: int, dtype: str) -> dict[str, float]:
+    """Seconds per product of a dense layer of weights `shape` on a mini-batch, each way there is:
+    x W^T by BLAS (`numpy`) and compiled (`compiled`); the weights' step by the formed gradient
+    (`formed`: the product, then the step) and inside the product (`product`). Taking turns ROUNDS
+    times, each keeping its fastest."""
     rng = np.random.default_rng(0)
     w = rng.standard_normal(shape).astype(dtype)
     x = rng.random((batch_size, shape[1])).astype(dtype)
-    runs = {"numpy": lambda: weighted_input(w, x), "compiled": lambda: layers.KERNELS.weighted_input(w, x)}  # type: ignore[union-attr]
+    delta, g = 1e-9 * rng.standard_normal((batch_size, shape[0])).astype(dtype), np.empty_like(w)
+
+    def formed() -> None:
+        np.matmul(delta.T, x, out=g)
+        w.__isub__(g)
+
+    runs: dict[str, Callable[[], object]] = {"numpy": lambda: weighted_input(w, x), "formed": formed}
+    if layers.KERNELS is not None:
+        runs["compiled"] = lambda: layers.KERNELS.weighted_input(w, x)  # type: ignore[union-attr]
+    if optimizers.BLAS is not None:
+        runs["product"] = lambda: optimizers.descend(w, delta, x)
     best = dict.fromkeys(runs, np.inf)
     for _ in range(ROUNDS):
         for name, run in runs.items():
@@ -231,16 +246,24 @@ def measure_product(shape: tuple[int, int], batch_size: int, dtype: str) -> dict
     return best
 
 
-def compiled_products(network: Network, batch_size: int, fresh: bool = False) -> None:
-    """Set `compiled` on each dense layer of one network (not a population) whose x W^T the
-    compiled kernel computes faster than BLAS, by MARGIN, at this mini-batch size on this machine."""
-    if layers.KERNELS is None or network.lead:
+def dense_choices(network: Network, batch_size: int, fresh: bool = False) -> None:
+    """Set `compiled` and `by_product` on each dense layer of one network (not a population): True
+    where that way measured faster, by DENSE_MARGIN, at this mini-batch size on this machine."""
+    dense = [layer for layer in network.layers if isinstance(layer, Dense)]
+    for layer in dense:
+        layer.compiled = layer.by_product = False
+    if network.lead or (layers.KERNELS is None and optimizers.BLAS is None):
         return
-    for layer in network.layers:
-        if isinstance(layer, Dense):
-            shape, dtype = layer.w.shape, layer.w.dtype.name
-            case = f"dense {shape[0]}x{shape[1]} mb{batch_size} {dtype}"
-            times = _cached(
-                case, ("numpy", "compiled"), partial(measure_product, shape, batch_size, dtype), fresh
+    keys = ["numpy", "formed", *["compiled"] * (layers.KERNELS is not None)]
+    keys += ["product"] * (optimizers.BLAS is not None)
+    for layer in dense:
+        shape, dtype = layer.w.shape, layer.w.dtype.name
+        case = f"dense {shape[0]}x{shape[1]} mb{batch_size} {dtype}"
+        if fresh or f"{case} {keys}" not in _dense:  # asked every epoch; machine() takes milliseconds
+            times = _cached(case, keys, partial(measure_dense, shape, batch_size, dtype), fresh)
+            faster = 1 - DENSE_MARGIN
+            _dense[f"{case} {keys}"] = (
+                "compiled" in keys and times["compiled"] < times["numpy"] * faster,
+                "product" in keys and times["product"] < times["formed"] * faster,
             )
-            layer.compiled = times["compiled"] < times["numpy"] * (1 - MARGIN)
+        layer.compiled, layer.by_product = _dense[f"{case} {keys}"]

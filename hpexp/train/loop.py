@@ -153,7 +153,7 @@ def train_epoch(
                 for whole, trained in zip(network.params, part.params, strict=True):
                     whole[rows] = trained
         return
-    batching.compiled_products(network, batch_size)  # x W^T compiled where it measured faster
+    batching.dense_choices(network, batch_size)  # compiled products where they measured faster
     steps = mini_batch_steps(network, optimizer, regularizer, eta, n, chunk)
     shapes = network.input_shapes(batch_size)
     for xb, yb in _batches(x, y, order, batch_size):

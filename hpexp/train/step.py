@@ -73,14 +73,17 @@ def _stepper(
     """One mini-batch step of `network` (the members `rows` of the population's dropout masks)."""
     factor = regularizer.weight_decay(eta, n) if optimizer.plain else None
     add_penalty = regularizer.add_grad(eta, n, l2=factor is None)
-    # Plain SGD on one network steps each dense weight matrix by its gradient's product, never
-    # formed (SGD.step's `products`): no gradient array written, no second pass over the weights.
-    factored = optimizer.plain and not network.lead and add_penalty is None
+    # Plain SGD on one network steps the weights of the dense layers marked `by_product` (where
+    # hpexp.train.batching measured it faster) by their gradients' products, never formed.
+    by_product = optimizer.plain and not network.lead and add_penalty is None
+    factored = [
+        i for i, layer in enumerate(network.layers) if by_product and getattr(layer, "by_product", False)
+    ]
     # Plain SGD (no state) steps all parameters at once through the flat buffer; momentum's state
     # is kept per layer array, where a population's per-member momentum (K, 1, 1) broadcasts.
     flat = network.flat_params is not None and (optimizer.plain or not network.lead)
     if factored:
-        params, grads = network.formed()
+        params, grads = network.formed(factored)
     elif flat:
         params, grads = [network.flat_params], [network.flat_grads]  # type: ignore[list-item]
     else:
@@ -110,7 +113,7 @@ def _stepper(
         if add_penalty:
             for w, g in zip(weights, weight_grads, strict=True):
                 add_penalty(w, g)
-        products = network.products if factored else ()
+        products = network.products(factored) if factored else ()
         optimizer.step(params, grads, decayed, 1.0 if factor is None else factor, products)
         if max_norm:
             for w in weights:
