@@ -440,7 +440,12 @@ def test_dense_layers_take_the_ways_measured_faster(monkeypatch, tmp_path):
         (5, 7): {"numpy": 1.0, "compiled": 0.95, "formed": 2.0, "product": 1.0},
     }
     monkeypatch.setattr(batching, "measure_dense", lambda shape, m, dtype: times[shape])
+    exact = new_network(0)  # float64: NumPy's order, whatever was measured
+    batching.dense_choices(exact, 10)
+    assert not any(layer.compiled or layer.by_product for layer in exact.layers)
     network = new_network(0)
+    for layer in network.layers:
+        layer.w, layer.b = layer.w.astype("float32"), layer.b.astype("float32")
     batching.dense_choices(network, 10)
     assert [layer.compiled for layer in network.layers] == [True, False]  # 5% is inside the margin
     assert [layer.by_product for layer in network.layers] == [False, True]
@@ -449,7 +454,7 @@ def test_dense_layers_take_the_ways_measured_faster(monkeypatch, tmp_path):
     assert on_disk[f"dense 7x12 mb10 {dtype}"] == times[(7, 12)]
 
     population = stack([new_network(s) for s in range(2)])
-    batching.dense_choices(population, 10)  # populations keep BLAS's wide products
+    batching.dense_choices(population, 10)  # populations keep BLAS's wide products (float64 here too)
     monkeypatch.setattr(layers, "KERNELS", None)
     monkeypatch.setattr(optimizers, "BLAS", None)
     batching.dense_choices(network, 10)  # without the `fast` extra: BLAS, and the formed gradient

@@ -247,9 +247,11 @@ def measure_dense(shape: tuple[int, ...], batch_size: int, dtype: str) -> dict[s
 
 
 def dense_choices(network: Network, batch_size: int, fresh: bool = False) -> None:
-    """Set `compiled` and `by_product` on each dense layer of one network (not a population): True
-    where that way measured faster, by DENSE_MARGIN, at this mini-batch size on this machine."""
-    dense = [layer for layer in network.layers if isinstance(layer, Dense)]
+    """Set `compiled` and `by_product` on each float32 dense layer of one network (not a population):
+    True where that way measured faster, by DENSE_MARGIN, at this mini-batch size on this machine.
+    Both change results by rounding, so float64, the exact path (gradient checks, the book's
+    comparisons, runs resumed bit for bit), keeps NumPy's order whatever a measurement says."""
+    dense = [layer for layer in network.layers if isinstance(layer, Dense) and layer.w.dtype == np.float32]
     for layer in dense:
         layer.compiled = layer.by_product = False
     if network.lead or (layers.KERNELS is None and optimizers.BLAS is None):
