@@ -343,6 +343,20 @@ def test_batching_measures_every_population_and_chunk_once_per_machine(monkeypat
         }
 
 
+def test_the_machine_has_one_name_whatever_order_its_blas_libraries_are_listed_in(monkeypatch):
+    """threadpoolctl lists them in no fixed order (on Linux a set of paths, ordered by each process's
+    string hashing): a key in that order made processes miss the tables others had measured."""
+    from hpexp.train import batching
+
+    library = {"user_api": "blas", "internal_api": "openblas", "architecture": "SkylakeX", "num_threads": 1}
+    blas = [library | {"version": v} for v in ("0.3.30", "0.3.31")]
+    names = set()
+    for listed in (blas, blas[::-1]):
+        monkeypatch.setattr(batching, "threadpool_info", lambda listed=listed: listed)
+        names.add(batching.machine())
+    assert len(names) == 1 and "openblas 0.3.30 SkylakeX x1, openblas 0.3.31 SkylakeX x1" in names.pop()
+
+
 def test_batching_takes_the_fastest_population_size_up_to_k(monkeypatch):
     from hpexp.train import batching
 

@@ -86,12 +86,17 @@ def _cpu_model() -> str:
 
 
 def machine() -> str:
-    """What the timings depend on: CPU model, BLAS (library, version, kernel, threads), NumPy."""
-    blas = [
+    """What the timings depend on: CPU model, BLAS (library, version, kernel, threads), NumPy.
+
+    The BLAS libraries are sorted: threadpoolctl lists them in no fixed order (on Linux from a set of
+    the paths in /proc/self/maps, whose order follows each process's string hashing): with two
+    loaded (NumPy's and SciPy's OpenBLAS) a process could miss the key another had written,
+    measure again and choose otherwise."""
+    blas = sorted(
         f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} x{i.get('num_threads')}"
         for i in threadpool_info()
         if i.get("user_api") == "blas"
-    ]
+    )
     return f"{_cpu_model()} | {', '.join(blas) or 'no BLAS found'} | numpy {np.__version__}"
 
 
