@@ -361,7 +361,7 @@ def test_batching_takes_the_fastest_population_size_up_to_k(monkeypatch):
     from hpexp.train import batching
 
     def measured(times):  # microseconds per network-step for K = 1, 2, 4, 8, 16
-        monkeypatch.setattr(batching, "table", lambda *a: {str(k): t * 1e-6 for k, t in times.items()})
+        monkeypatch.setattr(batching, "table", lambda *a, **kw: {str(k): t * 1e-6 for k, t in times.items()})
 
     measured({1: 40, 2: 30, 4: 24, 8: 23.5, 16: 60})  # 8 gains less than the margin over 4; 16 spills
     chunks = {k: batching.chunk(SIZES, 10, "float32", k) for k in (1, 2, 3, 4, 8, 12, 16, 40)}
@@ -379,7 +379,7 @@ def test_fit_population_runs_in_the_chunks_batching_chooses(monkeypatch):
     from hpexp.train import batching, loop
 
     asked, used = [], []
-    monkeypatch.setattr(batching, "chunk", lambda sizes, m, dtype, k: asked.append((sizes, m, dtype, k)) or 2)
+    monkeypatch.setattr(batching, "chunk", lambda *a: asked.append(a[:4]) or 2)
     original = loop.split
     monkeypatch.setattr(loop, "split", lambda *a: used.append(a[-1]) or original(*a))
     train, val = problem()

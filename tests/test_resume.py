@@ -175,3 +175,67 @@ def test_kill_9_at_five_random_moments_then_resume_gives_the_uninterrupted_run(m
     assert proc.returncode == 0, err
     assert kills == 5
     assert_same_run(tmp_path / "whole", cut)
+
+
+# --- the machine's choices (hpexp.train.batching) ---------------------------------------------
+
+PLAIN = ["data.n_train=300", "data.n_validation=100", "train.epochs=4", "train.save_weights=true"]
+FAST = {"numpy": 1.0, "formed": 1.0, "compiled": 0.5, "product": 0.5}  # the compiled ways win
+SLOW = {"numpy": 0.5, "formed": 0.5, "compiled": 1.0, "product": 1.0}  # NumPy's win
+ONE = {str(k): 1.0 for k in (1, 2, 4, 8, 16)}  # per network: one at a time is as fast as any
+WIDE = {str(k): 1.0 / k for k in (1, 2, 4, 8, 16)}  # the widest is fastest
+
+
+def new_machine(monkeypatch, cache, tables, dense=None):
+    """A new process on a machine that measures `tables` (population sizes) and `dense` (a dense
+    layer's ways), with its own cache file and nothing remembered from before."""
+    from hpexp.train import batching
+
+    monkeypatch.setattr(batching, "_tables", {})
+    monkeypatch.setattr(batching, "_dense", {})
+    monkeypatch.setattr(batching, "measure", lambda *a: tables)
+    monkeypatch.setattr(batching, "measure_dense", lambda *a: dense)
+    monkeypatch.setenv(batching.CACHE_ENV_VAR, str(cache))
+
+
+def same_weights(a, b):
+    wa, wb = np.load(a / "weights.npz"), np.load(b / "weights.npz")
+    return all(np.array_equal(wa[k], wb[k]) for k in wa.files)
+
+
+def test_a_resumed_run_computes_as_before_whatever_the_machine_measures_by_then(
+    mnist_dir, tmp_path, monkeypatch
+):
+    """A dense layer's compiled product and step by product change a float32 run by rounding, and
+    whether they are taken comes from a measurement, which may come out otherwise in the process
+    that resumes: the run keeps what it chose by, so the resumed run is the uninterrupted one."""
+    from hpexp.nn import layers, optimizers
+
+    if layers.KERNELS is None or optimizers.BLAS is None:
+        pytest.skip("the compiled ways need the optional `fast` extra (numba, SciPy)")
+    cfg = compose([*PLAIN, "regularizer=l2", "regularizer.lmbda=1", "dtype=float32"])
+    new_machine(monkeypatch, tmp_path / "before.json", ONE, FAST)
+    whole = run(cfg, tmp_path / "whole", progress=False)
+    with pytest.raises(Stopped):
+        run(cfg, tmp_path / "cut", progress=False, on_epoch=stop_at(2))
+    new_machine(monkeypatch, tmp_path / "after.json", WIDE, SLOW)
+    resume(tmp_path / "cut", progress=False)
+    assert_same_run(whole, tmp_path / "cut")
+    assert not same_weights(run(cfg, tmp_path / "other", progress=False), whole)  # the test tests
+
+
+def test_a_resumed_population_takes_its_members_in_the_chunks_it_did(mnist_dir, tmp_path, monkeypatch):
+    """A chunk of one member steps as one network: another rounding (float64 too) than the whole
+    population's wide products. Which chunk comes from a measurement, kept by the run as above."""
+    cfgs = [compose([*PLAIN, "dtype=float64", f"seed={s}", f"optimizer.eta={s}"]) for s in (1, 3)]
+    new_machine(monkeypatch, tmp_path / "before.json", ONE)
+    whole = run_population(cfgs, [tmp_path / "whole" / str(i) for i in range(2)], progress=False)
+    cut = [tmp_path / "cut" / str(i) for i in range(2)]
+    with pytest.raises(Stopped):
+        run_population(cfgs, cut, progress=False, on_epochs=[stop_at(2), None])
+    new_machine(monkeypatch, tmp_path / "after.json", WIDE)
+    resume(cut[0], progress=False)
+    for a, b in zip(whole, cut, strict=True):
+        assert_same_run(a, b)
+    other = run_population(cfgs, [tmp_path / "other" / str(i) for i in range(2)], progress=False)
+    assert not same_weights(other[0], whole[0])  # the test tests

@@ -13,7 +13,13 @@ is kept in a JSON file in the user's cache
 (`$HPEXP_BATCHING_CACHE`, else platformdirs' user cache dir /hpexp/batching.json), keyed by the
 machine: CPU model, BLAS library, version, kernel and threads (threadpoolctl) and NumPy's version.
 
-    chunk(sizes, batch_size, dtype, k)   members per pass for a population of k (k: all at once)
+Some of these choices change results by rounding (a chunk of one member, which steps as one
+network; in float32 a compiled product or a step by product), and a measurement may come out
+otherwise another time. So a run keeps the tables it chose by (`measured`, case -> seconds, saved in
+its checkpoint: hpexp.train.checkpoint) and asks them first: resumed, it chooses as before,
+whatever the machine measures by then.
+
+    chunk(sizes, batch_size, dtype, k)   members per pass for a population of k
     population(sizes, batch_size, dtype) the K with the most network-steps per second (studies'
                                          `population: auto`)
     dense_choices(network, batch_size)   per dense layer, whether x W^T runs compiled
@@ -67,7 +73,7 @@ STEPS, ROUNDS = 4, 7  # mini-batch steps per timing, timings per case
 MARGIN = 0.03  # a larger population must be this much faster per network to be chosen
 DENSE_MARGIN = 0.1  # a compiled product or the step by product must win by this much
 _tables: dict[str, dict[str, float]] = {}  # this process's tables, by machine + case
-_dense: dict[str, tuple[bool, bool]] = {}  # this process's dense_choices, by case and kernels
+_dense: dict[str, dict[str, float]] = {}  # this process's dense tables, for callers without a record
 
 
 def cache_path() -> Path:
@@ -173,23 +179,40 @@ def _complete(found: Any, keys: Sequence[str]) -> bool:
 
 
 def _cached(
-    case: str, keys: Sequence[str], measure_now: Callable[[], dict[str, float]], fresh: bool
+    case: str,
+    keys: Sequence[str],
+    measure_now: Callable[[], dict[str, float]],
+    fresh: bool,
+    measured: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, float]:
-    """The table of `case` for this machine: from this process, the cache file, or (none yet, or
-    `fresh`) measured now and cached."""
+    """The table of `case`: from the run's own record `measured` (what it chose by so far), else for
+    this machine from this process, the cache file, or (none yet, or `fresh`) measured now and
+    cached; then kept in `measured`."""
+    own = None if fresh or measured is None else measured.get(case)
+    if _complete(own, keys):
+        return own  # type: ignore[return-value]
     key = machine()
     cached = None if fresh else _tables.get(f"{key} || {case}") or _load().get(key, {}).get(case)
     found: dict[str, float] = cached if _complete(cached, keys) else measure_now()  # type: ignore[assignment]
     if found is not cached:  # none yet, fresh, or written by another version: measured again
         _save(key, case, found)
     _tables[f"{key} || {case}"] = found
+    if measured is not None:
+        measured[case] = found
     return found
 
 
-def table(sizes: Sequence[int], batch_size: int, dtype: str, fresh: bool = False) -> dict[str, float]:
+def table(
+    sizes: Sequence[int],
+    batch_size: int,
+    dtype: str,
+    fresh: bool = False,
+    measured: dict[str, dict[str, float]] | None = None,
+) -> dict[str, float]:
     """The measured table of population sizes for this machine and case (see `_cached`)."""
     keys = [str(k) for k in SIZES]
-    return _cached(_case(sizes, batch_size, dtype), keys, lambda: measure(sizes, batch_size, dtype), fresh)
+    case = _case(sizes, batch_size, dtype)
+    return _cached(case, keys, lambda: measure(sizes, batch_size, dtype), fresh, measured)
 
 
 def _fastest(measured: dict[str, float], largest: int) -> int:
@@ -202,17 +225,26 @@ def _fastest(measured: dict[str, float], largest: int) -> int:
     return best_k
 
 
-def chunk(sizes: Sequence[int], batch_size: int, dtype: str, k: int) -> int:
+def chunk(
+    sizes: Sequence[int],
+    batch_size: int,
+    dtype: str,
+    k: int,
+    measured: dict[str, dict[str, float]] | None = None,
+) -> int:
     """Members per pass for a population of k: the fastest population size up to k."""
-    return k if k <= 1 else _fastest(table(sizes, batch_size, dtype), k)
+    return k if k <= 1 else _fastest(table(sizes, batch_size, dtype, measured=measured), k)
 
 
-def chunk_for(network: Network, batch_size: int) -> int | None:
-    """`chunk` for this network (None, all at once, for one network or one that is not dense)."""
+def chunk_for(
+    network: Network, batch_size: int, measured: dict[str, dict[str, float]] | None = None
+) -> int | None:
+    """`chunk` for this network (None, all at once, for one network or one that is not dense), by
+    the run's record `measured` first (see `_cached`)."""
     if not network.lead or not all(isinstance(layer, Dense) for layer in network.layers):
         return None
     sizes = [network.layers[0].w.shape[-1], *(layer.w.shape[-2] for layer in network.layers)]  # type: ignore[union-attr]
-    return chunk(sizes, batch_size, network.params[0].dtype.name, network.lead[0])
+    return chunk(sizes, batch_size, network.params[0].dtype.name, network.lead[0], measured)
 
 
 def population(sizes: Sequence[int], batch_size: int, dtype: str, largest: int = SIZES[-1]) -> int:
@@ -251,11 +283,17 @@ def measure_dense(shape: tuple[int, ...], batch_size: int, dtype: str) -> dict[s
     return best
 
 
-def dense_choices(network: Network, batch_size: int, fresh: bool = False) -> None:
+def dense_choices(
+    network: Network,
+    batch_size: int,
+    measured: dict[str, dict[str, float]] | None = None,
+    fresh: bool = False,
+) -> None:
     """Set `compiled` and `by_product` on each float32 dense layer of one network (not a population):
-    True where that way measured faster, by DENSE_MARGIN, at this mini-batch size on this machine.
-    Both change results by rounding, so float64, the exact path (gradient checks, the book's
-    comparisons, runs resumed bit for bit), keeps NumPy's order whatever a measurement says."""
+    True where that way measured faster, by DENSE_MARGIN, at this mini-batch size on this machine,
+    by the run's record `measured` first (see `_cached`). Both change results by rounding, so
+    float64, the exact path (gradient checks, the book's comparisons), keeps NumPy's order whatever
+    a measurement says."""
     dense = [layer for layer in network.layers if isinstance(layer, Dense) and layer.w.dtype == np.float32]
     for layer in dense:
         layer.compiled = layer.by_product = False
@@ -263,14 +301,13 @@ def dense_choices(network: Network, batch_size: int, fresh: bool = False) -> Non
         return
     keys = ["numpy", "formed", *["compiled"] * (layers.KERNELS is not None)]
     keys += ["product"] * (optimizers.BLAS is not None)
+    # Asked every epoch, so the tables are kept (machine() takes milliseconds): in the run's record,
+    # else in this process's for callers without one (benchmarks).
+    record = _dense if measured is None else measured
+    faster = 1 - DENSE_MARGIN
     for layer in dense:
         shape, dtype = layer.w.shape, layer.w.dtype.name
         case = f"dense {shape[0]}x{shape[1]} mb{batch_size} {dtype}"
-        if fresh or f"{case} {keys}" not in _dense:  # asked every epoch; machine() takes milliseconds
-            times = _cached(case, keys, partial(measure_dense, shape, batch_size, dtype), fresh)
-            faster = 1 - DENSE_MARGIN
-            _dense[f"{case} {keys}"] = (
-                "compiled" in keys and times["compiled"] < times["numpy"] * faster,
-                "product" in keys and times["product"] < times["formed"] * faster,
-            )
-        layer.compiled, layer.by_product = _dense[f"{case} {keys}"]
+        times = _cached(case, keys, partial(measure_dense, shape, batch_size, dtype), fresh, record)
+        layer.compiled = "compiled" in keys and times["compiled"] < times["numpy"] * faster
+        layer.by_product = "product" in keys and times["product"] < times["formed"] * faster

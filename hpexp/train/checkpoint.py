@@ -4,8 +4,10 @@ it had never stopped.
 A `State` holds the parameters of the members still training, the optimizer's momentum, every
 random stream's position (`bit_generator.state`), each member's history (from which schedules and
 stopping rules re-derive their state, see hpexp.train.schedules), best record and best-epoch
-weights, and the results of members that already ended. `save` writes it as one .npz (arrays plus
-a JSON header), atomically, so a run killed at any moment keeps its previous checkpoint whole.
+weights, the results of members that already ended, and the measurements the run chose its ways of
+computing by (hpexp.train.batching: a resumed run chooses as before). `save` writes it as one .npz
+(arrays plus a JSON header), atomically, so a run killed at any moment keeps its previous checkpoint
+whole.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class State:
     rngs: dict[str, Any]  # stream name -> bit_generator.state (a list of them for per-member orders)
     members: list[str] = field(default_factory=list)  # run folders, relative to the checkpoint's
     plan: dict[str, Any] = field(default_factory=dict)  # a population-based training plan's state (JSON)
+    measured: dict[str, dict[str, float]] = field(default_factory=dict)  # batching's tables, by case
 
 
 def _arrays(prefix: str, arrays: list[np.ndarray] | None) -> dict[str, np.ndarray]:
@@ -68,6 +71,7 @@ def save(path: Path, state: State) -> None:
         "rngs": state.rngs,
         "members": state.members,
         "plan": state.plan,
+        "measured": state.measured,
     }
     buffer = io.BytesIO()
     np.savez(buffer, header=np.array(json.dumps(header)), **arrays)  # type: ignore[arg-type]
@@ -100,4 +104,5 @@ def load(path: Path) -> State:
             rngs=header["rngs"],
             members=header["members"],
             plan=header.get("plan", {}),
+            measured=header.get("measured", {}),
         )

@@ -128,12 +128,15 @@ def train_epoch(
     rng: np.random.Generator | None = None,
     order: np.ndarray | None = None,
     chunk: int | None = None,
+    measured: dict[str, dict[str, float]] | None = None,
 ) -> None:
     """One pass over (x, y) in mini-batches of `batch_size`, in `order` if given (else as stored).
 
     Each mini-batch is one step of hpexp.train.step (n = training-set size, the book's convention
     for the penalty), through dropout masks drawn from `rng` if dropout is on; a population takes
-    it in chunks of `chunk` members (None: all at once), with the same result whatever the chunk.
+    it in chunks of `chunk` members (None: all at once), with the same result whatever the chunk
+    (to rounding for a chunk of one, which steps as one network). Dense layers compute as the run's
+    record `measured` says (hpexp.train.batching.dense_choices), else as this machine measured.
     """
     n = len(y) if order is None else order.shape[-1]
     if regularizer.dropout and rng is None:
@@ -148,12 +151,13 @@ def train_epoch(
             part_order = order[rows] if order is not None and order.ndim == 2 else order
             if optimizer.plain:  # no state: train a copy laid out as a population of its size alone
                 part = select(network, rows)
-            train_epoch(part, part_optimizer, part_regularizer, x, y, batch_size, part_eta, rng, part_order)
+            part_args = (part_optimizer, part_regularizer, x, y, batch_size, part_eta, rng, part_order)
+            train_epoch(part, *part_args, measured=measured)
             if optimizer.plain:
                 for whole, trained in zip(network.params, part.params, strict=True):
                     whole[rows] = trained
         return
-    batching.dense_choices(network, batch_size)  # compiled products where they measured faster
+    batching.dense_choices(network, batch_size, measured)  # compiled products where measured faster
     steps = mini_batch_steps(network, optimizer, regularizer, eta, n, chunk)
     shapes = network.input_shapes(batch_size)
     for xb, yb in _batches(x, y, order, batch_size):
@@ -330,12 +334,23 @@ def fit_population(
     active = list(range(len(members)))
     optimizer, regularizer = _stacked(members, active, population, dtype)
     streams = {"shuffle": shuffle_rng or list(rng), "dropout": dropout_rng, "augment": augment_rng}  # type: ignore[arg-type]
+    measured = dict(resume.measured) if resume else {}  # the tables the run's choices come from
 
     def state(epoch: int) -> State:
         ended = {k: _ended(r) for k, r in enumerate(results) if r is not None}
         rngs = {name: _rng_state(g) for name, g in streams.items()}
-        velocity = optimizer._velocity
-        return State(epoch, active, network.params, velocity, histories, best, best_params, ended, rngs)
+        return State(
+            epoch,
+            active,
+            network.params,
+            optimizer._velocity,
+            histories,
+            best,
+            best_params,
+            ended,
+            rngs,
+            measured=measured,
+        )
 
     first = 1
     if resume is not None:
@@ -364,9 +379,19 @@ def fit_population(
         else:
             order = np.stack([rng[k].permutation(len(y)) for k in active])  # type: ignore[index]
         x_epoch = expansion.augment(x, augment_rng)
-        members_per_pass = batching.chunk_for(network, batch_size) if chunk == "auto" else chunk
+        members_per_pass = batching.chunk_for(network, batch_size, measured) if chunk == "auto" else chunk
         train_epoch(
-            network, optimizer, regularizer, x_epoch, y, batch_size, eta, dropout_rng, order, members_per_pass
+            network,
+            optimizer,
+            regularizer,
+            x_epoch,
+            y,
+            batch_size,
+            eta,
+            dropout_rng,
+            order,
+            members_per_pass,
+            measured,
         )
         if epoch % eval_every and all(epoch != members[k].epochs for k in active):
             continue

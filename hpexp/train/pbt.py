@@ -86,11 +86,21 @@ def fit_pbt(
     best_params: list[list[np.ndarray] | None] = [None] * len(members)
     optimizer, regularizer = _stacked(members, everyone, population, dtype)
     streams = {"shuffle": shuffle_rng or list(rng), "dropout": dropout_rng, "augment": augment_rng}  # type: ignore[arg-type]
+    measured = dict(resume.measured) if resume else {}  # the tables the run's choices come from
 
     def state(epoch: int) -> State:
         rngs = {name: _rng_state(g) for name, g in streams.items()}
         return State(
-            epoch, everyone, network.params, optimizer._velocity, histories, best, best_params, {}, rngs
+            epoch,
+            everyone,
+            network.params,
+            optimizer._velocity,
+            histories,
+            best,
+            best_params,
+            {},
+            rngs,
+            measured=measured,
         )
 
     first = 1
@@ -113,8 +123,10 @@ def fit_pbt(
         else:
             order = np.stack([g.permutation(len(y)) for g in rng])  # type: ignore[union-attr]
         x_epoch = expansion.augment(x, augment_rng)
-        chunk = batching.chunk_for(network, batch_size)
-        train_epoch(network, optimizer, regularizer, x_epoch, y, batch_size, eta, dropout_rng, order, chunk)
+        chunk = batching.chunk_for(network, batch_size, measured)
+        train_epoch(
+            network, optimizer, regularizer, x_epoch, y, batch_size, eta, dropout_rng, order, chunk, measured
+        )
         masks = regularizer.eval_masks(len(network.layers))
         evaluated = {name: evaluate(network, split, masks) for name, split in monitor.items()}
         pen, norms = penalty(network, regularizer, len(y)), weight_norm(network)
