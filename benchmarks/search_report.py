@@ -43,6 +43,15 @@ def searches(part: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return out
 
 
+def against_tpe(found: list[tuple[str, pd.DataFrame]]) -> list[tuple[str, pd.DataFrame, pd.DataFrame]]:
+    """Each PBT search of a group (one per setting, e.g. warm-up 0 and 24) with TPE's rows, named
+    as its table row is ("PBT", "PBT [b]")."""
+    by = dict(found)
+    if "tpe" not in by:
+        return []
+    return [("PBT" + label[3:], r, by["tpe"]) for label, r in found if label.startswith("pbt")]
+
+
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per search: n, the finalized test mean and its interval (in %, inside [0, 100])."""
     out = []
@@ -115,9 +124,8 @@ def group_section(key: tuple[Any, ...], part: pd.DataFrame) -> list[str]:
         )
     lines += ["", "Settings:", ""]
     lines += [f"- {label}: {r['settings'].iloc[0]}" for label, r in found]
-    by = dict(found)
-    if "pbt" in by and "tpe" in by:
-        lines += ["", f"PBT - TPE, finalized test accuracy: {difference(by['pbt'], by['tpe'])}."]
+    for name, pbt, tpe in against_tpe(found):
+        lines += ["", f"{name} - TPE, finalized test accuracy: {difference(pbt, tpe)}."]
     same = [
         f"{label}: {int(r['best_is_baseline'].sum())} of {len(r)}"
         for label, r in found
@@ -162,16 +170,14 @@ def targets(rows: pd.DataFrame) -> list[str]:
         )
     wins = []
     for key, g in rows.groupby(GROUP, sort=True):
-        by = dict(searches(g))
-        if "pbt" in by and "tpe" in by:
-            diff = 100 * (by["pbt"]["test"].mean() - by["tpe"]["test"].mean())
-            n = min(len(by["pbt"]), len(by["tpe"]))
+        for name, pbt, tpe in against_tpe(searches(g)):
+            diff = 100 * (pbt["test"].mean() - tpe["test"].mean())
             wins.append(
                 (
                     diff >= 0,
-                    n,
+                    min(len(pbt), len(tpe)),
                     f"{key[0]} at {key[1]:,} ({'with' if key[2] == 'yes' else 'without'} "
-                    f"the baseline): PBT - TPE {diff:+.2f} points, n = {len(by['pbt'])} and {len(by['tpe'])}",
+                    f"the baseline): {name} - TPE {diff:+.2f} points, n = {len(pbt)} and {len(tpe)}",
                 )
             )
     verdict = "not compared yet" if not wins else ("met" if any(w for w, _, _ in wins) else "not met")

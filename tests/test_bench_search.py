@@ -170,3 +170,21 @@ def test_a_target_reached_on_fewer_than_three_repetitions_is_called_provisional(
     text = report.markdown(three)
     assert "on one study: **met** (" in text and "n = 3 and 3" in text
     assert "book_l2_mlp30: 96.8% within 10 min: **met**;" in text  # 97.2% mean, 12 s each
+
+
+def test_every_pbt_setting_of_a_group_is_compared_with_tpe():
+    """A second PBT setting (e.g. warm-up 24 beside 0) labels the two PBT rows [a] and [b]; each is
+    set against TPE, in its section and in the targets."""
+    rows = pd.DataFrame(
+        [row("tpe", s, 0.96) for s in (1, 2, 3)]
+        + [row("pbt", s, 0.95, settings="pbt warmup=0; final_seeds=3") for s in (1, 2, 3)]
+        + [row("pbt", s, 0.97, settings="pbt warmup=24; final_seeds=3") for s in (1, 2)]
+    )
+    text = report.markdown(rows)
+    assert "PBT [a] - TPE, finalized test accuracy: -1.00 points, 95% interval" in text
+    assert "PBT [b] - TPE, finalized test accuracy: +1.00 points (n = 2 and 3: too few" in text
+    assert (
+        "PBT [a] - TPE -1.00 points, n = 3 and 3; " in text
+        and "PBT [b] - TPE +1.00 points, n = 2 and 3" in text
+    )
+    assert "on one study: **met so far (only where n < 3: provisional)**" in text
