@@ -307,7 +307,8 @@ def fit_population(
     rules, schedules and hooks then see one record per evaluation. With `shuffle` false the
     mini-batches follow the stored order every epoch (the book's network3). A population takes
     each step in chunks of `chunk` members (None: all at once; "auto": the fastest on this machine,
-    hpexp.train.batching), which changes the speed, not the arithmetic.
+    hpexp.train.batching), which changes the speed and, for a chunk of one, the rounding; the run
+    keeps the measurements it chose by, so a resumed run takes the same chunks.
 
     `checkpoint(state)` is called before the first epoch and after every evaluated one (see
     hpexp.train.checkpoint); `resume=state` goes on from such a state, given the same members,

@@ -5,7 +5,9 @@ added to the weights' (for plain SGD the L2 term is network2's weight decay, whi
 applies), the optimizer's step, the max-norm constraint. Parts that are off cost nothing.
 A population may take the step in chunks of members one after the other (hpexp.nn.population.parts),
 each on the same mini-batch and its own rows of the dropout masks: the same arithmetic per member
-whatever the chunk, so only the speed differs (hpexp.train.batching picks the fastest).
+whatever the chunk but one (a single member steps as one network, which rounds otherwise than the
+wide products), so the speed differs (hpexp.train.batching picks the fastest), the results only by
+rounding.
 """
 
 from __future__ import annotations
