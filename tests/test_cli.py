@@ -218,9 +218,10 @@ def test_a_grid_with_a_bad_point_is_refused_before_any_run_and_leaves_no_folder(
 def test_the_default_multirun_launcher_is_the_checked_one(mnist_dir, tmp_path):
     result = hpexp("train", "-m", *SMALL, "seed=1,2", "hydra.sweep.dir=grid", cwd=tmp_path)
     assert sorted(p.name for p in (tmp_path / "grid").iterdir() if p.is_dir()) == ["0", "1"]
-    assert "hydra_plugins.hpexp_launchers.checked_launcher.CheckedLauncher" in (
-        tmp_path / "grid" / "0" / ".hydra" / "hydra.yaml"
-    ).read_text(), result.stderr
+    assert (
+        "hydra_plugins.hpexp_launchers.checked_launcher.CheckedLauncher"
+        in (tmp_path / "grid" / "0" / ".hydra" / "hydra.yaml").read_text()
+    ), result.stderr
 
 
 def test_a_preset_that_is_not_one_training_run_points_to_hpexp_book(tmp_path):
