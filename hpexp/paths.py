@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
-__all__ = ["config_dir", "studies_dir"]
+__all__ = ["config_dir", "source_commit", "studies_dir"]
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -24,3 +25,22 @@ def config_dir() -> Path:
 def studies_dir() -> Path:
     """The folder of study specs (`studies/`)."""
     return _find("studies")
+
+
+@functools.cache
+def source_commit() -> str:
+    """The git commit of the code running (suffixed `+changes` when its hpexp/ or conf/ differ from
+    it), or `unknown` outside a git checkout (an installed wheel). Asked once per process."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(_PACKAGE), *args], capture_output=True, text=True, check=True
+        ).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        changed = git("status", "--porcelain", "--", "hpexp", "conf").strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+changes" if changed else "")

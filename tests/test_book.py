@@ -22,6 +22,7 @@ from hpexp.book import figures as book_figures
 from hpexp.book import pages as book_report
 from hpexp.train import rundir
 from hpexp.train.runner import compose
+from hpexp.train.runner import run as hpexp_run
 
 PRESETS = sorted(p.stem for p in book.presets_dir().glob("*.yaml"))
 IDS = [e.id for e in book.registry()]
@@ -692,3 +693,36 @@ def test_a_bad_comparison_in_a_preset_is_a_clear_error(tmp_path, monkeypatch):
     (tmp_path / "bad-selection.yaml").write_text(block % "{a: '', b: '', claim: c, selection: best}")
     with pytest.raises(ValueError, match="unknown selection 'best'"):
         book.load("bad-selection")
+
+
+def test_a_page_names_the_commit_of_every_run_or_says_it_is_not_recorded(tmp_path):
+    """A group cut off by the end of a session writes no provenance; its finished runs then have no
+    recorded commit unless their summary.json carries one."""
+    runs = tmp_path / "runs"
+    exp = runs / "ch6-dropout-2fc1000"
+    for seed, commit in [(0, None), (1, "c0ffee"), (2, None)]:
+        d = exp / f"seed{seed}"
+        d.mkdir(parents=True)
+        pd.DataFrame({"epoch": [1], "seconds": [60.0]}).to_csv(d / "history.csv", index=False)
+        rundir.write_summary(
+            d, {"status": "completed"} | ({"versions": {"commit": commit}} if commit else {})
+        )
+    group = book.group_label("ch6-dropout-2fc1000", "", [2])
+    assert book.group_runs(group) == ["seed2"]
+    assert book.group_runs(book.group_label("ch6-conv2-tanh", "tanh", [0, 1])) == ["seed0/tanh", "seed1/tanh"]
+    (exp / "provenance.json").write_text(
+        json.dumps({group: {"commit": "abc123", "seconds": 1.0, "status": "completed", "finished": "2026"}})
+    )
+    line = book_report._provenance(book.load("ch6-dropout-2fc1000"), runs)[0]
+    assert line.startswith("Produced by commit abc123, c0ffee (not recorded for seed0: ")
+
+
+def test_a_run_records_the_commit_of_its_code(mnist_dir, tmp_path):
+    import subprocess
+
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    cfg = compose(["data.n_train=200", "data.n_validation=100", "train.epochs=1"])
+    out = hpexp_run(cfg, tmp_path / "run")
+    assert rundir.read_summary(out)["versions"]["commit"] in (head, head + "+changes")

@@ -40,7 +40,7 @@ from typing import Any, cast
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from hpexp.paths import config_dir
+from hpexp.paths import config_dir, source_commit
 from hpexp.stats import mean_ci, mean_interval, paired_difference
 from hpexp.train import rundir
 from hpexp.train.rundir import CHECKPOINT
@@ -632,24 +632,16 @@ def reuse_twins(runs_dir: Path, cfg: Any, out: Path) -> list[str]:
     return copied
 
 
-def source_commit() -> str:
-    """The git commit of the code running (suffixed `+changes` when the work tree differs), or
-    `unknown` outside a git checkout."""
-    import subprocess
+def group_label(experiment_id: str, run: str, seeds: Sequence[int]) -> str:
+    """A run group's name in the progress lines and provenance.json: "ID[/RUN] seed0,1,2"."""
+    return f"{experiment_id}{f'/{run}' if run else ''} seed{','.join(map(str, seeds))}"
 
-    here = Path(__file__).resolve().parent
 
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(here), *args], capture_output=True, text=True, check=True
-        ).stdout
-
-    try:
-        commit = git("rev-parse", "HEAD").strip()
-        changed = git("status", "--porcelain", "--", "hpexp", "conf").strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("+changes" if changed else "")
+def group_runs(label: str) -> list[str]:
+    """The run folders (relative to the experiment's) a group_label names: seed0/RUN, ..."""
+    head, _, seeds = label.rpartition(" seed")
+    run = head.partition("/")[2]
+    return [f"seed{k}/{run}".rstrip("/") for k in seeds.split(",") if k]
 
 
 def record_provenance(
@@ -702,7 +694,7 @@ def run_experiments(
     skipped: list[str] = []
     for items in groups.values():
         e, name = items[0][:2]
-        label = f"{e.id}{f'/{name}' if name else ''} seed{','.join(str(i[2]) for i in items)}"
+        label = group_label(e.id, name, [i[2] for i in items])
         hook = progress.start(label, sum(estimate_seconds(i[3]) for i in items))
         started = time.perf_counter()
         # A network another experiment (or an ensemble) has trained already is copied, not trained

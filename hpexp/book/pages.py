@@ -167,16 +167,23 @@ CONTRASTS_INTRO = (
 )
 
 
-def _training_minutes(experiment_dir: Path, copied: Sequence[str]) -> tuple[float, int]:
-    """Minutes spent training this experiment's runs and the epochs they hold: the sum of the
-    `seconds` column of every history.csv, copies of a twin's runs left out. A run resumed across
-    processes counts each epoch once, which a process's own clock cannot do."""
+def _trained_runs(experiment_dir: Path, copied: Sequence[str]) -> list[Path]:
+    """The run folders trained for this experiment (those with a history), copies of a twin's left out."""
     twins = {c.split(" <- ")[0] for c in copied}
+    return [
+        h.parent
+        for h in sorted(experiment_dir.rglob("history.csv"))
+        if h.parent.relative_to(experiment_dir.parent).as_posix() not in twins
+    ]
+
+
+def _training_minutes(runs: Sequence[Path]) -> tuple[float, int]:
+    """Minutes spent training `runs` and the epochs they hold: the sum of the `seconds` column of
+    their history.csv. A run resumed across processes counts each epoch once, which a process's own
+    clock cannot do."""
     seconds, epochs = 0.0, 0
-    for history in sorted(experiment_dir.rglob("history.csv")):
-        if history.parent.relative_to(experiment_dir.parent).as_posix() in twins:
-            continue
-        frame = pd.read_csv(history)
+    for run in runs:
+        frame = pd.read_csv(run / "history.csv")
         if "seconds" in frame:
             seconds += float(frame["seconds"].sum())
             epochs += len(frame)
@@ -188,10 +195,20 @@ def _provenance(experiment: book.Experiment, runs_dir: Path) -> list[str]:
     if not path.exists():
         return []
     runs = json.loads(path.read_text())
-    commits = sorted({r["commit"] for r in runs.values()})
     finished = max(r["finished"] for r in runs.values())
     copied = [c for r in runs.values() for c in r.get("copied", [])]
-    minutes, epochs = _training_minutes(path.parent, copied)
+    trained = _trained_runs(path.parent, copied)
+    own = {d: rundir.read_summary(d).get("versions", {}).get("commit") for d in trained}
+    commits = sorted({r["commit"] for r in runs.values()} | {c for c in own.values() if c})
+    minutes, epochs = _training_minutes(trained)
+    covered = {path.parent / r for label in runs for r in book.group_runs(label)}
+    unknown = [d for d, c in own.items() if c is None and d not in covered]
+    caveat = (
+        f" (not recorded for {', '.join(d.relative_to(path.parent).as_posix() for d in unknown)}: trained "
+        "by a command cut off before it wrote provenance.json, and before runs recorded their commit)"
+        if unknown
+        else ""
+    )
     twins = (
         [
             f"Copied, not trained again: {'; '.join(copied)} (the same training config, trained once "
@@ -202,7 +219,7 @@ def _provenance(experiment: book.Experiment, runs_dir: Path) -> list[str]:
         else []
     )
     return [
-        f"Produced by commit {', '.join(commits)}, finished {finished}; training time {minutes:.1f} "
+        f"Produced by commit {', '.join(commits)}{caveat}, finished {finished}; training time {minutes:.1f} "
         f"min over {epochs} epochs, the sum of the epochs' times in the runs' history.csv (evaluation "
         "included; the machine and its load are not recorded).",
         "",

@@ -30,7 +30,7 @@ from hpexp.data import datasets as data_sets
 from hpexp.data import splits as data_splits
 from hpexp.nn.network import DenseSpec, LayerSpec, Network, Shape, shapes
 from hpexp.nn.population import stack, stackable
-from hpexp.paths import config_dir
+from hpexp.paths import config_dir, source_commit
 from hpexp.progress import Progress, log, use_console
 from hpexp.train import checkpoint as checkpoints
 from hpexp.train import checks, loggers, rundir
@@ -316,6 +316,7 @@ def _summary(cfg: DictConfig, parts: Parts, result: Any, seconds: float, n_param
         "choices": OmegaConf.to_container(cfg.get("choices", {})),
         "versions": {
             "hpexp": hpexp.__version__,
+            "commit": source_commit(),  # the code that finished the run (a resumed run: its last part)
             "numpy": np.__version__,
             "python": platform.python_version(),
         },
