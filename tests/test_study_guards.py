@@ -11,6 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 from test_study import trials_of, write_spec
 
+from hpexp.paths import studies_dir
 from hpexp.study import storage
 from hpexp.study import workers as study
 from hpexp.study.coordinator import search
@@ -161,3 +162,12 @@ def test_a_study_finalized_by_an_earlier_version_is_refused_too(mnist_dir, tmp_p
     (tmp_path / "studies" / "tiny" / "final.json").write_text(json.dumps(result))
     with pytest.raises(ConfigError, match=r"best trial #0, 2 seeds: test 90\.00% \+/- 1\.00"):
         finalize(spec, Path(tmp_path), seeds=1)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in studies_dir().glob("*.yaml")))
+def test_every_shipped_study_spec_checks(name):
+    """A study shipped in studies/ loads, its search space parses against the config and its
+    baseline composes, so a typo in one is a failing test, not a user's first error."""
+    spec = load_spec(name)
+    params, base = check_spec(spec)
+    assert params and base.network
