@@ -172,22 +172,27 @@ def targets(rows: pd.DataFrame) -> list[str]:
     for key, g in rows.groupby(GROUP, sort=True):
         for name, pbt, tpe in against_tpe(searches(g)):
             diff = 100 * (pbt["test"].mean() - tpe["test"].mean())
+            d = welch_difference(100 * pbt["test"], 100 * tpe["test"], -100, 100)
+            span = f", interval [{d.lo:+.2f}, {d.hi:+.2f}]" if d.has_interval else ""
             wins.append(
                 (
                     diff >= 0,
                     min(len(pbt), len(tpe)),
                     f"{key[0]} at {key[1]:,} ({'with' if key[2] == 'yes' else 'without'} "
-                    f"the baseline): {name} - TPE {diff:+.2f} points, n = {len(pbt)} and {len(tpe)}",
+                    f"the baseline): {name} - TPE {diff:+.2f} points{span}, n = {len(pbt)} and {len(tpe)}",
+                    d.has_interval and d.lo < 0,
                 )
             )
-    verdict = "not compared yet" if not wins else ("met" if any(w for w, _, _ in wins) else "not met")
-    if any(w and n < MIN_N_INTERVAL for w, n, _ in wins) and not any(
-        w and n >= MIN_N_INTERVAL for w, n, _ in wins
+    verdict = "not compared yet" if not wins else ("met" if any(w[0] for w in wins) else "not met")
+    if any(w[0] for w in wins) and all(w[3] for w in wins if w[0]):
+        verdict += " by the means only (each such interval also holds PBT below TPE: a tie within noise)"
+    if any(w and n < MIN_N_INTERVAL for w, n, *_ in wins) and not any(
+        w and n >= MIN_N_INTERVAL for w, n, *_ in wins
     ):
         verdict += f" so far (only where n < {MIN_N_INTERVAL}: provisional)"
     lines.append(
         f"- PBT at least matches TPE's mean finalized test accuracy on one study: **{verdict}**"
-        + (f" ({'; '.join(t for _, _, t in wins)})." if wins else ".")
+        + (f" ({'; '.join(w[2] for w in wins)})." if wins else ".")
     )
     return lines
 

@@ -184,7 +184,27 @@ def test_every_pbt_setting_of_a_group_is_compared_with_tpe():
     assert "PBT [a] - TPE, finalized test accuracy: -1.00 points, 95% interval" in text
     assert "PBT [b] - TPE, finalized test accuracy: +1.00 points (n = 2 and 3: too few" in text
     assert (
-        "PBT [a] - TPE -1.00 points, n = 3 and 3; " in text
+        "PBT [a] - TPE -1.00 points, interval [-1.00, -1.00], n = 3 and 3; " in text
         and "PBT [b] - TPE +1.00 points, n = 2 and 3" in text
     )
     assert "on one study: **met so far (only where n < 3: provisional)**" in text
+
+
+def test_pbt_matching_tpe_by_the_means_only_is_called_a_tie_within_noise():
+    """+0.1 points with seeds that spread by a point: 'met' by the means, but the interval holds PBT
+    below TPE as well, and the verdict says so; a clear gain stays plain 'met'."""
+    spread = (-0.01, 0.0, 0.01)
+    tie = pd.DataFrame(
+        [row("tpe", s, 0.96 + d) for s, d in zip((1, 2, 3), spread, strict=True)]
+        + [row("pbt", s, 0.961 + d) for s, d in zip((1, 2, 3), spread, strict=True)]
+    )
+    text = report.markdown(tie)
+    assert (
+        "**met by the means only (each such interval also holds PBT below TPE: a tie within noise)**" in text
+    )
+    assert "PBT - TPE +0.10 points, interval [-2." in text
+    clear = pd.DataFrame(
+        [row("tpe", s, 0.96 + d / 10) for s, d in zip((1, 2, 3), spread, strict=True)]
+        + [row("pbt", s, 0.97 + d / 10) for s, d in zip((1, 2, 3), spread, strict=True)]
+    )
+    assert "on one study: **met** (" in report.markdown(clear)
