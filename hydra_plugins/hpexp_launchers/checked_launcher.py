@@ -3,10 +3,7 @@ after another in this process, but every job of the grid is composed and checked
 value anywhere in the grid is refused before any point trains (the basic launcher trained the points
 before it, then failed with a traceback)."""
 
-# No `from __future__ import annotations`: Hydra's plugin scan imports this module in a way that
-# leaves dataclass annotations as unresolvable strings.
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -20,13 +17,9 @@ from hydra_plugins.hpexp_launchers.population_launcher import checked_jobs
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class CheckedLauncherConf:
-    _target_: str = "hydra_plugins.hpexp_launchers.checked_launcher.CheckedLauncher"
-
-
+# `hydra/launcher=checked`
 ConfigStore.instance().store(
-    group="hydra/launcher", name="checked", node=CheckedLauncherConf, provider="hpexp"
+    group="hydra/launcher", name="checked", node={"_target_": f"{__name__}.CheckedLauncher"}, provider="hpexp"
 )
 
 

@@ -7,12 +7,9 @@ pass with hpexp.train.runner.run_population. Every job still gets its own run di
 folder, exactly as the basic launcher would make it, so reports cannot tell the difference.
 """
 
-# No `from __future__ import annotations`: Hydra's plugin scan imports this module in a way that
-# leaves dataclass annotations as unresolvable strings.
 import logging
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +23,12 @@ from omegaconf import DictConfig, open_dict
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class PopulationLauncherConf:
-    _target_: str = "hydra_plugins.hpexp_launchers.population_launcher.PopulationLauncher"
-
-
+# `hydra/launcher=population`
 ConfigStore.instance().store(
-    group="hydra/launcher", name="population", node=PopulationLauncherConf, provider="hpexp"
+    group="hydra/launcher",
+    name="population",
+    node={"_target_": f"{__name__}.PopulationLauncher"},
+    provider="hpexp",
 )
 
 
