@@ -700,15 +700,15 @@ def test_a_page_names_the_commit_of_every_run_or_says_it_is_not_recorded(tmp_pat
     recorded commit unless their summary.json carries one."""
     runs = tmp_path / "runs"
     exp = runs / "ch6-dropout-2fc1000"
-    for seed, commit in [(0, None), (1, "c0ffee"), (2, None)]:
-        d = exp / f"seed{seed}"
+    for seed, commit in [(0, None), (1, "c0ffee"), (2, None), (3, None)]:
+        d = exp / f"seed{seed}" / ("members/member0" if seed == 3 else "")  # inside a group's folder
         d.mkdir(parents=True)
         pd.DataFrame({"epoch": [1], "seconds": [60.0]}).to_csv(d / "history.csv", index=False)
         rundir.write_summary(
             d, {"status": "completed"} | ({"versions": {"commit": commit}} if commit else {})
         )
-    group = book.group_label("ch6-dropout-2fc1000", "", [2])
-    assert book.group_runs(group) == ["seed2"]
+    group = book.group_label("ch6-dropout-2fc1000", "", [2, 3])
+    assert book.group_runs(group) == ["seed2", "seed3"]
     assert book.group_runs(book.group_label("ch6-conv2-tanh", "tanh", [0, 1])) == ["seed0/tanh", "seed1/tanh"]
     (exp / "provenance.json").write_text(
         json.dumps({group: {"commit": "abc123", "seconds": 1.0, "status": "completed", "finished": "2026"}})

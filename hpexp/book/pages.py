@@ -202,7 +202,9 @@ def _provenance(experiment: book.Experiment, runs_dir: Path) -> list[str]:
     commits = sorted({r["commit"] for r in runs.values()} | {c for c in own.values() if c})
     minutes, epochs = _training_minutes(trained)
     covered = {path.parent / r for label in runs for r in book.group_runs(label)}
-    unknown = [d for d, c in own.items() if c is None and d not in covered]
+    unknown = [
+        d for d, c in own.items() if c is None and not covered & {d, *d.parents}
+    ]  # an ensemble's members too
     caveat = (
         f" (not recorded for {', '.join(d.relative_to(path.parent).as_posix() for d in unknown)}: trained "
         "by a command cut off before it wrote provenance.json, and before runs recorded their commit)"
