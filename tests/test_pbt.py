@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,12 @@ from test_study import states, trials_of, write_spec
 
 from hpexp.study import pbt
 from hpexp.study.spec import Param, load_spec, parse_space
+from hpexp.train import checkpoint as checkpoints
 from hpexp.train import rundir
 from hpexp.train.pbt import fit_pbt
 from hpexp.train.pbt_runner import run_pbt, with_values
 from hpexp.train.plans import Replay, Truncation, lineage_of
-from hpexp.train.runner import ConfigError, SealedSplitError, compose
+from hpexp.train.runner import ConfigError, SealedSplitError, _saved_state, compose, member_names
 
 # --- the loop: exploit --------------------------------------------------------------------------
 
@@ -258,12 +260,30 @@ def test_an_interrupted_population_resumes_to_the_uninterrupted_result(mnist_dir
     cut = [tmp_path / "cut" / f"{k:02d}" for k in range(4)]
     assert rundir.read_summary(cut[0])["status"] == "interrupted"
     assert (tmp_path / "cut" / "checkpoint.npz").exists()
-    resumed, _ = population(tmp_path, "cut", resume=True)
+    (tmp_path / "cut").rename(tmp_path / "moved")  # a study folder moved or copied elsewhere resumes too
+    resumed, moved = population(tmp_path, "moved", resume=True)
     assert resumed.state() | {"rng": None} == plan.state() | {"rng": None}
     assert resumed.rng.bit_generator.state == plan.rng.bit_generator.state
-    for a, b in zip(outs, cut, strict=True):
+    for a, b in zip(outs, moved, strict=True):
         assert without_seconds(rundir.read_history(a)) == without_seconds(rundir.read_history(b))
-    assert not (tmp_path / "cut" / "checkpoint.npz").exists()
+    assert not (tmp_path / "moved" / "checkpoint.npz").exists()
+
+
+def test_a_checkpoint_names_its_runs_relative_to_itself_and_refuses_others(tmp_path):
+    outs = [tmp_path / "pop" / f"{k:02d}" for k in range(2)]
+    path = tmp_path / "pop" / "checkpoint.npz"
+    path.parent.mkdir()
+    state = checkpoints.State(
+        epoch=1, active=[0, 1], params=[], velocity=[], histories=[[], []], best=[None, None],
+        best_params=[None, None], ended={}, rngs={}, members=member_names(path, outs),
+    )  # fmt: skip
+    checkpoints.save(path, state)
+    assert checkpoints.load(path).members == ["00", "01"]
+    assert _saved_state(path, outs).epoch == 1
+    checkpoints.save(path, replace(state, members=[str(o.resolve()) for o in outs]))  # as written before
+    assert _saved_state(path, outs).epoch == 1
+    with pytest.raises(ConfigError, match="is the checkpoint of runs"):
+        _saved_state(path, [outs[1], outs[0]])
 
 
 # --- the study ---------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
+from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 from test_study import states, trials_of, write_spec
 
@@ -258,3 +260,24 @@ def test_ctrl_c_while_finalizing_is_one_line_and_records_no_scoring(mnist_dir, t
         command(path, tmp_path, "--finalize", "--seeds", "1"), capture_output=True, text=True
     )
     assert again.returncode == 0, again.stderr  # not refused: the test set was never scored
+
+
+def test_a_study_with_no_completed_trial_says_why_even_when_quiet(capsys):
+    """A quiet search (the search benchmark's) printed no trial lines, yet its verdict pointed to the
+    fail reasons "above"; the verdict now carries them, commonest first, with counts."""
+    from types import SimpleNamespace
+
+    from hpexp.study.coordinator import _verdict
+
+    study = optuna.create_study()
+    for reason in ["ConfigError: moved checkpoint"] * 3 + ["interrupted"]:
+        study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": reason}))
+    pool = SimpleNamespace(full=False, gave_up=False, died=[], restarts=0, past_deadline=lambda: False)
+    with pytest.raises(SystemExit) as stop:
+        _verdict(study, pool, OmegaConf.create({"name": "tiny", "max_restarts": 0, "timeout": None}))
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert (
+        "study tiny: no trial completed; 3 trial(s): ConfigError: moved checkpoint; 1 trial(s): interrupted"
+        in err
+    )

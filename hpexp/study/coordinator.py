@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -276,7 +277,23 @@ def _verdict(study: optuna.Study, pool: AnyPool, spec: DictConfig) -> None:
     if elsewhere:
         print(f"{elsewhere} trial(s) still running on other machines or processes", file=sys.stderr)
     if not waiting and not elsewhere and not any(t.state == TrialState.COMPLETE for t in trials):
-        _fail(f"study {spec.name}: no trial completed (see each trial's fail reason above)")
+        _fail(f"study {spec.name}: no trial completed; {_fail_reasons(trials)}")
+
+
+def _fail_reasons(trials: list[optuna.trial.FrozenTrial], shown: int = 3, width: int = 300) -> str:
+    """The failed trials' reasons, the commonest first, each with its count (a quiet study printed
+    no trial lines, so the verdict itself says why)."""
+    reasons = Counter(
+        str(t.user_attrs.get("fail_reason") or t.user_attrs.get("stop_reason") or t.state.name.lower())
+        for t in trials
+    )
+    parts = [
+        f"{n} trial(s): {why if len(why) <= width else why[: width - 3] + '...'}"
+        for why, n in reasons.most_common(shown)
+    ]
+    if len(reasons) > shown:
+        parts.append(f"{len(reasons) - shown} other reason(s)")
+    return "; ".join(parts) if parts else "the study has no trials"
 
 
 def _fail(message: str) -> NoReturn:

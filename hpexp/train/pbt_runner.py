@@ -29,9 +29,11 @@ from hpexp.train.runner import (
     SHARED,
     ConfigError,
     _lock,
+    _saved_state,
     _summary,
     build_network,
     load_data,
+    member_names,
     network_specs,
     population_key,
     restore_best,
@@ -82,12 +84,10 @@ def run_pbt(
     cfg0, outs, path = cfgs[0], [Path(o) for o in out_dirs], Path(checkpoint)
     if len(cfgs) > 1 and not stackable(network_specs(cfg0)[1]):
         raise ConfigError("population-based training needs a dense network (conv nets train one by one)")
-    names = [str(o.resolve()) for o in outs]
+    names = member_names(path, outs)
     saved = None
     if resume:
-        saved = checkpoints.load(path)
-        if saved.members != names:
-            raise ConfigError(f"{path} is the checkpoint of runs {saved.members}, not of {names}")
+        saved = _saved_state(path, outs)
         plan.restore(saved.plan)
     current = [with_values(c, v) for c, v in zip(cfgs, plan.values, strict=True)]
     hooks = list(on_epochs or [None] * len(cfgs))

@@ -416,8 +416,8 @@ def run_population(
             for c, o, h in zip(cfgs, outs, hooks, strict=True)
         ]
     path = Path(checkpoint) if checkpoint else outs[0] / CHECKPOINT
-    names = [os.path.relpath(o, path.parent) for o in outs]
-    saved = _saved_state(path, names) if resume else None
+    names = member_names(path, outs)
+    saved = _saved_state(path, outs) if resume else None
     trackers = [loggers.build(cfg) for cfg in cfgs]  # a missing optional package is named before work
     splits = load_data(cfg0, allow_test=allow_test)
     if not cfg0.data.get("verify", True):
@@ -518,11 +518,18 @@ CHECKPOINT = rundir.CHECKPOINT
 ENDED = ("completed", "diverged", "stalled", "pruned")  # statuses a run ends in (not resumed)
 
 
-def _saved_state(path: Path, names: list[str]) -> checkpoints.State:
+def member_names(path: Path, outs: Sequence[Path]) -> list[str]:
+    """How a checkpoint names the runs it holds: relative to its own folder, so a study or run folder
+    moved or copied elsewhere resumes from it."""
+    return [os.path.relpath(o, path.parent) for o in outs]
+
+
+def _saved_state(path: Path, outs: Sequence[Path]) -> checkpoints.State:
     if not path.exists():
         raise ConfigError(f"{path.parent} has no {path.name} to resume from (it is removed once a run ends)")
     saved = checkpoints.load(path)
-    if saved.members != names:
+    names = member_names(path, outs)
+    if saved.members not in (names, [str(Path(o).resolve()) for o in outs]):  # or absolute, as written before
         raise ConfigError(f"{path} is the checkpoint of runs {saved.members}, not of {names}")
     return saved
 
