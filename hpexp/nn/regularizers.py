@@ -64,6 +64,7 @@ class Regularizer:
         object.__setattr__(
             self, "_drops", (bool(np.any(np.asarray(self.p_input) > 0)), bool(np.any(np.asarray(self.p) > 0)))
         )
+        object.__setattr__(self, "_penalized", bool(np.any(np.asarray(self.lmbda) != 0.0)))
 
     def __repr__(self) -> str:
         """Only what differs from no regularization, e.g. `Regularizer(lmbda=5.0, p=0.5)`."""
@@ -78,11 +79,11 @@ class Regularizer:
 
     @property
     def penalized(self) -> bool:
-        return bool(np.any(np.asarray(self.lmbda) != 0.0))
+        return self._penalized  # type: ignore[attr-defined]
 
     @property
     def dropout(self) -> bool:
-        return bool(np.any(np.asarray(self.p) > 0.0) or np.any(np.asarray(self.p_input) > 0.0))
+        return any(self._drops)  # type: ignore[attr-defined]
 
     # --- penalty ---
 

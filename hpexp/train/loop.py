@@ -159,10 +159,10 @@ def train_epoch(
         return
     batching.dense_choices(network, batch_size, measured)  # compiled products where measured faster
     steps = mini_batch_steps(network, optimizer, regularizer, eta, n, chunk)
-    shapes = network.input_shapes(batch_size)
+    shapes, dropping = network.input_shapes(batch_size), regularizer.dropout
     for xb, yb in _batches(x, y, order, batch_size):
         masks = None
-        if regularizer.dropout:
+        if dropping:
             if yb.shape[-1] != batch_size:
                 shapes = network.input_shapes(yb.shape[-1])
             masks = regularizer.masks(shapes, rng, x.dtype)  # type: ignore[arg-type]
