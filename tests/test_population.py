@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -355,6 +356,27 @@ def test_the_machine_has_one_name_whatever_order_its_blas_libraries_are_listed_i
         monkeypatch.setattr(batching, "threadpool_info", lambda listed=listed: listed)
         names.add(batching.machine())
     assert len(names) == 1 and "openblas 0.3.30 SkylakeX x1, openblas 0.3.31 SkylakeX x1" in names.pop()
+
+
+def test_an_engine_change_measures_again(monkeypatch, tmp_path):
+    """Tables are keyed by the engine's code too: timings taken by other code do not choose."""
+    from hpexp.train import batching
+
+    assert re.fullmatch(r"[0-9a-f]{12}", batching.engine()) and batching.machine().endswith(batching.engine())
+    monkeypatch.setenv(batching.CACHE_ENV_VAR, str(tmp_path / "batching.json"))
+    monkeypatch.setattr(batching, "_tables", {})
+    calls = []
+    monkeypatch.setattr(
+        batching, "measure", lambda *a: calls.append(a) or {str(k): 1.0 / k for k in batching.SIZES}
+    )
+    batching.table(SIZES, 10, "float64")
+    monkeypatch.setattr(batching, "_tables", {})  # a new process, same engine: the file answers
+    batching.table(SIZES, 10, "float64")
+    assert len(calls) == 1
+    monkeypatch.setattr(batching, "engine", lambda: "0123456789ab")  # another engine's process
+    monkeypatch.setattr(batching, "_tables", {})
+    batching.table(SIZES, 10, "float64")
+    assert len(calls) == 2
 
 
 def test_batching_takes_the_fastest_population_size_up_to_k(monkeypatch):
