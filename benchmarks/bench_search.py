@@ -45,6 +45,7 @@ import optuna
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from hpexp.paths import source_commit
 from hpexp.study import pbt
 from hpexp.study.coordinator import search
 from hpexp.study.progress import _best
@@ -73,6 +74,7 @@ COLUMNS = [
     "load_after",
     "cores",
     "finished",
+    "commits",
 ]
 
 
@@ -184,6 +186,10 @@ class Clock:
         self.data["sessions"] += 1
         if self.data["load_before"] is None:
             self.data["load_before"] = round(os.getloadavg()[0], 2)
+        commits = self.data.setdefault("commits", [])  # the code of each session (hpexp.paths)
+        full = source_commit()
+        if (commit := full[:12] + ("+changes" if full.endswith("+changes") else "")) not in commits:
+            commits.append(commit)
 
 
 def one(spec: DictConfig, runs: Path, method: str, budget: int) -> dict[str, Any]:
@@ -237,6 +243,7 @@ def one(spec: DictConfig, runs: Path, method: str, budget: int) -> dict[str, Any
         "load_after": c["load_after"],
         "cores": os.cpu_count(),
         "finished": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
+        "commits": " ".join(c.get("commits", [])),
     }
 
 
@@ -253,7 +260,8 @@ def is_baseline(result: dict[str, Any], baseline: DictConfig | None) -> bool:
 def read_rows(path: Path) -> pd.DataFrame:
     if not path.is_file():
         return pd.DataFrame(columns=COLUMNS)
-    return pd.read_csv(path, dtype={"settings": str, "baseline": str, "test_seeds": str})
+    rows = pd.read_csv(path, dtype={"settings": str, "baseline": str, "test_seeds": str, "commits": str})
+    return rows.reindex(columns=COLUMNS)  # rows from before a column was added: empty there
 
 
 def done(rows: pd.DataFrame, key: dict[str, Any]) -> bool:
@@ -266,11 +274,8 @@ def done(rows: pd.DataFrame, key: dict[str, Any]) -> bool:
 def add_row(path: Path, row: dict[str, Any]) -> pd.DataFrame:
     """The table with `row` appended, written atomically (a killed write leaves the old table)."""
     rows = read_rows(path)
-    rows = (
-        pd.concat([rows, pd.DataFrame([row])[COLUMNS]], ignore_index=True)
-        if len(rows)
-        else pd.DataFrame([row])[COLUMNS]
-    )
+    new = pd.DataFrame([row]).reindex(columns=COLUMNS)
+    rows = pd.concat([rows, new], ignore_index=True) if len(rows) else new
     rundir.write_atomic(path, rows.to_csv(index=False))
     return rows
 

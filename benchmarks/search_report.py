@@ -97,6 +97,15 @@ def difference(a: pd.DataFrame, b: pd.DataFrame) -> str:
     return f"{d.value:+.2f} points, {interval} ({d.method}; n = {len(a)} and {len(b)})"
 
 
+def code(r: pd.DataFrame) -> str:
+    """The commits the repetitions ran on (rows from before they were recorded: 'not recorded')."""
+    commits = r.reindex(columns=["commits"])["commits"]  # rows made before the column: all missing
+    known = [c for row in commits.dropna() for c in str(row).split()]
+    missing = int(commits.isna().sum())
+    parts = list(dict.fromkeys(known)) + ([f"not recorded ({missing} of {len(r)})"] if missing else [])
+    return ", ".join(parts)
+
+
 def group_section(key: tuple[Any, ...], part: pd.DataFrame) -> list[str]:
     study, budget, baseline = key
     found = searches(part)
@@ -110,8 +119,8 @@ def group_section(key: tuple[Any, ...], part: pd.DataFrame) -> list[str]:
         f"## {study}: {budget:,} trial-epochs, searches {start}",
         "",
         "| search | n | finalized test % (mean, 95% CI) | best val % (search) | val % (finalize) "
-        "| wall s mean (max) | trial-epochs used / budget | load (1 min) | sessions |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| wall s mean (max) | trial-epochs used / budget | load (1 min) | sessions | code |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for label, r in found:
         test = mean_interval(100 * r["test"], 0, 100)
@@ -120,7 +129,7 @@ def group_section(key: tuple[Any, ...], part: pd.DataFrame) -> list[str]:
             f"| {label} | {test.n} | {pct(test)} | {100 * r['best_val'].mean():.2f} "
             f"| {100 * r['final_val'].mean():.2f} | {r['wall_s'].mean():.0f} ({r['wall_s'].max():.0f}) "
             f"| {r['trial_epochs'].mean():.0f} / {budget} | {loads.min():.1f}-{loads.max():.1f} "
-            f"| {int(r['sessions'].max())} |"
+            f"| {int(r['sessions'].max())} | {code(r)} |"
         )
     lines += ["", "Settings:", ""]
     lines += [f"- {label}: {r['settings'].iloc[0]}" for label, r in found]

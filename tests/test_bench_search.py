@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from hpexp.paths import source_commit
 from hpexp.study.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,6 +95,9 @@ def test_the_report_states_n_clips_intervals_to_the_range_and_compares_unpaired(
     assert "PBT - TPE, finalized test accuracy: -2.95 points, 95% interval [" in text and "Welch" in text
     summary = report.summary(rows)
     assert (summary["test_hi"] <= 100).all() and list(summary["n"]) == [3, 3]
+    rows["commits"] = ["abc", "abc def", None, "def", "def", "def"]  # tpe 1-3, then pbt 1-3
+    tpe = next(line for line in report.markdown(rows).splitlines() if line.startswith("| tpe |"))
+    assert tpe.endswith("| abc, def, not recorded (1 of 3) |")
 
 
 TINY = [
@@ -139,6 +143,8 @@ def test_a_second_session_resumes_the_search_and_never_scores_the_test_set_twice
     s = bench.variant(spec, "random", 6, 1, 1, baseline=False)
     study = bench._load(s, tmp_path, bench.parse_space(s.search), 0, create=False)
     assert len(study.user_attrs["finalized"]) == 1  # scored once
+    assert again["commits"] == first["commits"] and len(again["commits"].split()) == 1  # one code, named
+    assert source_commit().startswith(again["commits"].removesuffix("+changes"))
 
 
 def test_the_settings_name_what_makes_a_search_and_pbt_fixes_what_it_cannot_search():
