@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import numpy as np
 import pytest
@@ -377,6 +378,18 @@ def test_an_engine_change_measures_again(monkeypatch, tmp_path):
     monkeypatch.setattr(batching, "_tables", {})
     batching.table(SIZES, 10, "float64")
     assert len(calls) == 2
+
+
+def test_measurements_time_cpu_where_blas_has_one_thread_and_the_wall_otherwise(monkeypatch):
+    """The wall clock charged a timing with other processes' turns on the core, the longer timings
+    (larger populations) more often: CPU time, where BLAS does its work on the calling thread."""
+    from hpexp.train import batching
+
+    blas = {"user_api": "blas", "internal_api": "openblas"}
+    for threads, want in (([1, 1], time.thread_time), ([1, 2], time.perf_counter), ([], time.thread_time)):
+        listed = [blas | {"num_threads": n} for n in threads]
+        monkeypatch.setattr(batching, "threadpool_info", lambda listed=listed: listed)
+        assert batching.clock() is want
 
 
 def test_batching_takes_the_fastest_population_size_up_to_k(monkeypatch):
