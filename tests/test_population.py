@@ -392,6 +392,21 @@ def test_measurements_time_cpu_where_blas_has_one_thread_and_the_wall_otherwise(
         assert batching.clock() is want
 
 
+def test_measurements_walk_fresh_mini_batches_as_an_epoch_does(monkeypatch):
+    """Timings reusing a few mini-batches kept them in cache, flattering one network at a time:
+    every timed step takes the next mini-batch of a pool larger than the caches, for every case."""
+    from hpexp.train import batching
+
+    x, y, position = data = batching._inputs([784, 30, 10], 100, "float32")
+    assert x.nbytes >= batching.POOL * 0.99 and len(x) == len(y) and len(y) % 100 == 0
+    seen = []
+    monkeypatch.setattr(batching, "mini_batch_steps", lambda *a: [lambda xb, yb, m: seen.append(xb[0, 0])])
+    runs = [batching._case_steps([784, 30, 10], 100, "float32", k, data) for k in (1, 4)]
+    for run in runs * 3:
+        run()
+    assert position == [6 * batching.STEPS] and len(set(seen)) == len(seen) == 6 * batching.STEPS
+
+
 def test_batching_takes_the_fastest_population_size_up_to_k(monkeypatch):
     from hpexp.train import batching
 
