@@ -179,13 +179,15 @@ def torch_seconds(network: str, x: np.ndarray, y: np.ndarray, repeats: int) -> f
 
 def profile(net, optimizer, regularizer, x: np.ndarray, y: np.ndarray, steps: int = 2000) -> dict[str, float]:
     """Microseconds per mini-batch of each part of one SGD step of hpexp's conv1 network, as
-    training runs it (the dense products compiled where hpexp.train.batching measured them faster)."""
+    training runs it (the dense products and filter gradients compiled where hpexp.train.batching
+    measured them faster)."""
     from hpexp.nn.conv import patches
     from hpexp.nn.optimizers import descend
     from hpexp.train import batching
     from hpexp.train.step import mini_batch_steps
 
     batching.dense_choices(net, BATCH)
+    batching.conv_choices(net, BATCH)
     (step,) = mini_batch_steps(net, optimizer, regularizer, 1e-6, N_EPOCH)
     stack, fc, out = net.layers
     cp = stack.layers[0]
@@ -201,6 +203,7 @@ def profile(net, optimizer, regularizer, x: np.ndarray, y: np.ndarray, steps: in
     d_fc = np.full_like(a, 1e-6)
     w = fc.w.copy()
     compiled = "compiled" if fc.compiled else "BLAS"
+    filters, d_conv = "compiled" if cp.conv.compiled else "BLAS", np.ones_like(conv_out)
     stepped = "inside the product (gemm)" if fc.by_product else "by the formed gradient"
 
     def formed() -> None:
@@ -212,7 +215,7 @@ def profile(net, optimizer, regularizer, x: np.ndarray, y: np.ndarray, steps: in
         "conv matmul (20 x 25) @ (25 x 10*24*24)": lambda: cp.conv.matrix() @ cols,
         "max-pool forward": lambda: cp.pool.forward(conv_out),
         "max-pool backward": lambda: cp.pool.backward(d_pooled),
-        "conv weight grad (20 x 5760) @ (5760 x 25)": lambda: cp.conv.backward(np.ones_like(conv_out), False),
+        f"conv filter grad (20x5760 @ 5760x25) {filters}": lambda: cp.conv.backward(d_conv, False),
         "conv-pool layer forward": lambda: stack.forward(xb),
         "conv-pool layer backward": lambda: stack.backward(d_flat, False),
         f"FC(100) forward, x W^T by {compiled}": lambda: fc.forward(flat),

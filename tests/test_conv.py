@@ -377,12 +377,19 @@ def test_compiled_max_pool_equals_numpy_bit_for_bit_with_signed_zeros_and_nan(ke
     assert np.isnan(want).any() and (np.signbit(want) & (want == 0)).any()  # the cases occurred
 
 
-@pytest.mark.parametrize("network", ["conv1", "conv2"])
-def test_a_conv_net_trains_to_the_same_weights_with_and_without_kernels(kernels, monkeypatch, network):
-    """The kernels change speed only: a few SGD steps (with dropout) end in identical weights."""
-    from hpexp.nn import conv
+def train_few_steps(network, filter_grads, monkeypatch, tmp_path):
+    """The float32 weights after four SGD steps (with dropout) of a small conv net, each conv
+    layer's filter gradient taken compiled or by BLAS as `filter_grads` says it measured faster."""
+    from hpexp.train import batching
     from hpexp.train.loop import train_epoch
 
+    monkeypatch.setenv(batching.CACHE_ENV_VAR, str(tmp_path / f"{filter_grads}.json"))
+    monkeypatch.setattr(batching, "_tables", {})
+    monkeypatch.setattr(batching, "_ways", {})
+    faster = {"numpy": 1.0, "compiled": 1.0} | {filter_grads: 0.5}
+    monkeypatch.setattr(batching, "measure_conv", lambda *a: faster)
+    blas = {"numpy": 1.0, "formed": 1.0, "compiled": 2.0, "product": 2.0}  # the dense ways: fixed
+    monkeypatch.setattr(batching, "measure_dense", lambda *a: blas)
     cfg = compose(
         [
             f"network={network}",
@@ -398,16 +405,123 @@ def test_a_conv_net_trains_to_the_same_weights_with_and_without_kernels(kernels,
     rng = np.random.default_rng(2)
     x = rng.uniform(0, 1, (40, 784)).astype(np.float32)
     y = rng.integers(0, 10, 40)
+    net = build_network(cfg, parts, np.random.default_rng(3), "float32")
+    train_epoch(net, parts.optimizer, parts.regularizer, x, y, 10, 0.1, np.random.default_rng(4))
+    assert not np.array_equal(
+        net.flat_params, build_network(cfg, parts, np.random.default_rng(3), "float32").flat_params
+    )
+    return net.flat_params.copy()
+
+
+@pytest.mark.parametrize("network", ["conv1", "conv2"])
+def test_a_conv_net_trains_to_the_same_weights_with_and_without_kernels(
+    kernels, monkeypatch, tmp_path, network
+):
+    """The bit-for-bit kernels change speed only: the same weights (filter gradients by BLAS)."""
+    from hpexp.nn import conv
+
     weights = []
     for engine in (None, kernels):
         monkeypatch.setattr(conv, "KERNELS", engine)
-        net = build_network(cfg, parts, np.random.default_rng(3), "float32")
-        train_epoch(net, parts.optimizer, parts.regularizer, x, y, 10, 0.1, np.random.default_rng(4))
-        weights.append(net.flat_params.copy())
+        weights.append(train_few_steps(network, "numpy", monkeypatch, tmp_path))
     assert np.array_equal(weights[0], weights[1])
-    assert not np.array_equal(
-        weights[0], build_network(cfg, parts, np.random.default_rng(3), "float32").flat_params
-    )
+
+
+@pytest.mark.parametrize("network", ["conv1", "conv2"])
+def test_a_conv_net_trains_to_rounding_the_same_with_compiled_filter_gradients(
+    kernels, monkeypatch, tmp_path, network
+):
+    """The compiled filter gradient, where measured faster, changes the weights by rounding only."""
+    from hpexp.nn import conv
+
+    monkeypatch.setattr(conv, "KERNELS", kernels)
+    blas = train_few_steps(network, "numpy", monkeypatch, tmp_path)
+    compiled = train_few_steps(network, "compiled", monkeypatch, tmp_path)
+    assert not np.array_equal(blas, compiled)  # the test tests: another order of the sums
+    np.testing.assert_allclose(compiled, blas, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    ("filters", "shape", "kernel"),
+    [
+        (20, (10, 1, 28, 28), (5, 5)),
+        (7, (3, 2, 9, 8), (3, 2)),
+        (1, (1, 1, 5, 5), (5, 5)),
+        (6, (2, 3, 6, 7), (2, 3)),
+    ],
+)
+def test_compiled_filter_gradient_equals_numpy(kernels, filters, shape, kernel, dtype):
+    """delta patches^T to 1e-6 (float32; 1e-14 in float64) of the sum of the terms' sizes: the
+    kernel adds each sum's terms in another order than BLAS. Filters not a multiple of 4 and
+    patch sizes not a multiple of 5 take the kernel's repeated last rows."""
+    from hpexp.nn import conv
+
+    rng = np.random.default_rng(6)
+    cols = conv.patches(rng.uniform(0, 1, shape).astype(dtype), *kernel)
+    delta = rng.normal(size=(filters, cols.shape[1])).astype(dtype)
+    want = (cols @ delta.T).T
+    got = np.full_like(want, np.nan)
+    kernels.filter_grad(delta, cols, got)
+    scale = np.abs(delta) @ np.abs(cols).T
+    assert np.all(np.abs(got - want) <= (1e-6 if dtype == "float32" else 1e-14) * scale)
+
+
+def test_a_compiled_conv_layer_passes_the_gradient_check(kernels, monkeypatch):
+    """`Conv2D.compiled` changes how backward sums the filters' gradient, nothing else."""
+    from hpexp.nn import conv
+
+    calls, kernel = [], kernels.filter_grad
+
+    def filter_grad(delta, cols, out):
+        calls.append(delta.shape)
+        kernel(delta, cols, out)
+
+    monkeypatch.setattr(conv, "KERNELS", kernels)
+    monkeypatch.setattr(kernels, "filter_grad", filter_grad)
+    rng = np.random.default_rng(1)
+    layer = Conv2D(rng.normal(size=(5, 2, 3, 2)))
+    layer.compiled = True
+    numeric_check(layer, rng.normal(size=(2, 2, 6, 5)), rng)
+    assert calls == [(5, 2 * 4 * 4)]  # the kernel took the filters' gradient
+
+
+def test_conv_layers_take_the_filter_gradient_measured_faster(monkeypatch, tmp_path):
+    """Per conv layer shape (and its input's) and mini-batch size, measured once per machine as
+    the dense layers' ways are, float32 only, and kept in the run's record."""
+    from hpexp.nn import conv
+    from hpexp.train import batching
+
+    monkeypatch.setenv(batching.CACHE_ENV_VAR, str(tmp_path / "batching.json"))
+    monkeypatch.setattr(batching, "_tables", {})
+    monkeypatch.setattr(batching, "_ways", {})
+    monkeypatch.setattr(conv, "KERNELS", object())  # installed (never called: the timings are given)
+    times = {(20, 1, 5, 5): {"numpy": 2.0, "compiled": 1.0}, (40, 20, 5, 5): {"numpy": 1.0, "compiled": 0.95}}
+    asked = []
+
+    def measure_conv(shape, in_shape, m, dtype):
+        asked.append((shape, in_shape, m, dtype))
+        return times[shape]
+
+    monkeypatch.setattr(batching, "measure_conv", measure_conv)
+    exact, _, _ = conv_network(["network=conv2"])  # float64: NumPy's order, whatever was measured
+    batching.conv_choices(exact, 10)
+    assert not any(layer.conv.compiled for layer in exact.layers[0].layers) and not asked
+    network, _, _ = conv_network(["network=conv2"], dtype="float32")
+    measured = {}
+    batching.conv_choices(network, 10, measured)
+    assert [layer.conv.compiled for layer in network.layers[0].layers] == [
+        True,
+        False,
+    ]  # 5%: inside the margin
+    assert asked == [
+        ((20, 1, 5, 5), (1, 28, 28), 10, "float32"),
+        ((40, 20, 5, 5), (20, 12, 12), 10, "float32"),
+    ]
+    assert measured["conv 20x1x5x5 on 1x28x28 mb10 float32"] == times[(20, 1, 5, 5)]
+    monkeypatch.setattr(conv, "KERNELS", None)
+    batching.conv_choices(network, 10, measured)  # without the `fast` extra: BLAS
+    assert not any(layer.conv.compiled for layer in network.layers[0].layers)
 
 
 def test_kernels_are_looked_up_at_run_time_and_can_be_turned_off(monkeypatch):

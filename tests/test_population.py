@@ -496,7 +496,7 @@ def test_dense_layers_take_the_ways_measured_faster(monkeypatch, tmp_path):
 
     monkeypatch.setenv(batching.CACHE_ENV_VAR, str(tmp_path / "batching.json"))
     monkeypatch.setattr(batching, "_tables", {})
-    monkeypatch.setattr(batching, "_dense", {})
+    monkeypatch.setattr(batching, "_ways", {})
     monkeypatch.setattr(layers, "KERNELS", object())  # installed (never called: the timings are given)
     monkeypatch.setattr(optimizers, "BLAS", object())
     times = {

@@ -10,6 +10,8 @@ Pooling is over non-overlapping p x p regions, dropping any remainder at the bor
 when the optional compiled kernels are installed (hpexp.kernels, the `fast` extra: numba) those run
 instead (for 2 x 2 pooling), with bit-for-bit the same results, unless HPEXP_KERNELS=numpy. The
 kernels are looked up here at run time, so the engine itself imports NumPy only.
+A conv layer's filter gradient may run compiled too, where the trainer measured it faster than BLAS
+(`Conv2D.compiled`, set by hpexp.train.batching, float32 only): equal to rounding, not bit for bit.
 """
 
 from __future__ import annotations
@@ -79,7 +81,10 @@ def unpatch(dcols: np.ndarray, shape: tuple[int, ...], kh: int, kw: int) -> np.n
 class Conv2D:
     """z[f] = sum_c x[c] * w[f, c] (valid cross-correlation), w of shape (filters, c, kh, kw).
 
-    No bias and no activation: network3 adds both after pooling (see ConvPool)."""
+    No bias and no activation: network3 adds both after pooling (see ConvPool).
+    `compiled`: backward forms the filters' gradient with the compiled kernel, if installed."""
+
+    compiled = False
 
     def __init__(self, w: np.ndarray) -> None:
         self.w, self.gw = w, np.zeros_like(w)
@@ -119,10 +124,13 @@ class Conv2D:
     def backward(self, delta: np.ndarray, propagate: bool = True) -> np.ndarray | None:
         """dC/dw = delta patches^T; dC/dx = unpatch(w^T delta), delta as (filters, m * oh * ow)."""
         d = delta.transpose(1, 0, 2, 3).reshape(self.w.shape[0], -1)
-        # Computed as (patches d^T)^T into a new array, then copied: OpenBLAS runs this thin product
-        # a fifth faster than d patches^T straight into the gradient (CPU time at mini-batch 10:
-        # 105 us instead of 127 for conv-pool(20), 214 instead of 281 for conv-pool(40)).
-        self.grad_matrix()[...] = (self.cols @ d.T).T
+        if self.compiled and KERNELS is not None:
+            KERNELS.filter_grad(d, self.cols, self.grad_matrix())  # type: ignore[attr-defined]
+        else:
+            # Computed as (patches d^T)^T into a new array, then copied: OpenBLAS runs this thin
+            # product a fifth faster than d patches^T straight into the gradient (CPU time at
+            # mini-batch 10: 105 us instead of 127 for conv-pool(20), 214 instead of 281 for (40)).
+            self.grad_matrix()[...] = (self.cols @ d.T).T
         if not propagate:
             return None
         return unpatch(self.matrix().T @ d, self.shape, *self.w.shape[-2:])
@@ -291,6 +299,16 @@ class ConvStack:
     @property
     def grads(self) -> list[np.ndarray]:
         return [g for layer in self.layers for g in layer.grads]
+
+    @property
+    def in_shapes(self) -> list[tuple[int, ...]]:
+        """Each conv-pool layer's input shape (channels, height, width)."""
+        shapes, (_, height, width) = [self.in_shape], self.in_shape
+        for layer in self.layers[:-1]:
+            (f, _, kh, kw), p = layer.w.shape, layer.pool.size
+            height, width = (height - kh + 1) // p, (width - kw + 1) // p
+            shapes.append((f, height, width))
+        return shapes
 
     @property
     def weights(self) -> list[np.ndarray]:

@@ -27,6 +27,8 @@ whatever the machine measures by then.
                                          (hpexp.kernels.dense) rather than by BLAS, and whether
                                          plain SGD steps its weights inside the gradient's product
                                          (hpexp.nn.optimizers.descend): measured the same way
+    conv_choices(network, batch_size)    per conv layer, whether its filter gradient runs compiled
+                                         (hpexp.kernels.conv.filter_grad) rather than by BLAS
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ import numpy as np
 import platformdirs
 from threadpoolctl import threadpool_info
 
-from hpexp.nn import layers, optimizers
+from hpexp.nn import conv, layers, optimizers
 from hpexp.nn.activations import Sigmoid
+from hpexp.nn.conv import ConvStack, patches
 from hpexp.nn.costs import CrossEntropy
 from hpexp.nn.init import Default
 from hpexp.nn.layers import Dense, weighted_input
@@ -63,6 +66,7 @@ __all__ = [
     "cache_path",
     "chunk",
     "chunk_for",
+    "conv_choices",
     "dense_choices",
     "machine",
     "measure",
@@ -75,9 +79,9 @@ SIZES = (1, 2, 4, 8, 16)  # population sizes measured; chunks are the sizes up t
 STEPS, ROUNDS = 4, 7  # mini-batch steps per timing, timings per case
 POOL = 32 * 2**20  # bytes of inputs the population timings walk through (more than most L3 caches)
 MARGIN = 0.03  # a larger population must be this much faster per network to be chosen
-DENSE_MARGIN = 0.1  # a compiled product or the step by product must win by this much
+WAYS_MARGIN = 0.1  # a compiled product or the step by product must win by this much
 _tables: dict[str, dict[str, float]] = {}  # this process's tables, by machine + case
-_dense: dict[str, dict[str, float]] = {}  # this process's dense tables, for callers without a record
+_ways: dict[str, dict[str, float]] = {}  # this process's layer tables, for callers without a record
 
 
 def cache_path() -> Path:
@@ -311,8 +315,7 @@ def population(sizes: Sequence[int], batch_size: int, dtype: str, largest: int =
 def measure_dense(shape: tuple[int, ...], batch_size: int, dtype: str) -> dict[str, float]:
     """Seconds per product of a dense layer of weights `shape` on a mini-batch, each way there is:
     x W^T by BLAS (`numpy`) and compiled (`compiled`); the weights' step by the formed gradient
-    (`formed`: the product, then the step) and inside the product (`product`). Taking turns ROUNDS
-    times, each keeping its fastest."""
+    (`formed`: the product, then the step) and inside the product (`product`)."""
     rng = np.random.default_rng(0)
     w = rng.standard_normal(shape).astype(dtype)
     x = rng.random((batch_size, shape[1])).astype(dtype)
@@ -327,6 +330,11 @@ def measure_dense(shape: tuple[int, ...], batch_size: int, dtype: str) -> dict[s
         runs["compiled"] = lambda: layers.KERNELS.weighted_input(w, x)  # type: ignore[union-attr]
     if optimizers.BLAS is not None:
         runs["product"] = lambda: optimizers.descend(w, delta, x)
+    return _race(runs)
+
+
+def _race(runs: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """Seconds per call of each way, taking turns ROUNDS times, each keeping its fastest."""
     best = dict.fromkeys(runs, np.inf)
     now = clock()
     for _ in range(ROUNDS):
@@ -346,7 +354,7 @@ def dense_choices(
     fresh: bool = False,
 ) -> None:
     """Set `compiled` and `by_product` on each float32 dense layer of one network (not a population):
-    True where that way measured faster, by DENSE_MARGIN, at this mini-batch size on this machine,
+    True where that way measured faster, by WAYS_MARGIN, at this mini-batch size on this machine,
     by the run's record `measured` first (see `_cached`). Both change results by rounding, so
     float64, the exact path (gradient checks, the book's comparisons), keeps NumPy's order whatever
     a measurement says."""
@@ -359,11 +367,56 @@ def dense_choices(
     keys += ["product"] * (optimizers.BLAS is not None)
     # Asked every epoch, so the tables are kept (machine() takes milliseconds): in the run's record,
     # else in this process's for callers without one (benchmarks).
-    record = _dense if measured is None else measured
-    faster = 1 - DENSE_MARGIN
+    record = _ways if measured is None else measured
+    faster = 1 - WAYS_MARGIN
     for layer in dense:
         shape, dtype = layer.w.shape, layer.w.dtype.name
         case = f"dense {shape[0]}x{shape[1]} mb{batch_size} {dtype}"
         times = _cached(case, keys, partial(measure_dense, shape, batch_size, dtype), fresh, record)
         layer.compiled = "compiled" in keys and times["compiled"] < times["numpy"] * faster
         layer.by_product = "product" in keys and times["product"] < times["formed"] * faster
+
+
+def measure_conv(
+    shape: tuple[int, ...], in_shape: tuple[int, ...], batch_size: int, dtype: str
+) -> dict[str, float]:
+    """Seconds per filter gradient of a conv layer of filters `shape` (f, c, kh, kw) on a
+    mini-batch of `in_shape` (c, h, w) images: by BLAS (`numpy`) and compiled (`compiled`)."""
+    rng = np.random.default_rng(0)
+    cols = patches(rng.random((batch_size, *in_shape)).astype(dtype), *shape[-2:])
+    d = rng.standard_normal((shape[0], cols.shape[1])).astype(dtype)
+    g = np.empty((shape[0], cols.shape[0]), dtype)
+    runs: dict[str, Callable[[], object]] = {"numpy": lambda: g.__setitem__(..., (cols @ d.T).T)}
+    if conv.KERNELS is not None:
+        runs["compiled"] = lambda: conv.KERNELS.filter_grad(d, cols, g)  # type: ignore[attr-defined]
+    return _race(runs)
+
+
+def conv_choices(
+    network: Network,
+    batch_size: int,
+    measured: dict[str, dict[str, float]] | None = None,
+    fresh: bool = False,
+) -> None:
+    """Set `compiled` on each float32 conv layer of one network: True where its filter gradient
+    measured faster compiled than by BLAS, by WAYS_MARGIN, as `dense_choices` (and for the same
+    reasons float32 only, by the run's record first)."""
+    layers_in = [  # each Conv2D with its input's shape
+        (layer.conv, in_shape)
+        for stack in network.layers
+        if isinstance(stack, ConvStack)
+        for layer, in_shape in zip(stack.layers, stack.in_shapes, strict=True)
+    ]
+    for layer, _ in layers_in:
+        layer.compiled = False
+    if network.lead or conv.KERNELS is None:
+        return
+    record = _ways if measured is None else measured
+    for layer, in_shape in layers_in:
+        shape, dtype = layer.w.shape, layer.w.dtype.name
+        if dtype != "float32":
+            continue
+        case = f"conv {'x'.join(map(str, shape))} on {'x'.join(map(str, in_shape))} mb{batch_size} {dtype}"
+        measure_now = partial(measure_conv, shape, in_shape, batch_size, dtype)
+        times = _cached(case, ["numpy", "compiled"], measure_now, fresh, record)
+        layer.compiled = times["compiled"] < times["numpy"] * (1 - WAYS_MARGIN)

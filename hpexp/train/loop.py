@@ -135,8 +135,9 @@ def train_epoch(
     Each mini-batch is one step of hpexp.train.step (n = training-set size, the book's convention
     for the penalty), through dropout masks drawn from `rng` if dropout is on; a population takes
     it in chunks of `chunk` members (None: all at once), with the same result whatever the chunk
-    (to rounding for a chunk of one, which steps as one network). Dense layers compute as the run's
-    record `measured` says (hpexp.train.batching.dense_choices), else as this machine measured.
+    (to rounding for a chunk of one, which steps as one network). Dense and conv layers compute as the run's
+    record `measured` says (hpexp.train.batching.dense_choices, conv_choices), else as this machine
+    measured.
     """
     n = len(y) if order is None else order.shape[-1]
     if regularizer.dropout and rng is None:
@@ -158,6 +159,7 @@ def train_epoch(
                     whole[rows] = trained
         return
     batching.dense_choices(network, batch_size, measured)  # compiled products where measured faster
+    batching.conv_choices(network, batch_size, measured)
     steps = mini_batch_steps(network, optimizer, regularizer, eta, n, chunk)
     shapes, dropping = network.input_shapes(batch_size), regularizer.dropout
     for xb, yb in _batches(x, y, order, batch_size):
