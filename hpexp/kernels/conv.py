@@ -13,6 +13,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from hpexp.kernels.dense import dot_rows
+
 __all__ = ["filter_grad", "maxpool2", "maxpool2_grad", "patches", "unpatch"]
 
 jit = numba.njit(cache=True, nogil=True)
@@ -121,56 +123,14 @@ def maxpool2_grad(x: np.ndarray, out: np.ndarray, delta: np.ndarray) -> np.ndarr
     return dx.transpose(1, 0, 2, 3)
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
-def _filter_grad(d: np.ndarray, cols: np.ndarray, gw: np.ndarray) -> None:
-    f, n = d.shape
-    k = cols.shape[0]
-    for a in range(0, f, 4):
-        # rows a..a+3 of d and c..c+4 of cols, the last ones repeated when fewer are left: the
-        # same sums, written twice
-        a1, a2, a3 = min(a + 1, f - 1), min(a + 2, f - 1), min(a + 3, f - 1)
-        d0, d1, d2, d3 = d[a], d[a1], d[a2], d[a3]
-        for c in range(0, k, 5):
-            c1, c2, c3, c4 = min(c + 1, k - 1), min(c + 2, k - 1), min(c + 3, k - 1), min(c + 4, k - 1)
-            x0, x1, x2, x3, x4 = cols[c], cols[c1], cols[c2], cols[c3], cols[c4]
-            s00 = s01 = s02 = s03 = s04 = s10 = s11 = s12 = s13 = s14 = gw.dtype.type(0)
-            s20 = s21 = s22 = s23 = s24 = s30 = s31 = s32 = s33 = s34 = gw.dtype.type(0)
-            for i in range(n):
-                u, v, y, z = d0[i], d1[i], d2[i], d3[i]
-                s00 += u * x0[i]
-                s01 += u * x1[i]
-                s02 += u * x2[i]
-                s03 += u * x3[i]
-                s04 += u * x4[i]
-                s10 += v * x0[i]
-                s11 += v * x1[i]
-                s12 += v * x2[i]
-                s13 += v * x3[i]
-                s14 += v * x4[i]
-                s20 += y * x0[i]
-                s21 += y * x1[i]
-                s22 += y * x2[i]
-                s23 += y * x3[i]
-                s24 += y * x4[i]
-                s30 += z * x0[i]
-                s31 += z * x1[i]
-                s32 += z * x2[i]
-                s33 += z * x3[i]
-                s34 += z * x4[i]
-            gw[a, c], gw[a, c1], gw[a, c2], gw[a, c3], gw[a, c4] = s00, s01, s02, s03, s04
-            gw[a1, c], gw[a1, c1], gw[a1, c2], gw[a1, c3], gw[a1, c4] = s10, s11, s12, s13, s14
-            gw[a2, c], gw[a2, c1], gw[a2, c2], gw[a2, c3], gw[a2, c4] = s20, s21, s22, s23, s24
-            gw[a3, c], gw[a3, c1], gw[a3, c2], gw[a3, c3], gw[a3, c4] = s30, s31, s32, s33, s34
-
-
 def filter_grad(delta: np.ndarray, cols: np.ndarray, out: np.ndarray) -> None:
     """dC/dw = delta cols^T into `out` (filters, c * kh * kw), delta (filters, m * oh * ow) and
     cols = patches(x) (c * kh * kw, m * oh * ow), as hpexp.nn.conv.Conv2D.backward computes by BLAS.
 
-    Four rows of delta meet five of cols per pass, twenty sums side by side over one read of the
-    nine rows, vectorized by the compiler. BLAS, made for large matrices, runs these long thin sums
-    slowly (conv-pool(20)'s filters at mini-batch 10: 51 us instead of 115). The sums run in another
-    order than BLAS's (fastmath lets the compiler split them): equal to rounding, unlike the kernels
-    above, so the engine takes it only where measured faster (hpexp.train.batching), in float32.
+    Each filter's row of delta against each row of the patches (hpexp.kernels.dense.dot_rows): BLAS,
+    made for large matrices, runs these long thin sums slowly (conv-pool(20)'s filters at mini-batch
+    10: 51 us instead of 115). The sums run in another order than BLAS's: equal to rounding, unlike
+    the kernels above, so the engine takes it only where measured faster (hpexp.train.batching), in
+    float32.
     """
-    _filter_grad(np.ascontiguousarray(delta), np.ascontiguousarray(cols), out)
+    dot_rows(delta, cols, out)
