@@ -93,22 +93,24 @@ def maxpool2(x: np.ndarray) -> np.ndarray:
 @jit
 def _maxpool2_grad(x: np.ndarray, out: np.ndarray, delta: np.ndarray, dx: np.ndarray) -> None:
     f, m, h, w = out.shape  # x, out and dx map by map; delta as the layer above gives it
+    zero = dx.dtype.type(0)
     for g in range(f):
         for b in range(m):
             for r in range(h):
-                x0, x1, o = x[g, b, 2 * r], x[g, b, 2 * r + 1], out[g, b, r]
+                x0, x1, o, dl = x[g, b, 2 * r], x[g, b, 2 * r + 1], out[g, b, r], delta[b, g, r]
                 d0, d1 = dx[g, b, 2 * r], dx[g, b, 2 * r + 1]
+                # the first element equal to the max, in row-major order, takes the gradient;
+                # a loop per row of the regions, with bitwise logic and selects, vectorizes
+                # (values loaded before the selects: a load inside one makes a branch)
                 for s in range(w):
-                    v, dl = o[s], delta[b, g, r, s]
-                    # the first element equal to the max, in row-major order, takes the gradient
-                    e0 = x0[2 * s] == v
-                    e1 = x0[2 * s + 1] == v and not e0
-                    e2 = x1[2 * s] == v and not (e0 or e1)
-                    e3 = x1[2 * s + 1] == v and not (e0 or e1 or e2)
-                    d0[2 * s] = dl if e0 else 0.0
-                    d0[2 * s + 1] = dl if e1 else 0.0
-                    d1[2 * s] = dl if e2 else 0.0
-                    d1[2 * s + 1] = dl if e3 else 0.0
+                    v, d, a0, a1 = o[s], dl[s], x0[2 * s], x0[2 * s + 1]
+                    d0[2 * s] = d if a0 == v else zero
+                    d0[2 * s + 1] = d if (a1 == v) & (a0 != v) else zero
+                for s in range(w):
+                    v, d, a0, a1, a2, a3 = o[s], dl[s], x0[2 * s], x0[2 * s + 1], x1[2 * s], x1[2 * s + 1]
+                    top = (a0 != v) & (a1 != v)
+                    d1[2 * s] = d if (a2 == v) & top else zero
+                    d1[2 * s + 1] = d if (a3 == v) & top & (a2 != v) else zero
 
 
 def maxpool2_grad(x: np.ndarray, out: np.ndarray, delta: np.ndarray) -> np.ndarray:
