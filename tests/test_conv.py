@@ -390,6 +390,7 @@ def train_few_steps(network, filter_grads, monkeypatch, tmp_path):
     monkeypatch.setattr(batching, "measure_conv", lambda *a: faster)
     blas = {"numpy": 1.0, "formed": 1.0, "compiled": 2.0, "product": 2.0}  # the dense ways: fixed
     monkeypatch.setattr(batching, "measure_dense", lambda *a: blas)
+    monkeypatch.setattr(batching, "measure_back", lambda *a: blas)
     cfg = compose(
         [
             f"network={network}",

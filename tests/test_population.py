@@ -504,15 +504,18 @@ def test_dense_layers_take_the_ways_measured_faster(monkeypatch, tmp_path):
         (5, 7): {"numpy": 1.0, "compiled": 0.95, "formed": 2.0, "product": 1.0},
     }
     monkeypatch.setattr(batching, "measure_dense", lambda shape, m, dtype: times[shape])
+    back = {(7, 12): {"numpy": 1.0, "compiled": 0.95}, (5, 7): {"numpy": 1.0, "compiled": 0.5}}
+    monkeypatch.setattr(batching, "measure_back", lambda shape, m, dtype: back[shape])
     exact = new_network(0)  # float64: NumPy's order, whatever was measured
     batching.dense_choices(exact, 10)
-    assert not any(layer.compiled or layer.by_product for layer in exact.layers)
+    assert not any(layer.compiled or layer.compiled_back or layer.by_product for layer in exact.layers)
     network = new_network(0)
     for layer in network.layers:
         layer.w, layer.b = layer.w.astype("float32"), layer.b.astype("float32")
     batching.dense_choices(network, 10)
     assert [layer.compiled for layer in network.layers] == [True, False]  # 5% is inside the margin
     assert [layer.by_product for layer in network.layers] == [False, True]
+    assert [layer.compiled_back for layer in network.layers] == [False, True]
     dtype = network.params[0].dtype.name
     on_disk = json.loads((tmp_path / "batching.json").read_text())[batching.machine()]
     assert on_disk[f"dense 7x12 mb10 {dtype}"] == times[(7, 12)]
@@ -523,5 +526,7 @@ def test_dense_layers_take_the_ways_measured_faster(monkeypatch, tmp_path):
     monkeypatch.setattr(optimizers, "BLAS", None)
     batching.dense_choices(network, 10)  # without the `fast` extra: BLAS, and the formed gradient
     assert not any(
-        layer.compiled or layer.by_product for net in (population, network) for layer in net.layers
+        layer.compiled or layer.compiled_back or layer.by_product
+        for net in (population, network)
+        for layer in net.layers
     )

@@ -195,6 +195,7 @@ def new_machine(monkeypatch, cache, tables, dense=None):
     monkeypatch.setattr(batching, "_ways", {})
     monkeypatch.setattr(batching, "measure", lambda *a: tables)
     monkeypatch.setattr(batching, "measure_dense", lambda *a: dense)
+    monkeypatch.setattr(batching, "measure_back", lambda *a: dense)
     monkeypatch.setattr(batching, "measure_conv", lambda *a: dense)
     monkeypatch.setenv(batching.CACHE_ENV_VAR, str(cache))
 

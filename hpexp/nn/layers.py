@@ -8,10 +8,11 @@ adds a leading axis: weights (K, n_out, n_in), and x either (K, m, n_in), each m
 mini-batch, or (m, n_in) shared by all, when the K weight matrices act as one (K * n_out, n_in)
 matrix: one wide product instead of K narrow ones.
 
-A dense layer's x W^T in training may run compiled (hpexp.kernels.dense, the `fast` extra) instead
-of BLAS, and plain SGD may step its weights inside the gradient's product (hpexp.nn.optimizers):
-faster for a few rows of x and large W, slower otherwise, by how much depends on the CPU, so the
-trainer sets `Dense.compiled` and `Dense.by_product` where it measured a win (hpexp.train.batching).
+A dense layer's x W^T and delta W in training may run compiled (hpexp.kernels.dense, the `fast`
+extra) instead of BLAS, and plain SGD may step its weights inside the gradient's product
+(hpexp.nn.optimizers): faster for a few rows of x and large W, slower otherwise, by how much depends
+on the CPU, so the trainer sets `Dense.compiled`, `Dense.compiled_back` and `Dense.by_product` where
+it measured a win (hpexp.train.batching).
 """
 
 from __future__ import annotations
@@ -44,9 +45,11 @@ class Dense:
     """A fully-connected layer a = f(x W^T + b) with W of shape (n_out, n_in) and b of shape (1, n_out).
 
     `compiled`: forward computes x W^T with the compiled kernel, if installed (one network only).
+    `compiled_back`: backward computes the input's gradient delta W so.
     `by_product`: plain SGD's training step asks backward to leave dC/dW as its product."""
 
     compiled = False
+    compiled_back = False
     by_product = False
 
     def __init__(self, w: np.ndarray, b: np.ndarray, activation: Activation) -> None:
@@ -99,4 +102,8 @@ class Dense:
             np.matmul(delta.mT, self.x, out=self.gw)
         np.add.reduce(delta, axis=-2, keepdims=True, out=self.gb)
         # The first layer's input gradient is never used: skipping it saves the widest product.
-        return delta @ self.w if propagate else None
+        if not propagate:
+            return None
+        if self.compiled_back and KERNELS is not None:
+            return KERNELS.back(delta, self.w)  # type: ignore[no-any-return]
+        return delta @ self.w

@@ -23,7 +23,7 @@ whatever the machine measures by then.
     chunk(sizes, batch_size, dtype, k)   members per pass for a population of k
     population(sizes, batch_size, dtype) the K with the most network-steps per second (studies'
                                          `population: auto`)
-    dense_choices(network, batch_size)   per dense layer, whether x W^T runs compiled
+    dense_choices(network, batch_size)   per dense layer, whether x W^T and delta W run compiled
                                          (hpexp.kernels.dense) rather than by BLAS, and whether
                                          plain SGD steps its weights inside the gradient's product
                                          (hpexp.nn.optimizers.descend): measured the same way
@@ -347,20 +347,32 @@ def _race(runs: dict[str, Callable[[], object]]) -> dict[str, float]:
     return best
 
 
+def measure_back(shape: tuple[int, ...], batch_size: int, dtype: str) -> dict[str, float]:
+    """Seconds per input gradient delta W of a dense layer of weights `shape` on a mini-batch: by
+    BLAS (`numpy`) and compiled (`compiled`)."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(shape).astype(dtype)
+    delta = rng.standard_normal((batch_size, shape[0])).astype(dtype)
+    runs: dict[str, Callable[[], object]] = {"numpy": lambda: delta @ w}
+    if layers.KERNELS is not None:
+        runs["compiled"] = lambda: layers.KERNELS.back(delta, w)  # type: ignore[union-attr]
+    return _race(runs)
+
+
 def dense_choices(
     network: Network,
     batch_size: int,
     measured: dict[str, dict[str, float]] | None = None,
     fresh: bool = False,
 ) -> None:
-    """Set `compiled` and `by_product` on each float32 dense layer of one network (not a population):
-    True where that way measured faster, by WAYS_MARGIN, at this mini-batch size on this machine,
-    by the run's record `measured` first (see `_cached`). Both change results by rounding, so
-    float64, the exact path (gradient checks, the book's comparisons), keeps NumPy's order whatever
-    a measurement says."""
+    """Set `compiled`, `compiled_back` and `by_product` on each float32 dense layer of one network
+    (not a population): True where that way measured faster, by WAYS_MARGIN, at this mini-batch size
+    on this machine, by the run's record `measured` first (see `_cached`). They change results by
+    rounding, so float64, the exact path (gradient checks, the book's comparisons), keeps NumPy's
+    order whatever a measurement says."""
     dense = [layer for layer in network.layers if isinstance(layer, Dense) and layer.w.dtype == np.float32]
     for layer in dense:
-        layer.compiled = layer.by_product = False
+        layer.compiled = layer.compiled_back = layer.by_product = False
     if network.lead or (layers.KERNELS is None and optimizers.BLAS is None):
         return
     keys = ["numpy", "formed", *["compiled"] * (layers.KERNELS is not None)]
@@ -371,10 +383,16 @@ def dense_choices(
     faster = 1 - WAYS_MARGIN
     for layer in dense:
         shape, dtype = layer.w.shape, layer.w.dtype.name
-        case = f"dense {shape[0]}x{shape[1]} mb{batch_size} {dtype}"
-        times = _cached(case, keys, partial(measure_dense, shape, batch_size, dtype), fresh, record)
+        size = f"{shape[0]}x{shape[1]} mb{batch_size} {dtype}"
+        times = _cached(
+            f"dense {size}", keys, partial(measure_dense, shape, batch_size, dtype), fresh, record
+        )
         layer.compiled = "compiled" in keys and times["compiled"] < times["numpy"] * faster
         layer.by_product = "product" in keys and times["product"] < times["formed"] * faster
+        if layers.KERNELS is not None:  # a table of its own: records written before it keep theirs
+            back = partial(measure_back, shape, batch_size, dtype)
+            times = _cached(f"dense-back {size}", ["numpy", "compiled"], back, fresh, record)
+            layer.compiled_back = times["compiled"] < times["numpy"] * faster
 
 
 def measure_conv(
