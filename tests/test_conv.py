@@ -377,13 +377,14 @@ def test_compiled_max_pool_equals_numpy_bit_for_bit_with_signed_zeros_and_nan(ke
     assert np.isnan(want).any() and (np.signbit(want) & (want == 0)).any()  # the cases occurred
 
 
-def train_few_steps(network, filter_grads, monkeypatch, tmp_path):
+def train_few_steps(network, filter_grads, monkeypatch, tmp_path, winners="numpy"):
     """The float32 weights after four SGD steps (with dropout) of a small conv net, each conv
-    layer's filter gradient taken compiled or by BLAS as `filter_grads` says it measured faster."""
+    layer's filter gradient taken compiled or by BLAS as `filter_grads` says it measured faster, and
+    its backward over the pooling's winners or not as `winners` says."""
     from hpexp.train import batching
     from hpexp.train.loop import train_epoch
 
-    monkeypatch.setenv(batching.CACHE_ENV_VAR, str(tmp_path / f"{filter_grads}.json"))
+    monkeypatch.setenv(batching.CACHE_ENV_VAR, str(tmp_path / f"{filter_grads}-{winners}.json"))
     monkeypatch.setattr(batching, "_tables", {})
     monkeypatch.setattr(batching, "_ways", {})
     faster = {"numpy": 1.0, "compiled": 1.0} | {filter_grads: 0.5}
@@ -391,6 +392,8 @@ def train_few_steps(network, filter_grads, monkeypatch, tmp_path):
     blas = {"numpy": 1.0, "formed": 1.0, "compiled": 2.0, "product": 2.0}  # the dense ways: fixed
     monkeypatch.setattr(batching, "measure_dense", lambda *a: blas)
     monkeypatch.setattr(batching, "measure_back", lambda *a: blas)
+    backward = {"numpy": 1.0, "winners": 1.0} | {winners: 0.5}
+    monkeypatch.setattr(batching, "measure_winners", lambda *a: backward)
     cfg = compose(
         [
             f"network={network}",
@@ -429,17 +432,19 @@ def test_a_conv_net_trains_to_the_same_weights_with_and_without_kernels(
 
 
 @pytest.mark.parametrize("network", ["conv1", "conv2"])
-def test_a_conv_net_trains_to_rounding_the_same_with_compiled_filter_gradients(
+def test_a_conv_net_trains_to_rounding_the_same_with_compiled_filter_gradients_and_backward(
     kernels, monkeypatch, tmp_path, network
 ):
-    """The compiled filter gradient, where measured faster, changes the weights by rounding only."""
+    """The compiled filter gradient and the backward over the winners, each where measured faster,
+    change the weights by rounding only."""
     from hpexp.nn import conv
 
     monkeypatch.setattr(conv, "KERNELS", kernels)
     blas = train_few_steps(network, "numpy", monkeypatch, tmp_path)
-    compiled = train_few_steps(network, "compiled", monkeypatch, tmp_path)
-    assert not np.array_equal(blas, compiled)  # the test tests: another order of the sums
-    np.testing.assert_allclose(compiled, blas, rtol=1e-4, atol=1e-6)
+    for ways in [("compiled", "numpy"), ("numpy", "winners"), ("compiled", "winners")]:
+        compiled = train_few_steps(network, ways[0], monkeypatch, tmp_path, ways[1])
+        assert not np.array_equal(blas, compiled)  # the test tests: another order of the sums
+        np.testing.assert_allclose(compiled, blas, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -505,24 +510,85 @@ def test_conv_layers_take_the_filter_gradient_measured_faster(monkeypatch, tmp_p
         return times[shape]
 
     monkeypatch.setattr(batching, "measure_conv", measure_conv)
+    winners = {"numpy": 1.0, "winners": 0.5}  # the backward over the winners measured faster
+    monkeypatch.setattr(
+        batching, "measure_winners", lambda layer, shape, m, propagate: asked.append(propagate) or winners
+    )
     exact, _, _ = conv_network(["network=conv2"])  # float64: NumPy's order, whatever was measured
     batching.conv_choices(exact, 10)
-    assert not any(layer.conv.compiled for layer in exact.layers[0].layers) and not asked
+    assert not any(layer.conv.compiled or layer.by_winners for layer in exact.layers[0].layers)
+    assert not asked
     network, _, _ = conv_network(["network=conv2"], dtype="float32")
     measured = {}
     batching.conv_choices(network, 10, measured)
-    assert [layer.conv.compiled for layer in network.layers[0].layers] == [
-        True,
-        False,
-    ]  # 5%: inside the margin
+    compiled = [layer.conv.compiled for layer in network.layers[0].layers]
+    assert compiled == [True, False]  # 5%: inside the margin
     assert asked == [
         ((20, 1, 5, 5), (1, 28, 28), 10, "float32"),
+        False,  # the first layer's backward does not propagate
         ((40, 20, 5, 5), (20, 12, 12), 10, "float32"),
+        True,
     ]
+    assert [layer.by_winners for layer in network.layers[0].layers] == [True, True]
+    assert measured["conv-back 40x20x5x5 on 20x12x12 mb10 float32 Sigmoid"] == winners
     assert measured["conv 20x1x5x5 on 1x28x28 mb10 float32"] == times[(20, 1, 5, 5)]
     monkeypatch.setattr(conv, "KERNELS", None)
     batching.conv_choices(network, 10, measured)  # without the `fast` extra: BLAS
-    assert not any(layer.conv.compiled for layer in network.layers[0].layers)
+    assert not any(layer.conv.compiled or layer.by_winners for layer in network.layers[0].layers)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    ("filters", "shape", "kernel", "propagate"),
+    [
+        (40, (10, 20, 12, 12), (5, 5), True),
+        (3, (2, 2, 9, 8), (3, 2), True),
+        (5, (3, 1, 10, 10), (5, 5), False),
+    ],
+)
+def test_compiled_backward_over_the_winners_equals_numpy(
+    kernels, monkeypatch, filters, shape, kernel, propagate, dtype
+):
+    """A ReLU conv-pool layer's filter and input gradients summed over the regions' winners equal
+    the spread-then-multiply NumPy path to 1e-6 (float32; 1e-13 float64) of the terms' sizes; rounded
+    inputs make tied regions (one winner each), and ReLU's zeros are skipped. 9 x 8 inputs leave
+    a border row of the conv's output out of every region."""
+    from hpexp.nn import conv
+    from hpexp.nn.activations import ReLU
+
+    rng = np.random.default_rng(7)
+    x = np.round(rng.uniform(0, 2, shape)).astype(dtype)
+    w = rng.normal(size=(filters, shape[1], *kernel)).astype(dtype)
+    layer = ConvPool(w, rng.normal(size=(filters, 1, 1)).astype(dtype), ReLU(), MaxPool(2))
+    delta = rng.normal(size=layer.forward(x).shape).astype(dtype)
+    monkeypatch.setattr(conv, "KERNELS", None)
+    want = layer.backward(delta, propagate), layer.conv.gw.copy()
+    monkeypatch.setattr(conv, "KERNELS", kernels)
+    layer.by_winners = True
+    got = layer.backward(delta, propagate), layer.conv.gw.copy()
+    tol = 1e-6 if dtype == "float32" else 1e-13
+    cols, d = layer.conv.cols, conv.MaxPool.backward(layer.pool, np.ones_like(delta))  # terms' sizes
+    d = np.abs(d.transpose(1, 0, 2, 3).reshape(filters, -1) * np.abs(delta).max())
+    assert np.all(np.abs(got[1] - want[1]) <= tol * (d @ np.abs(cols).T).reshape(want[1].shape))
+    if propagate:
+        scale = conv.unpatch(np.abs(layer.conv.matrix()).T @ d, shape, *kernel)
+        assert got[0].shape == shape and np.all(np.abs(got[0] - want[0]) <= tol * scale)
+    else:
+        assert got[0] is None and want[0] is None
+
+
+@pytest.mark.parametrize("activation", [Sigmoid(), Tanh()])
+def test_a_conv_pool_layer_over_the_winners_passes_the_gradient_check(kernels, monkeypatch, activation):
+    from hpexp.nn import conv
+
+    calls, kernel = [], kernels.pooled_back
+    monkeypatch.setattr(conv, "KERNELS", kernels)
+    monkeypatch.setattr(kernels, "pooled_back", lambda *a: calls.append(1) or kernel(*a))
+    rng = np.random.default_rng(3)
+    layer = ConvPool(rng.normal(size=(2, 3, 3, 2)) * 0.3, rng.normal(size=(2, 1, 1)), activation, MaxPool(2))
+    layer.by_winners = True
+    numeric_check(layer, rng.normal(size=(2, 3, 8, 9)), rng)
+    assert calls == [1]
 
 
 def test_kernels_are_looked_up_at_run_time_and_can_be_turned_off(monkeypatch):

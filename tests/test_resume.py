@@ -180,8 +180,8 @@ def test_kill_9_at_five_random_moments_then_resume_gives_the_uninterrupted_run(m
 # --- the machine's choices (hpexp.train.batching) ---------------------------------------------
 
 PLAIN = ["data.n_train=300", "data.n_validation=100", "train.epochs=4", "train.save_weights=true"]
-FAST = {"numpy": 1.0, "formed": 1.0, "compiled": 0.5, "product": 0.5}  # the compiled ways win
-SLOW = {"numpy": 0.5, "formed": 0.5, "compiled": 1.0, "product": 1.0}  # NumPy's win
+FAST = {"numpy": 1.0, "formed": 1.0, "compiled": 0.5, "product": 0.5, "winners": 0.5}  # compiled ways win
+SLOW = {"numpy": 0.5, "formed": 0.5, "compiled": 1.0, "product": 1.0, "winners": 1.0}  # NumPy's win
 ONE = {str(k): 1.0 for k in (1, 2, 4, 8, 16)}  # per network: one at a time is as fast as any
 WIDE = {str(k): 1.0 / k for k in (1, 2, 4, 8, 16)}  # the widest is fastest
 
@@ -197,6 +197,7 @@ def new_machine(monkeypatch, cache, tables, dense=None):
     monkeypatch.setattr(batching, "measure_dense", lambda *a: dense)
     monkeypatch.setattr(batching, "measure_back", lambda *a: dense)
     monkeypatch.setattr(batching, "measure_conv", lambda *a: dense)
+    monkeypatch.setattr(batching, "measure_winners", lambda *a: dense)
     monkeypatch.setenv(batching.CACHE_ENV_VAR, str(cache))
 
 

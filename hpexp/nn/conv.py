@@ -11,7 +11,9 @@ when the optional compiled kernels are installed (hpexp.kernels, the `fast` extr
 instead (for 2 x 2 pooling), with bit-for-bit the same results, unless HPEXP_KERNELS=numpy. The
 kernels are looked up here at run time, so the engine itself imports NumPy only.
 A conv layer's filter gradient may run compiled too, where the trainer measured it faster than BLAS
-(`Conv2D.compiled`, set by hpexp.train.batching, float32 only): equal to rounding, not bit for bit.
+(`Conv2D.compiled`, set by hpexp.train.batching, float32 only), and so may a conv-pool layer's whole
+backward through 2 x 2 max-pooling, summed over the regions' winners only (`ConvPool.by_winners`):
+equal to rounding, not bit for bit.
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ class Conv2D:
         return self._apply(patches(x, *self.w.shape[-2:]), x.shape)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        self.shape = x.shape
+        self.x, self.shape = x, x.shape
         self.cols = patches(x, *self.w.shape[-2:])
         return self._apply(self.cols, x.shape)
 
@@ -221,7 +223,12 @@ class L2Pool(_Pool):
 
 
 class ConvPool:
-    """network3's ConvPoolLayer: a = f(pool(conv(x)) + b), with one bias per feature map."""
+    """network3's ConvPoolLayer: a = f(pool(conv(x)) + b), with one bias per feature map.
+
+    `by_winners`: with 2 x 2 max-pooling, backward sums the filters' and the input's gradients over
+    each region's winner only, in one compiled pass (hpexp.kernels.conv.pooled_back), if installed."""
+
+    by_winners = False
 
     def __init__(self, w: np.ndarray, b: np.ndarray, activation: Activation, pool: MaxPool | L2Pool) -> None:
         self.conv, self.pool, self.activation = Conv2D(w), pool, activation
@@ -254,6 +261,9 @@ class ConvPool:
     def backward(self, delta: np.ndarray, propagate: bool = True) -> np.ndarray | None:
         dz = delta * self.activation.grad(self.z, self.a)
         self.gb[...] = dz.sum(axis=(0, 2, 3)).reshape(self.gb.shape)
+        if self.by_winners and KERNELS is not None and isinstance(self.pool, MaxPool) and self.pool.size == 2:
+            conv, pool = self.conv, self.pool
+            return KERNELS.pooled_back(conv.x, conv.w, pool.x, pool.out, dz, conv.grad_matrix(), propagate)  # type: ignore[attr-defined,no-any-return]
         return self.conv.backward(self.pool.backward(dz), propagate)
 
 

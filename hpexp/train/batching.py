@@ -28,7 +28,9 @@ whatever the machine measures by then.
                                          plain SGD steps its weights inside the gradient's product
                                          (hpexp.nn.optimizers.descend): measured the same way
     conv_choices(network, batch_size)    per conv layer, whether its filter gradient runs compiled
-                                         (hpexp.kernels.conv.filter_grad) rather than by BLAS
+                                         (hpexp.kernels.conv.filter_grad) rather than by BLAS, and
+                                         whether its backward through max-pooling sums over the
+                                         winners only (hpexp.kernels.conv.pooled_back)
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from threadpoolctl import threadpool_info
 
 from hpexp.nn import conv, layers, optimizers
 from hpexp.nn.activations import Sigmoid
-from hpexp.nn.conv import ConvStack, patches
+from hpexp.nn.conv import ConvPool, ConvStack, MaxPool, patches
 from hpexp.nn.costs import CrossEntropy
 from hpexp.nn.init import Default
 from hpexp.nn.layers import Dense, weighted_input
@@ -410,31 +412,58 @@ def measure_conv(
     return _race(runs)
 
 
+def measure_winners(
+    layer: ConvPool, in_shape: tuple[int, ...], batch_size: int, propagate: bool
+) -> dict[str, float]:
+    """Seconds per backward of a conv-pool layer like `layer` (its weights, activation and filter
+    gradient's way) on random inputs: spreading the pooling's gradient over every position, then the
+    products (`numpy`), and summing over the regions' winners only (`winners`). ReLU's zeros, which
+    the winners' sums skip, come out as they do in training."""
+    rng = np.random.default_rng(0)
+    twin = ConvPool(layer.w.copy(), layer.b.copy(), layer.activation, MaxPool(2))
+    twin.conv.compiled = layer.conv.compiled
+    out = twin.forward(rng.random((batch_size, *in_shape)).astype(layer.w.dtype))
+    delta = rng.standard_normal(out.shape).astype(out.dtype)
+
+    def backward(by_winners: bool) -> None:
+        twin.by_winners = by_winners
+        twin.backward(delta, propagate)
+
+    return _race({"numpy": partial(backward, False), "winners": partial(backward, True)})
+
+
 def conv_choices(
     network: Network,
     batch_size: int,
     measured: dict[str, dict[str, float]] | None = None,
     fresh: bool = False,
 ) -> None:
-    """Set `compiled` on each float32 conv layer of one network: True where its filter gradient
-    measured faster compiled than by BLAS, by WAYS_MARGIN, as `dense_choices` (and for the same
-    reasons float32 only, by the run's record first)."""
-    layers_in = [  # each Conv2D with its input's shape
-        (layer.conv, in_shape)
-        for stack in network.layers
+    """Set `compiled` on each float32 conv layer of one network (its filter gradient), and
+    `by_winners` on its conv-pool layer (with 2 x 2 max-pooling: its backward): True where measured
+    faster, by WAYS_MARGIN, as `dense_choices` (and for the same reasons float32 only, by the run's
+    record first)."""
+    layers_in = [  # each conv-pool layer with its input's shape and whether backward propagates
+        (layer, in_shape, i > 0 or j > 0)
+        for i, stack in enumerate(network.layers)
         if isinstance(stack, ConvStack)
-        for layer, in_shape in zip(stack.layers, stack.in_shapes, strict=True)
+        for j, (layer, in_shape) in enumerate(zip(stack.layers, stack.in_shapes, strict=True))
     ]
-    for layer, _ in layers_in:
-        layer.compiled = False
+    for layer, _, _ in layers_in:
+        layer.conv.compiled = layer.by_winners = False
     if network.lead or conv.KERNELS is None:
         return
     record = _ways if measured is None else measured
-    for layer, in_shape in layers_in:
+    faster = 1 - WAYS_MARGIN
+    for layer, in_shape, propagate in layers_in:
         shape, dtype = layer.w.shape, layer.w.dtype.name
         if dtype != "float32":
             continue
-        case = f"conv {'x'.join(map(str, shape))} on {'x'.join(map(str, in_shape))} mb{batch_size} {dtype}"
+        size = f"{'x'.join(map(str, shape))} on {'x'.join(map(str, in_shape))} mb{batch_size} {dtype}"
         measure_now = partial(measure_conv, shape, in_shape, batch_size, dtype)
-        times = _cached(case, ["numpy", "compiled"], measure_now, fresh, record)
-        layer.compiled = times["compiled"] < times["numpy"] * (1 - WAYS_MARGIN)
+        times = _cached(f"conv {size}", ["numpy", "compiled"], measure_now, fresh, record)
+        layer.conv.compiled = times["compiled"] < times["numpy"] * faster
+        if isinstance(layer.pool, MaxPool) and layer.pool.size == 2:
+            case = f"conv-back {size} {type(layer.activation).__name__}{'' if propagate else ' first'}"
+            measure_now = partial(measure_winners, layer, in_shape, batch_size, propagate)
+            times = _cached(case, ["numpy", "winners"], measure_now, fresh, record)
+            layer.by_winners = times["winners"] < times["numpy"] * faster
