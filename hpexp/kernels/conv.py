@@ -15,7 +15,15 @@ import numpy as np
 
 from hpexp.kernels.dense import dot_rows
 
-__all__ = ["filter_grad", "maxpool2", "maxpool2_grad", "patches", "pooled_back", "unpatch"]
+__all__ = [
+    "filter_grad",
+    "maxpool2",
+    "maxpool2_grad",
+    "maxpool2_winners",
+    "patches",
+    "pooled_back",
+    "unpatch",
+]
 
 jit = numba.njit(cache=True, nogil=True)
 
@@ -91,37 +99,70 @@ def maxpool2(x: np.ndarray) -> np.ndarray:
 
 
 @jit
-def _maxpool2_grad(x: np.ndarray, out: np.ndarray, delta: np.ndarray, dx: np.ndarray) -> None:
-    f, m, h, w = out.shape  # x, out and dx map by map; delta as the layer above gives it
+def _maxpool2_winners(x: np.ndarray, out: np.ndarray, win: np.ndarray) -> None:
+    f, m, h, w = win.shape  # x and win map by map
+    for g in range(f):
+        for b in range(m):
+            for r in range(h):
+                x0, x1, o, k = x[g, b, 2 * r], x[g, b, 2 * r + 1], out[b, g, r], win[g, b, r]
+                for s in range(w):  # as _maxpool2
+                    v = x0[2 * s]
+                    c = x0[2 * s + 1]
+                    v = v if (v != v) | (v > c) else c
+                    c = x1[2 * s]
+                    v = v if (v != v) | (v > c) else c
+                    c = x1[2 * s + 1]
+                    o[s] = v if (v != v) | (v > c) else c
+                # which element won: the first equal to the max in row-major order (0-3), none (4)
+                # for a NaN; a loop of its own, values loaded before the selects, vectorizes
+                for s in range(w):
+                    v, a0, a1, a2, a3 = o[s], x0[2 * s], x0[2 * s + 1], x1[2 * s], x1[2 * s + 1]
+                    i = np.int8(3) if a3 == v else np.int8(4)
+                    i = np.int8(2) if a2 == v else i
+                    i = np.int8(1) if a1 == v else i
+                    k[s] = np.int8(0) if a0 == v else i
+
+
+def maxpool2_winners(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`maxpool2`, and which element of each region won, as int8 map by map (f, m, h, w), for
+    `maxpool2_grad`: a byte per region to read there, instead of x and the maximum again."""
+    m, f, height, width = x.shape
+    out = np.empty((m, f, height // 2, width // 2), x.dtype)
+    win = np.empty((f, m, height // 2, width // 2), np.int8)
+    _maxpool2_winners(x.transpose(1, 0, 2, 3), out, win)
+    return out, win
+
+
+@jit
+def _maxpool2_grad(win: np.ndarray, delta: np.ndarray, dx: np.ndarray) -> None:
+    f, m, h, w = win.shape  # win and dx map by map; delta as the layer above gives it
     zero = dx.dtype.type(0)
     for g in range(f):
         for b in range(m):
             for r in range(h):
-                x0, x1, o, dl = x[g, b, 2 * r], x[g, b, 2 * r + 1], out[g, b, r], delta[b, g, r]
+                k, dl = win[g, b, r], delta[b, g, r]
                 d0, d1 = dx[g, b, 2 * r], dx[g, b, 2 * r + 1]
-                # the first element equal to the max, in row-major order, takes the gradient;
-                # a loop per row of the regions, with bitwise logic and selects, vectorizes
-                # (values loaded before the selects: a load inside one makes a branch)
+                # a loop per row of the regions, values loaded before the selects (a load inside
+                # one makes a branch): the compiler vectorizes it
                 for s in range(w):
-                    v, d, a0, a1 = o[s], dl[s], x0[2 * s], x0[2 * s + 1]
-                    d0[2 * s] = d if a0 == v else zero
-                    d0[2 * s + 1] = d if (a1 == v) & (a0 != v) else zero
+                    i, d = k[s], dl[s]
+                    d0[2 * s] = d if i == 0 else zero
+                    d0[2 * s + 1] = d if i == 1 else zero
                 for s in range(w):
-                    v, d, a0, a1, a2, a3 = o[s], dl[s], x0[2 * s], x0[2 * s + 1], x1[2 * s], x1[2 * s + 1]
-                    top = (a0 != v) & (a1 != v)
-                    d1[2 * s] = d if (a2 == v) & top else zero
-                    d1[2 * s + 1] = d if (a3 == v) & top & (a2 != v) else zero
+                    i, d = k[s], dl[s]
+                    d1[2 * s] = d if i == 2 else zero
+                    d1[2 * s + 1] = d if i == 3 else zero
 
 
-def maxpool2_grad(x: np.ndarray, out: np.ndarray, delta: np.ndarray) -> np.ndarray:
-    """dC/dx of 2 x 2 max-pooling x (m, f, H, W) into out, as hpexp.nn.conv.MaxPool.backward
-    (branch-free, the four elements of a region side by side), stored map by map: the (m, f, H, W)
-    view of an (f, m, H, W) array, as a convolution's output is, so its gradient needs no copy."""
-    m, f, height, width = x.shape
+def maxpool2_grad(win: np.ndarray, delta: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """dC/dx of 2 x 2 max-pooling of an x of `shape` (m, f, H, W) whose regions' winners are `win`
+    (from `maxpool2_winners`), as hpexp.nn.conv.MaxPool.backward, stored map by map: the (m, f, H,
+    W) view of an (f, m, H, W) array, as a convolution's output is, so its gradient needs no copy."""
+    m, f, height, width = shape
     # The kernel writes every element of every region: only a border left over needs zeros first.
     whole = height % 2 == 0 and width % 2 == 0
     dx = (np.empty if whole else np.zeros)((f, m, height, width), delta.dtype)
-    _maxpool2_grad(x.transpose(1, 0, 2, 3), out.transpose(1, 0, 2, 3), delta, dx)
+    _maxpool2_grad(win, delta, dx)
     return dx.transpose(1, 0, 2, 3)
 
 

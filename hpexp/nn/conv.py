@@ -186,13 +186,17 @@ class MaxPool(_Pool):
         return out
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        self.x = x
-        self.out = self.infer(x)
+        self.x, self.win = x, None
+        if KERNELS is not None and self.size == 2:
+            # and which element of each region won, a byte per region for backward to read
+            self.out, self.win = KERNELS.maxpool2_winners(x)  # type: ignore[attr-defined]
+        else:
+            self.out = self.infer(x)
         return self.out
 
     def backward(self, delta: np.ndarray, propagate: bool = True) -> np.ndarray:
-        if KERNELS is not None and self.size == 2:
-            return KERNELS.maxpool2_grad(self.x, self.out, delta)  # type: ignore[attr-defined,no-any-return]
+        if KERNELS is not None and self.win is not None:
+            return KERNELS.maxpool2_grad(self.win, delta, self.x.shape)  # type: ignore[attr-defined,no-any-return]
         # One winner per region: in a tied region (a blank part of a digit gives many) the max moves
         # with any single element, so routing the gradient to all of them would multiply it.
         dx = np.zeros(self.x.shape, delta.dtype)
