@@ -179,15 +179,15 @@ def torch_seconds(network: str, x: np.ndarray, y: np.ndarray, repeats: int) -> f
 
 def profile(net, optimizer, regularizer, x: np.ndarray, y: np.ndarray, steps: int = 2000) -> dict[str, float]:
     """Microseconds per mini-batch of each part of one SGD step of hpexp's conv1 network, as
-    training runs it (the dense products and filter gradients compiled where hpexp.train.batching
+    training runs it (the dense products and filter gradients compiled where hpexp.train.ways
     measured them faster)."""
     from hpexp.nn.conv import patches
     from hpexp.nn.optimizers import descend
-    from hpexp.train import batching
+    from hpexp.train import ways
     from hpexp.train.step import mini_batch_steps
 
-    batching.dense_choices(net, BATCH)
-    batching.conv_choices(net, BATCH)
+    ways.dense_choices(net, BATCH)
+    ways.conv_choices(net, BATCH)
     (step,) = mini_batch_steps(net, optimizer, regularizer, 1e-6, N_EPOCH)
     stack, fc, out = net.layers
     cp = stack.layers[0]

@@ -383,19 +383,19 @@ def train_few_steps(network, filter_grads, monkeypatch, tmp_path, winners="numpy
     """The float32 weights after four SGD steps (with dropout) of a small conv net, each conv
     layer's filter gradient taken compiled or by BLAS as `filter_grads` says it measured faster, and
     its backward over the pooling's winners or not as `winners` says."""
-    from hpexp.train import batching
+    from hpexp.train import batching, ways
     from hpexp.train.loop import train_epoch
 
     monkeypatch.setenv(batching.CACHE_ENV_VAR, str(tmp_path / f"{filter_grads}-{winners}.json"))
     monkeypatch.setattr(batching, "_tables", {})
-    monkeypatch.setattr(batching, "_ways", {})
+    monkeypatch.setattr(ways, "_ways", {})
     faster = {"numpy": 1.0, "compiled": 1.0} | {filter_grads: 0.5}
-    monkeypatch.setattr(batching, "measure_conv", lambda *a: faster)
+    monkeypatch.setattr(ways, "measure_conv", lambda *a: faster)
     blas = {"numpy": 1.0, "formed": 1.0, "compiled": 2.0, "product": 2.0}  # the dense ways: fixed
-    monkeypatch.setattr(batching, "measure_dense", lambda *a: blas)
-    monkeypatch.setattr(batching, "measure_back", lambda *a: blas)
+    monkeypatch.setattr(ways, "measure_dense", lambda *a: blas)
+    monkeypatch.setattr(ways, "measure_back", lambda *a: blas)
     backward = {"numpy": 1.0, "winners": 1.0} | {winners: 0.5}
-    monkeypatch.setattr(batching, "measure_winners", lambda *a: backward)
+    monkeypatch.setattr(ways, "measure_winners", lambda *a: backward)
     cfg = compose(
         [
             f"network={network}",
@@ -498,11 +498,11 @@ def test_conv_layers_take_the_filter_gradient_measured_faster(monkeypatch, tmp_p
     """Per conv layer shape (and its input's) and mini-batch size, measured once per machine as
     the dense layers' ways are, float32 only, and kept in the run's record."""
     from hpexp.nn import conv
-    from hpexp.train import batching
+    from hpexp.train import batching, ways
 
     monkeypatch.setenv(batching.CACHE_ENV_VAR, str(tmp_path / "batching.json"))
     monkeypatch.setattr(batching, "_tables", {})
-    monkeypatch.setattr(batching, "_ways", {})
+    monkeypatch.setattr(ways, "_ways", {})
     monkeypatch.setattr(conv, "KERNELS", object())  # installed (never called: the timings are given)
     times = {(20, 1, 5, 5): {"numpy": 2.0, "compiled": 1.0}, (40, 20, 5, 5): {"numpy": 1.0, "compiled": 0.95}}
     asked = []
@@ -511,18 +511,18 @@ def test_conv_layers_take_the_filter_gradient_measured_faster(monkeypatch, tmp_p
         asked.append((shape, in_shape, m, dtype))
         return times[shape]
 
-    monkeypatch.setattr(batching, "measure_conv", measure_conv)
+    monkeypatch.setattr(ways, "measure_conv", measure_conv)
     winners = {"numpy": 1.0, "winners": 0.5}  # the backward over the winners measured faster
     monkeypatch.setattr(
-        batching, "measure_winners", lambda layer, shape, m, propagate: asked.append(propagate) or winners
+        ways, "measure_winners", lambda layer, shape, m, propagate: asked.append(propagate) or winners
     )
     exact, _, _ = conv_network(["network=conv2"])  # float64: NumPy's order, whatever was measured
-    batching.conv_choices(exact, 10)
+    ways.conv_choices(exact, 10)
     assert not any(layer.conv.compiled or layer.by_winners for layer in exact.layers[0].layers)
     assert not asked
     network, _, _ = conv_network(["network=conv2"], dtype="float32")
     measured = {}
-    batching.conv_choices(network, 10, measured)
+    ways.conv_choices(network, 10, measured)
     compiled = [layer.conv.compiled for layer in network.layers[0].layers]
     assert compiled == [True, False]  # 5%: inside the margin
     assert asked == [
@@ -535,7 +535,7 @@ def test_conv_layers_take_the_filter_gradient_measured_faster(monkeypatch, tmp_p
     assert measured["conv-back 40x20x5x5 on 20x12x12 mb10 float32 Sigmoid"] == winners
     assert measured["conv 20x1x5x5 on 1x28x28 mb10 float32"] == times[(20, 1, 5, 5)]
     monkeypatch.setattr(conv, "KERNELS", None)
-    batching.conv_choices(network, 10, measured)  # without the `fast` extra: BLAS
+    ways.conv_choices(network, 10, measured)  # without the `fast` extra: BLAS
     assert not any(layer.conv.compiled or layer.by_winners for layer in network.layers[0].layers)
 
 

@@ -490,29 +490,30 @@ def test_one_members_values_are_scalars_of_the_populations_dtype():
 
 def test_dense_layers_take_the_ways_measured_faster(monkeypatch, tmp_path):
     """Per layer shape and mini-batch size, measured once per machine as the population sizes
-    are: x W^T compiled or by BLAS, the weights' step inside the gradient's product or after it."""
+    are: x W^T and delta W compiled or by BLAS, the weights' step inside the gradient's product or
+    after it."""
     from hpexp.nn import layers, optimizers
-    from hpexp.train import batching
+    from hpexp.train import batching, ways
 
     monkeypatch.setenv(batching.CACHE_ENV_VAR, str(tmp_path / "batching.json"))
     monkeypatch.setattr(batching, "_tables", {})
-    monkeypatch.setattr(batching, "_ways", {})
+    monkeypatch.setattr(ways, "_ways", {})
     monkeypatch.setattr(layers, "KERNELS", object())  # installed (never called: the timings are given)
     monkeypatch.setattr(optimizers, "BLAS", object())
     times = {
         (7, 12): {"numpy": 2.0, "compiled": 1.0, "formed": 1.0, "product": 0.95},
         (5, 7): {"numpy": 1.0, "compiled": 0.95, "formed": 2.0, "product": 1.0},
     }
-    monkeypatch.setattr(batching, "measure_dense", lambda shape, m, dtype: times[shape])
+    monkeypatch.setattr(ways, "measure_dense", lambda shape, m, dtype: times[shape])
     back = {(7, 12): {"numpy": 1.0, "compiled": 0.95}, (5, 7): {"numpy": 1.0, "compiled": 0.5}}
-    monkeypatch.setattr(batching, "measure_back", lambda shape, m, dtype: back[shape])
+    monkeypatch.setattr(ways, "measure_back", lambda shape, m, dtype: back[shape])
     exact = new_network(0)  # float64: NumPy's order, whatever was measured
-    batching.dense_choices(exact, 10)
+    ways.dense_choices(exact, 10)
     assert not any(layer.compiled or layer.compiled_back or layer.by_product for layer in exact.layers)
     network = new_network(0)
     for layer in network.layers:
         layer.w, layer.b = layer.w.astype("float32"), layer.b.astype("float32")
-    batching.dense_choices(network, 10)
+    ways.dense_choices(network, 10)
     assert [layer.compiled for layer in network.layers] == [True, False]  # 5% is inside the margin
     assert [layer.by_product for layer in network.layers] == [False, True]
     assert [layer.compiled_back for layer in network.layers] == [False, True]
@@ -521,10 +522,10 @@ def test_dense_layers_take_the_ways_measured_faster(monkeypatch, tmp_path):
     assert on_disk[f"dense 7x12 mb10 {dtype}"] == times[(7, 12)]
 
     population = stack([new_network(s) for s in range(2)])
-    batching.dense_choices(population, 10)  # populations keep BLAS's wide products (float64 here too)
+    ways.dense_choices(population, 10)  # populations keep BLAS's wide products (float64 here too)
     monkeypatch.setattr(layers, "KERNELS", None)
     monkeypatch.setattr(optimizers, "BLAS", None)
-    batching.dense_choices(network, 10)  # without the `fast` extra: BLAS, and the formed gradient
+    ways.dense_choices(network, 10)  # without the `fast` extra: BLAS, and the formed gradient
     assert not any(
         layer.compiled or layer.compiled_back or layer.by_product
         for net in (population, network)

@@ -25,7 +25,7 @@ from hpexp.nn.network import Masks, Network
 from hpexp.nn.optimizers import SGD
 from hpexp.nn.population import member_params, select, stack_fields
 from hpexp.nn.regularizers import Regularizer
-from hpexp.train import batching
+from hpexp.train import batching, ways
 from hpexp.train.checkpoint import State
 from hpexp.train.schedules import Constant, Schedule
 from hpexp.train.step import mini_batch_steps, split
@@ -136,7 +136,7 @@ def train_epoch(
     for the penalty), through dropout masks drawn from `rng` if dropout is on; a population takes
     it in chunks of `chunk` members (None: all at once), with the same result whatever the chunk
     (to rounding for a chunk of one, which steps as one network). Dense and conv layers compute as the run's
-    record `measured` says (hpexp.train.batching.dense_choices, conv_choices), else as this machine
+    record `measured` says (hpexp.train.ways.dense_choices, conv_choices), else as this machine
     measured.
     """
     n = len(y) if order is None else order.shape[-1]
@@ -158,8 +158,8 @@ def train_epoch(
                 for whole, trained in zip(network.params, part.params, strict=True):
                     whole[rows] = trained
         return
-    batching.dense_choices(network, batch_size, measured)  # compiled products where measured faster
-    batching.conv_choices(network, batch_size, measured)
+    ways.dense_choices(network, batch_size, measured)  # compiled products where measured faster
+    ways.conv_choices(network, batch_size, measured)
     steps = mini_batch_steps(network, optimizer, regularizer, eta, n, chunk)
     shapes, dropping = network.input_shapes(batch_size), regularizer.dropout
     for xb, yb in _batches(x, y, order, batch_size):

@@ -1,0 +1,185 @@
+"""Which way each layer of one network computes, compiled (hpexp.kernels, the `fast` extra) or by
+BLAS, from a short measurement per layer shape and mini-batch size, made, cached and recorded as
+the population sizes are (hpexp.train.batching: the same tables, so a resumed run chooses as before).
+
+These ways change results by rounding (the sums run in another order), so only float32 layers
+take them; float64, the exact path (gradient checks, the book's comparisons), keeps NumPy's order
+whatever a measurement says. A way must win by WAYS_MARGIN.
+
+    dense_choices(network, batch_size)   per dense layer, whether x W^T and delta W run compiled
+                                         (hpexp.kernels.dense) rather than by BLAS, and whether
+                                         plain SGD steps its weights inside the gradient's product
+                                         (hpexp.nn.optimizers.descend)
+    conv_choices(network, batch_size)    per conv layer, whether its filter gradient runs compiled
+                                         (hpexp.kernels.conv.filter_grad) rather than by BLAS, and
+                                         whether its backward through max-pooling sums over the
+                                         winners only (hpexp.kernels.conv.pooled_back)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import numpy as np
+
+from hpexp.nn import conv, layers, optimizers
+from hpexp.nn.conv import ConvPool, ConvStack, MaxPool, patches
+from hpexp.nn.layers import Dense, weighted_input
+from hpexp.nn.network import Network
+from hpexp.train.batching import ROUNDS, STEPS, cached, clock
+
+__all__ = ["WAYS_MARGIN", "conv_choices", "dense_choices"]
+
+WAYS_MARGIN = 0.1  # a compiled product or the step by product must win by this much
+_ways: dict[str, dict[str, float]] = {}  # this process's layer tables, for callers without a record
+
+
+def measure_dense(shape: tuple[int, ...], batch_size: int, dtype: str) -> dict[str, float]:
+    """Seconds per product of a dense layer of weights `shape` on a mini-batch, each way there is:
+    x W^T by BLAS (`numpy`) and compiled (`compiled`); the weights' step by the formed gradient
+    (`formed`: the product, then the step) and inside the product (`product`)."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(shape).astype(dtype)
+    x = rng.random((batch_size, shape[1])).astype(dtype)
+    delta, g = 1e-9 * rng.standard_normal((batch_size, shape[0])).astype(dtype), np.empty_like(w)
+
+    def formed() -> None:
+        np.matmul(delta.T, x, out=g)
+        w.__isub__(g)
+
+    runs: dict[str, Callable[[], object]] = {"numpy": lambda: weighted_input(w, x), "formed": formed}
+    if layers.KERNELS is not None:
+        runs["compiled"] = lambda: layers.KERNELS.weighted_input(w, x)  # type: ignore[union-attr]
+    if optimizers.BLAS is not None:
+        runs["product"] = lambda: optimizers.descend(w, delta, x)
+    return _race(runs)
+
+
+def _race(runs: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """Seconds per call of each way, taking turns ROUNDS times, each keeping its fastest."""
+    best = dict.fromkeys(runs, np.inf)
+    now = clock()
+    for _ in range(ROUNDS):
+        for name, run in runs.items():
+            run()
+            start = now()
+            for _ in range(STEPS):
+                run()
+            best[name] = min(best[name], (now() - start) / STEPS)
+    return best
+
+
+def measure_back(shape: tuple[int, ...], batch_size: int, dtype: str) -> dict[str, float]:
+    """Seconds per input gradient delta W of a dense layer of weights `shape` on a mini-batch: by
+    BLAS (`numpy`) and compiled (`compiled`)."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(shape).astype(dtype)
+    delta = rng.standard_normal((batch_size, shape[0])).astype(dtype)
+    runs: dict[str, Callable[[], object]] = {"numpy": lambda: delta @ w}
+    if layers.KERNELS is not None:
+        runs["compiled"] = lambda: layers.KERNELS.back(delta, w)  # type: ignore[union-attr]
+    return _race(runs)
+
+
+def dense_choices(
+    network: Network,
+    batch_size: int,
+    measured: dict[str, dict[str, float]] | None = None,
+    fresh: bool = False,
+) -> None:
+    """Set `compiled`, `compiled_back` and `by_product` on each float32 dense layer of one network
+    (not a population): True where that way measured faster, by WAYS_MARGIN, at this mini-batch size
+    on this machine, by the run's record `measured` first (see hpexp.train.batching.cached)."""
+    dense = [layer for layer in network.layers if isinstance(layer, Dense) and layer.w.dtype == np.float32]
+    for layer in dense:
+        layer.compiled = layer.compiled_back = layer.by_product = False
+    if network.lead or (layers.KERNELS is None and optimizers.BLAS is None):
+        return
+    keys = ["numpy", "formed", *["compiled"] * (layers.KERNELS is not None)]
+    keys += ["product"] * (optimizers.BLAS is not None)
+    # Asked every epoch, so the tables are kept (machine() takes milliseconds): in the run's record,
+    # else in this process's for callers without one (benchmarks).
+    record = _ways if measured is None else measured
+    faster = 1 - WAYS_MARGIN
+    for layer in dense:
+        shape, dtype = layer.w.shape, layer.w.dtype.name
+        size = f"{shape[0]}x{shape[1]} mb{batch_size} {dtype}"
+        times = cached(f"dense {size}", keys, partial(measure_dense, shape, batch_size, dtype), fresh, record)
+        layer.compiled = "compiled" in keys and times["compiled"] < times["numpy"] * faster
+        layer.by_product = "product" in keys and times["product"] < times["formed"] * faster
+        if layers.KERNELS is not None:  # a table of its own: records written before it keep theirs
+            back = partial(measure_back, shape, batch_size, dtype)
+            times = cached(f"dense-back {size}", ["numpy", "compiled"], back, fresh, record)
+            layer.compiled_back = times["compiled"] < times["numpy"] * faster
+
+
+def measure_conv(
+    shape: tuple[int, ...], in_shape: tuple[int, ...], batch_size: int, dtype: str
+) -> dict[str, float]:
+    """Seconds per filter gradient of a conv layer of filters `shape` (f, c, kh, kw) on a
+    mini-batch of `in_shape` (c, h, w) images: by BLAS (`numpy`) and compiled (`compiled`)."""
+    rng = np.random.default_rng(0)
+    cols = patches(rng.random((batch_size, *in_shape)).astype(dtype), *shape[-2:])
+    d = rng.standard_normal((shape[0], cols.shape[1])).astype(dtype)
+    g = np.empty((shape[0], cols.shape[0]), dtype)
+    runs: dict[str, Callable[[], object]] = {"numpy": lambda: g.__setitem__(..., (cols @ d.T).T)}
+    if conv.KERNELS is not None:
+        runs["compiled"] = lambda: conv.KERNELS.filter_grad(d, cols, g)  # type: ignore[attr-defined]
+    return _race(runs)
+
+
+def measure_winners(
+    layer: ConvPool, in_shape: tuple[int, ...], batch_size: int, propagate: bool
+) -> dict[str, float]:
+    """Seconds per backward of a conv-pool layer like `layer` (its weights, activation and filter
+    gradient's way) on random inputs: spreading the pooling's gradient over every position, then the
+    products (`numpy`), and summing over the regions' winners only (`winners`). ReLU's zeros, which
+    the winners' sums skip, come out as they do in training."""
+    rng = np.random.default_rng(0)
+    twin = ConvPool(layer.w.copy(), layer.b.copy(), layer.activation, MaxPool(2))
+    twin.conv.compiled = layer.conv.compiled
+    out = twin.forward(rng.random((batch_size, *in_shape)).astype(layer.w.dtype))
+    delta = rng.standard_normal(out.shape).astype(out.dtype)
+
+    def backward(by_winners: bool) -> None:
+        twin.by_winners = by_winners
+        twin.backward(delta, propagate)
+
+    return _race({"numpy": partial(backward, False), "winners": partial(backward, True)})
+
+
+def conv_choices(
+    network: Network,
+    batch_size: int,
+    measured: dict[str, dict[str, float]] | None = None,
+    fresh: bool = False,
+) -> None:
+    """Set `compiled` on each float32 conv layer of one network (its filter gradient), and
+    `by_winners` on its conv-pool layer (with 2 x 2 max-pooling: its backward): True where measured
+    faster, by WAYS_MARGIN, as `dense_choices` (float32 only, by the run's record first)."""
+    layers_in = [  # each conv-pool layer with its input's shape and whether backward propagates
+        (layer, in_shape, i > 0 or j > 0)
+        for i, stack in enumerate(network.layers)
+        if isinstance(stack, ConvStack)
+        for j, (layer, in_shape) in enumerate(zip(stack.layers, stack.in_shapes, strict=True))
+    ]
+    for layer, _, _ in layers_in:
+        layer.conv.compiled = layer.by_winners = False
+    if network.lead or conv.KERNELS is None:
+        return
+    record = _ways if measured is None else measured
+    faster = 1 - WAYS_MARGIN
+    for layer, in_shape, propagate in layers_in:
+        shape, dtype = layer.w.shape, layer.w.dtype.name
+        if dtype != "float32":
+            continue
+        size = f"{'x'.join(map(str, shape))} on {'x'.join(map(str, in_shape))} mb{batch_size} {dtype}"
+        measure_now = partial(measure_conv, shape, in_shape, batch_size, dtype)
+        times = cached(f"conv {size}", ["numpy", "compiled"], measure_now, fresh, record)
+        layer.conv.compiled = times["compiled"] < times["numpy"] * faster
+        if isinstance(layer.pool, MaxPool) and layer.pool.size == 2:
+            case = f"conv-back {size} {type(layer.activation).__name__}{'' if propagate else ' first'}"
+            measure_now = partial(measure_winners, layer, in_shape, batch_size, propagate)
+            times = cached(case, ["numpy", "winners"], measure_now, fresh, record)
+            layer.by_winners = times["winners"] < times["numpy"] * faster
