@@ -125,7 +125,7 @@ def measure_conv(
     g = np.empty((shape[0], cols.shape[0]), dtype)
     runs: dict[str, Callable[[], object]] = {"numpy": lambda: g.__setitem__(..., (cols @ d.T).T)}
     if conv.KERNELS is not None:
-        runs["compiled"] = lambda: conv.KERNELS.filter_grad(d, cols, g)  # type: ignore[attr-defined]
+        runs["compiled"] = lambda: conv.KERNELS.filter_grad(d, cols, g)  # type: ignore[attr-defined,union-attr]
     return _race(runs)
 
 
