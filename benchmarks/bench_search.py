@@ -155,12 +155,24 @@ def settings_of(s: DictConfig, spec: DictConfig) -> str:
 
 
 def trial_epochs(spec: DictConfig, runs: Path) -> tuple[int, float]:
-    """Trial-epochs the search spent (every trial that trained, failed retries too); its best value."""
+    """Trial-epochs the search spent (`epochs_used`); its best value."""
     study = _load(spec, runs, parse_space(spec.search), 0, create=False)
     trials = study.get_trials(deepcopy=False)
-    used = sum(int(t.user_attrs.get("epochs_run") or len(t.intermediate_values)) for t in trials)
     done = [t.value for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
-    return used, max(done) if done else math.nan
+    return epochs_used(trials), max(done) if done else math.nan
+
+
+def epochs_used(trials: list[optuna.trial.FrozenTrial]) -> int:
+    """Every trial that trained, failed retries too; but a retry that went on from its trial's
+    checkpoint in the same run folder reports the epochs it restored as its own, so per run folder
+    the most epochs any attempt reached is what was trained (an interrupted PBT search, resumed,
+    read 740 of 600)."""
+    reached: dict[str, int] = {}
+    for t in trials:
+        folder = str(t.user_attrs.get("run_dir") or f"trial {t.number}")
+        epochs = int(t.user_attrs.get("epochs_run") or len(t.intermediate_values))
+        reached[folder] = max(reached.get(folder, 0), epochs)
+    return sum(reached.values())
 
 
 class Clock:

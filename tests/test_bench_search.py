@@ -8,6 +8,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
@@ -224,3 +225,14 @@ def test_pbt_matching_tpe_by_the_means_only_is_called_a_tie_within_noise():
         + [row("pbt", s, 0.97 + d / 10) for s, d in zip((1, 2, 3), spread, strict=True)]
     )
     assert "on one study: **met** (" in report.markdown(clear)
+
+
+def test_a_retry_resumed_in_its_trials_folder_is_not_counted_twice():
+    def trial(number: int, run_dir: str, epochs: int):
+        state = optuna.trial.TrialState.FAIL
+        return optuna.trial.create_trial(state=state, user_attrs={"run_dir": run_dir, "epochs_run": epochs})
+
+    interrupted = [trial(k, f"members/{k:02d}", 14) for k in range(2)]
+    resumed = [trial(2 + k, f"members/{k:02d}", 60) for k in range(2)]  # restored 14, trained 46
+    fresh = [trial(4, "trials/0004", 10), trial(5, "trials/0005", 30)]  # a retry in a new folder
+    assert bench.epochs_used(interrupted + resumed + fresh) == 2 * 60 + 10 + 30
