@@ -103,7 +103,7 @@ def difference(a: pd.DataFrame, b: pd.DataFrame) -> str:
 
 def code(r: pd.DataFrame) -> str:
     """The commits the repetitions ran on (rows from before they were recorded: 'not recorded')."""
-    commits = r.reindex(columns=["commits"])["commits"]  # rows made before the column: all missing
+    commits = r["commits"]  # empty for rows made before the column (read_rows adds it)
     known = [c for row in commits.dropna() for c in str(row).split()]
     missing = int(commits.isna().sum())
     parts = list(dict.fromkeys(known)) + ([f"not recorded ({missing} of {len(r)})"] if missing else [])

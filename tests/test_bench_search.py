@@ -62,6 +62,7 @@ def row(method: str, seed: int, test: float, **changes) -> dict:
         "load_after": 2.0,
         "cores": 2,
         "finished": "2026-12-03 00:00",
+        "commits": "0123456789ab",
     }
     return base | changes
 

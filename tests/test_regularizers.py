@@ -213,3 +213,14 @@ def test_repr_shows_what_is_on():
     assert repr(Regularizer()) == "Regularizer()"
     assert repr(load_option("regularizer", "l2")) == "Regularizer(lmbda=5.0)"
     assert repr(Regularizer(lmbda=5.0, p=0.5)) == "Regularizer(lmbda=5.0, p=0.5)"
+
+
+def test_which_parts_are_on_is_decided_from_every_member():
+    """The flags the training loop reads once per epoch (decided in __post_init__, not per step):
+    any member's dropout or penalty turns that part on, for all."""
+    assert not Regularizer().dropout and not Regularizer().penalized
+    assert Regularizer(p=0.5).dropout and Regularizer(p_input=0.2).dropout
+    assert Regularizer(p=np.array([[[0.0]], [[0.3]]])).dropout
+    assert not Regularizer(lmbda=5.0).dropout and Regularizer(lmbda=5.0).penalized
+    assert Regularizer(lmbda=np.array([[[0.0]], [[1.0]]])).penalized
+    assert not Regularizer(lmbda=np.zeros((2, 1, 1))).penalized
