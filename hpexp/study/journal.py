@@ -4,7 +4,8 @@ Optuna's `JournalFileBackend` appends each operation to `journal.log` under a lo
 locks do not say who holds them: one left by a killed process is forced only after its mtime has
 stood still for a grace period, and the symlink lock with a relative journal path never is (its
 link does not resolve, so the mtime is never read). `OwnedLock` writes `host pid start-time id`
-into the lock file it creates exclusively, and a process waiting for it
+into a file of its own and hard-links it as the lock (so a lock never exists without its owner,
+whenever a signal or a kill lands), and a process waiting for it
 
 - releases at once a lock whose owner ran on this host and is gone (pid gone, or reused by a
   process with another start time);
@@ -17,6 +18,8 @@ owner may have left in the journal (Optuna would otherwise refuse every line wri
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import socket
 import stat
@@ -76,6 +79,23 @@ class OwnedLock(JournalFileOpenLock):
         self.journal, self.path, self.grace = journal, journal + ".lock", grace
         self.owner = f"{HOST} {os.getpid()} {process_start(os.getpid())} {uuid.uuid4().hex}"
         self._torn = False  # a dead owner was released: check the journal's last line
+        host, pid, start, key = self.owner.split()
+        self.spare = f"{self.path}.{host}.{pid}.{start}.{key}.owner"  # written, then linked as the lock
+        self._links = True
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Remove the owner files that processes of this host, killed while taking the lock, left
+        (judged by their names: a kill may have come before the owner was written)."""
+        lock = Path(self.path)
+        for spare in lock.parent.glob(lock.name + ".*.owner"):
+            parts = spare.name[len(lock.name) + 1 : -len(".owner")].rsplit(".", 3)
+            if len(parts) != 4:
+                continue
+            host, pid, start, _ = parts
+            if host == HOST and pid.isdigit() and not alive(int(pid), None if start == "None" else start):
+                with contextlib.suppress(FileNotFoundError):
+                    spare.unlink()
 
     def acquire(self) -> bool:
         seen, since, delay = None, time.monotonic(), 0.001
@@ -103,18 +123,42 @@ class OwnedLock(JournalFileOpenLock):
             os.unlink(self.path)
 
     def _create(self) -> bool:
+        """Create the lock file with its owner already in it: the owner is written to a file of this
+        instance's own, which is then hard-linked as the lock (a link is made whole or not at all).
+        Created empty and then written, a lock left by a signal or a kill between the two could not
+        be judged, and held every process up for the grace time, the interrupted one included."""
+        if self._links:
+            self._write(self.spare)
+            try:
+                os.link(self.spare, self.path)
+            except (FileExistsError, FileNotFoundError):  # held (or the spare swept: written again)
+                return False
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                self._links = False  # a file system without hard links: create, then write
+            else:
+                return True
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.spare)
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            self._write(self.path, exclusive=True)
         except FileExistsError:
             return False
+        return True
+
+    def _write(self, path: str, exclusive: bool = False) -> None:
+        """Write the owner to `path`; on a failure (a full disk) leave no file behind."""
+        flags = os.O_CREAT | os.O_WRONLY | (os.O_EXCL if exclusive else os.O_TRUNC)
+        fd = os.open(path, flags, 0o644)
         try:
             os.write(fd, self.owner.encode())
-        except OSError:  # a full disk: an empty lock would hold every process up for `grace`
+        except OSError:
             os.close(fd)
-            os.unlink(self.path)
+            os.unlink(path)
             raise
         os.close(fd)
-        return True
 
     def _holder(self) -> tuple[str, int] | None:
         """The lock file's content ("" while being written) and mtime, or None if there is none."""
