@@ -643,6 +643,14 @@ def test_a_pages_training_time_counts_each_trained_epoch_once_and_no_copy(tmp_pa
     lines = book_report._provenance(book.load("ch6-conv2-tanh"), runs)
     assert "training time 3.0 min over 3 epochs" in lines[0]
     assert "ch6-conv2-tanh/seed0/sigmoid <- ch6-conv2-fc100-sigmoid/seed0" in lines[2]
+    provenance = json.loads((exp / "provenance.json").read_text())
+    del provenance["ch6-conv2-tanh/tanh seed1"]  # every run copied (as ch6-filters' one run is)
+    (exp / "provenance.json").write_text(json.dumps(provenance))
+    for run in ("seed0/tanh", "seed1/tanh"):
+        (exp / run / "history.csv").unlink()
+        (exp / run).rmdir()
+    lines = book_report._provenance(book.load("ch6-conv2-tanh"), runs)
+    assert "training time" not in lines[0] and "no training of its own" in lines[0]
 
 
 def test_a_comparison_of_two_experiments_is_paired_by_seed(tmp_path):
@@ -726,3 +734,30 @@ def test_a_run_records_the_commit_of_its_code(mnist_dir, tmp_path):
     cfg = compose(["data.n_train=200", "data.n_validation=100", "train.epochs=1"])
     out = hpexp_run(cfg, tmp_path / "run")
     assert rundir.read_summary(out)["versions"]["commit"] in (head, head + "+changes")
+
+
+def test_the_ensemble_figure_draws_each_member_the_vote_and_the_books_number(tmp_path):
+    """ch6-ensemble5 drew its one final record as curves over 'epoch' 1, the members' mean as 1%
+    (a fraction), on a y-range that hid it. It now draws one dot per member, their mean, the vote
+    and the averaged probabilities, in percent, with the book's 99.67% as a line inside the axes."""
+    e = book.load("ch6-ensemble5")
+    fig, ax = plt.subplots()
+    assert book_figures.plot_ensemble(ax, e, tmp_path, {}) == 0  # not run: nothing drawn
+    members = [0.9953, 0.9958, 0.9958, 0.9959, 0.9957]
+    final = {"members_test_accuracy_mean": 0.9957, "test_accuracy": 0.9964, "test_accuracy_mean_prob": 0.9965}
+    rundir.write_summary(
+        tmp_path / e.id / "seed0",
+        {"status": "completed", "final": final, "members": [{"test_accuracy": m} for m in members]},
+    )
+    assert book_figures.plot_ensemble(ax, e, tmp_path, {}) == 8
+    dots = [line.get_xdata()[0] for line in ax.lines if line.get_gid() == "data"]
+    assert dots == pytest.approx([100 * m for m in members] + [99.57, 99.64, 99.65])
+    (book_line,) = [line for line in ax.lines if line.get_gid() != "data"]
+    assert book_line.get_xdata()[0] == pytest.approx(99.67)
+    low, high = ax.get_xlim()
+    assert low < min(dots) and max(dots + [99.67]) < high
+    assert [t.get_text() for t in ax.get_yticklabels()][-2:] == [
+        "vote (the book's)",
+        "averaged probabilities",
+    ]
+    plt.close(fig)

@@ -39,8 +39,11 @@ __all__ = [
 CURVES = Path(__file__).with_name("curves.json")
 
 
+BARS = ("gradient_bars", "ensemble")  # figures of bars, not curves: their own limits and labels
+
+
 def _percent(metric: str) -> float:
-    return 100.0 if metric.endswith("accuracy") else 1.0
+    return 100.0 if "accuracy" in metric else 1.0  # test_accuracy, members_test_accuracy_mean, ...
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -299,6 +302,35 @@ def plot_gradient_bars(ax: Any, experiment: book.Experiment, runs_dir: Path, spe
     return sum(min(6, len(g)) for g in layers)
 
 
+def plot_ensemble(ax: Any, experiment: book.Experiment, runs_dir: Path, spec: dict[str, Any]) -> int:
+    """An ensemble against its members: each member's TEST accuracy (final epoch), their mean, the
+    plurality vote, the averaged probabilities, and the book's number (one ensemble: seed 0)."""
+    dirs = [d for d in book.run_dirs(experiment, "", runs_dir) if (d / "summary.json").exists()]
+    if not dirs:
+        return 0
+    summary = rundir.read_summary(dirs[0])
+    final = summary["final"]
+    rows = [(f"member {k}", m["test_accuracy"], "C0") for k, m in enumerate(summary["members"])]
+    rows += [
+        ("members' mean", final["members_test_accuracy_mean"], "C0"),
+        ("vote (the book's)", final["test_accuracy"], "C1"),
+        ("averaged probabilities", final["test_accuracy_mean_prob"], "C2"),
+    ]
+    labels, values, colors = zip(*rows, strict=True)
+    for i, (v, c) in enumerate(zip(values, colors, strict=True)):  # dots: a cut axis would make bars lie
+        ax.plot([100 * v], [i], "o", color=c, ms=8, gid="data")
+        ax.annotate(f"{100 * v:.2f}", (100 * v, i), xytext=(7, 0), textcoords="offset points", va="center")
+    ax.set_yticks(range(len(labels)), list(labels))
+    book_value = next((c.value for c in experiment.checks if c.metric == "test_accuracy"), None)
+    if book_value is not None:
+        ax.axvline(100 * book_value, color="k", ls="--", label=f"book: the vote, {100 * book_value:.2f}%")
+    every = [100 * v for v in values] + ([100 * book_value] if book_value is not None else [])
+    ax.set_xlim(min(every) - 0.05, max(every) + 0.08)
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+    ax.set_xlabel("test accuracy (%), final epoch, one ensemble (seed 0)")
+    return len(values)
+
+
 def _fit_limits(ax: Any, spec: dict[str, Any]) -> None:
     """Limits that hold all our data, the book's curves and its numbers: the preset's limits widened
     where something would fall outside; with a preset x-range (the book's figure shows epochs
@@ -348,18 +380,21 @@ def figure(
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     if spec.get("kind") == "gradient_bars":
         drawn = plot_gradient_bars(ax, experiment, runs_dir, spec)
+    elif spec.get("kind") == "ensemble":
+        drawn = plot_ensemble(ax, experiment, runs_dir, spec)
     elif spec.get("x", "epoch") != "epoch":
         drawn = plot_points(ax, experiment, runs_dir, spec)
     else:
         drawn = plot_curves(ax, df, experiment, spec, chosen)
     if drawn:
         ax.set_title(spec.get("title", spec["name"]))
-        ax.set_ylabel(", ".join(f"{m}{' (%)' if _percent(m) > 1 else ''}" for m in spec.get("y", [])))
+        if spec.get("kind") not in BARS:
+            ax.set_ylabel(", ".join(f"{m}{' (%)' if _percent(m) > 1 else ''}" for m in spec.get("y", [])))
         if spec.get("logx"):
             ax.set_xscale("log")
         if spec.get("logy"):
             ax.set_yscale("log")
-        if spec.get("kind") != "gradient_bars":
+        if spec.get("kind") not in BARS:
             _fit_limits(ax, spec)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6.5, loc="best")

@@ -220,10 +220,14 @@ def _provenance(experiment: book.Experiment, runs_dir: Path) -> list[str]:
         if copied
         else []
     )
+    time = (
+        f"training time {minutes:.1f} min over {epochs} epochs, the sum of the epochs' times in the runs' "
+        "history.csv (evaluation included; the machine and its load are not recorded)"
+        if epochs or not copied
+        else "no training of its own (its time is on the page of the experiment it was copied from)"
+    )
     return [
-        f"Produced by commit {', '.join(commits)}{caveat}, finished {finished}; training time {minutes:.1f} "
-        f"min over {epochs} epochs, the sum of the epochs' times in the runs' history.csv (evaluation "
-        "included; the machine and its load are not recorded).",
+        f"Produced by commit {', '.join(commits)}{caveat}, finished {finished}; {time}.",
         "",
         *twins,
     ]
