@@ -227,6 +227,37 @@ def test_a_resumed_run_computes_as_before_whatever_the_machine_measures_by_then(
     assert not same_weights(run(cfg, tmp_path / "other", progress=False), whole)  # the test tests
 
 
+def test_a_resumed_conv_net_computes_as_before_whatever_the_machine_measures_by_then(
+    mnist_dir, tmp_path, monkeypatch
+):
+    """The same for a conv net: its filter gradient and its max-pool backward (over every position,
+    or over the regions' winners) are measured ways too, with their own roundings in float32."""
+    from hpexp.nn import conv
+
+    if conv.KERNELS is None:
+        pytest.skip("the compiled ways need the optional `fast` extra (numba)")
+    cfg = compose(
+        [
+            *PLAIN,
+            "data.n_train=100",
+            "train.epochs=3",
+            "network=conv2",
+            "network.fc=7",
+            "cost=log_likelihood",
+            "regularizer=dropout",
+            "dtype=float32",
+        ]
+    )
+    new_machine(monkeypatch, tmp_path / "before.json", ONE, FAST)
+    whole = run(cfg, tmp_path / "whole", progress=False)
+    with pytest.raises(Stopped):
+        run(cfg, tmp_path / "cut", progress=False, on_epoch=stop_at(2))
+    new_machine(monkeypatch, tmp_path / "after.json", ONE, SLOW)
+    resume(tmp_path / "cut", progress=False)
+    assert_same_run(whole, tmp_path / "cut")
+    assert not same_weights(run(cfg, tmp_path / "other", progress=False), whole)  # the test tests
+
+
 def test_a_resumed_population_takes_its_members_in_the_chunks_it_did(mnist_dir, tmp_path, monkeypatch):
     """A chunk of one member steps as one network: another rounding (float64 too) than the whole
     population's wide products. Which chunk comes from a measurement, kept by the run as above."""
