@@ -206,53 +206,31 @@ def same_weights(a, b):
     return all(np.array_equal(wa[k], wb[k]) for k in wa.files)
 
 
-def test_a_resumed_run_computes_as_before_whatever_the_machine_measures_by_then(
-    mnist_dir, tmp_path, monkeypatch
-):
-    """A dense layer's compiled product and step by product change a float32 run by rounding, and
-    whether they are taken comes from a measurement, which may come out otherwise in the process
-    that resumes: the run keeps what it chose by, so the resumed run is the uninterrupted one."""
-    from hpexp.nn import layers, optimizers
+CONV = ["data.n_train=100", "train.epochs=3", "network=conv2", "network.fc=7", "cost=log_likelihood"]
 
-    if layers.KERNELS is None or optimizers.BLAS is None:
+
+@pytest.mark.parametrize(
+    ("network", "overrides"),
+    [("dense", ["regularizer=l2", "regularizer.lmbda=1"]), ("conv", [*CONV, "regularizer=dropout"])],
+)
+def test_a_resumed_run_computes_as_before_whatever_the_machine_measures_by_then(
+    mnist_dir, tmp_path, monkeypatch, network, overrides
+):
+    """A dense layer's compiled product and step by product, and a conv layer's filter gradient and
+    max-pool backward (over every position, or over the regions' winners), change a float32 run by
+    rounding, and whether they are taken comes from a measurement, which may come out otherwise in
+    the process that resumes: the run keeps what it chose by, so the resumed run is the
+    uninterrupted one."""
+    from hpexp.nn import conv, layers, optimizers
+
+    if (conv.KERNELS if network == "conv" else layers.KERNELS and optimizers.BLAS) is None:
         pytest.skip("the compiled ways need the optional `fast` extra (numba, SciPy)")
-    cfg = compose([*PLAIN, "regularizer=l2", "regularizer.lmbda=1", "dtype=float32"])
+    cfg = compose([*PLAIN, *overrides, "dtype=float32"])
     new_machine(monkeypatch, tmp_path / "before.json", ONE, FAST)
     whole = run(cfg, tmp_path / "whole", progress=False)
     with pytest.raises(Stopped):
         run(cfg, tmp_path / "cut", progress=False, on_epoch=stop_at(2))
     new_machine(monkeypatch, tmp_path / "after.json", WIDE, SLOW)
-    resume(tmp_path / "cut", progress=False)
-    assert_same_run(whole, tmp_path / "cut")
-    assert not same_weights(run(cfg, tmp_path / "other", progress=False), whole)  # the test tests
-
-
-def test_a_resumed_conv_net_computes_as_before_whatever_the_machine_measures_by_then(
-    mnist_dir, tmp_path, monkeypatch
-):
-    """The same for a conv net: its filter gradient and its max-pool backward (over every position,
-    or over the regions' winners) are measured ways too, with their own roundings in float32."""
-    from hpexp.nn import conv
-
-    if conv.KERNELS is None:
-        pytest.skip("the compiled ways need the optional `fast` extra (numba)")
-    cfg = compose(
-        [
-            *PLAIN,
-            "data.n_train=100",
-            "train.epochs=3",
-            "network=conv2",
-            "network.fc=7",
-            "cost=log_likelihood",
-            "regularizer=dropout",
-            "dtype=float32",
-        ]
-    )
-    new_machine(monkeypatch, tmp_path / "before.json", ONE, FAST)
-    whole = run(cfg, tmp_path / "whole", progress=False)
-    with pytest.raises(Stopped):
-        run(cfg, tmp_path / "cut", progress=False, on_epoch=stop_at(2))
-    new_machine(monkeypatch, tmp_path / "after.json", ONE, SLOW)
     resume(tmp_path / "cut", progress=False)
     assert_same_run(whole, tmp_path / "cut")
     assert not same_weights(run(cfg, tmp_path / "other", progress=False), whole)  # the test tests
