@@ -483,37 +483,69 @@ def _fmt(seconds: float) -> str:
 
 
 class Progress:
-    """Prints what runs and how long is left; the estimate is rescaled by the runs done so far."""
+    """Prints what runs and how long is left. Estimates are rough (a preset's `book.seconds`, or
+    `estimate_seconds`): they are rescaled by the machine's measured speed, from the runs finished
+    so far, else from the epochs of the run under way (a resumed run counts only the epochs this
+    process trained)."""
 
     def __init__(self, total: float, count: int, every: float = 20.0) -> None:
         self.total, self.count, self.every = total, count, every
         self.done_estimate = self.done_seconds = 0.0
         self.started, self.last, self.index = time.perf_counter(), 0.0, 0
+        self.estimate = 0.0
 
-    def _left(self, current: float) -> float:
-        ratio = self.done_seconds / self.done_estimate if self.done_estimate > 30 else 1.0
-        return max(0.0, self.total - self.done_estimate - current) * ratio
+    def _ratio(self, measured: float | None = None) -> float:
+        """Seconds taken per second estimated: of the runs done, else `measured` (the run under way)."""
+        if self.done_estimate > 30:
+            return self.done_seconds / self.done_estimate
+        return measured if measured is not None else 1.0
+
+    def _left(self, current: float, current_left: float | None = None, ratio: float | None = None) -> float:
+        """Seconds left: the runs after this one (estimated, rescaled), plus what is left of this one
+        (`current_left` if measured, else the estimate less `current` seconds of it, rescaled)."""
+        ratio = self._ratio(ratio)
+        later = max(0.0, self.total - self.done_estimate - self.estimate) * ratio
+        if current_left is None:
+            current_left = max(0.0, self.estimate - current) * ratio
+        return later + current_left
 
     def start(self, label: str, estimate: float) -> Callable[[Record], None]:
+        """Announce a group of runs; the hook it returns takes each run's epoch records with the
+        group's `runs`, their `epochs` and the run's `seed`, whether the runs train together or one
+        after the other."""
         self.index += 1
         self.label, self.estimate, self.run_started = label, estimate, time.perf_counter()
+        reached: dict[Any, int] = {}  # each run's last epoch
+        before: dict[Any, int] = {}  # each run's epochs done before this process took it up (resumed)
         print(
-            f"[{self.index}/{self.count}] {label} (~{_fmt(estimate)}; left ~{_fmt(self._left(0))})",
+            f"[{self.index}/{self.count}] {label} (~{_fmt(estimate * self._ratio())}; "
+            f"left ~{_fmt(self._left(0))})",
             flush=True,
         )
 
         def on_epoch(record: Record) -> None:
             now = time.perf_counter()
-            if now - self.last >= self.every:
-                self.last = now
-                epochs = int(record.get("epochs") or 0)
-                fraction = min(1.0, (now - self.run_started) / max(estimate, 1e-9))
-                seed = f" seed {record['seed']}" if "seed" in record else ""
-                print(
-                    f"    {label}{seed} epoch {record.get('epoch')}{f'/{epochs}' if epochs else ''}; "
-                    f"elapsed {_fmt(now - self.started)}, left ~{_fmt(self._left(fraction * estimate))}",
-                    flush=True,
-                )
+            run, epoch = record.get("seed"), int(record.get("epoch") or 0)
+            epochs, runs = int(record.get("epochs") or 0), int(record.get("runs") or 1)
+            before.setdefault(run, max(0, epoch - 1))
+            reached[run] = epoch
+            if now - self.last < self.every:
+                return
+            self.last = now
+            trained = sum(reached[r] - before[r] for r in reached)
+            if epochs and trained > 0:  # by the epochs this process trained
+                per_epoch = (now - self.run_started) / trained
+                todo = runs * epochs - sum(reached.values())
+                ratio = per_epoch * runs * epochs / max(estimate, 1e-9)
+                left = self._left(0, max(0, todo) * per_epoch, ratio)
+            else:
+                left = self._left(now - self.run_started)
+            seed = f" seed {run}" if run is not None else ""
+            print(
+                f"    {label}{seed} epoch {record.get('epoch')}{f'/{epochs}' if epochs else ''}; "
+                f"elapsed {_fmt(now - self.started)}, left ~{_fmt(left)}",
+                flush=True,
+            )
 
         return on_epoch
 
@@ -524,6 +556,7 @@ class Progress:
         else:
             self.done_estimate += self.estimate
             self.done_seconds += seconds
+        self.estimate = 0.0
         print(
             f"    {status} in {_fmt(seconds)}; elapsed {_fmt(time.perf_counter() - self.started)}, "
             f"left ~{_fmt(self._left(0))}",
@@ -708,7 +741,8 @@ def run_experiments(
                 continue
         epochs = items[0][3].train.epochs
         # Every seed reports (throttled to one line per 20 s): conv nets train their seeds one by one.
-        on_epochs = [lambda r, h=hook, k=i[2], n=epochs: h(r | {"epochs": n, "seed": k}) for i in items]
+        group = {"epochs": epochs, "runs": len(items)}
+        on_epochs = [lambda r, h=hook, g=group, k=i[2]: h(r | g | {"seed": k}) for i in items]
         try:
             if len(items) > 1 or (items[0][4] / CHECKPOINT).exists():
                 run_population(
