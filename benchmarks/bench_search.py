@@ -284,11 +284,13 @@ def done(rows: pd.DataFrame, key: dict[str, Any]) -> bool:
 
 
 def add_row(path: Path, row: dict[str, Any]) -> pd.DataFrame:
-    """The table with `row` appended, written atomically (a killed write leaves the old table)."""
-    rows = read_rows(path)
+    """The table with `row` appended, written atomically (a killed write leaves the old table), under
+    the table's update lock."""
     new = pd.DataFrame([row])[COLUMNS]  # a row missing a column is the benchmark's bug: KeyError
-    rows = pd.concat([rows, new], ignore_index=True) if len(rows) else new
-    rundir.write_atomic(path, rows.to_csv(index=False))
+    with rundir.updating(path):  # another benchmark process may add its row meanwhile
+        rows = read_rows(path)
+        rows = pd.concat([rows, new], ignore_index=True) if len(rows) else new
+        rundir.write_atomic(path, rows.to_csv(index=False))
     return rows
 
 

@@ -683,15 +683,15 @@ def record_provenance(
     """Add one finished run (or population of seeds) to runs_dir/ID/provenance.json: the commit
     that produced it and its wall time, which the pages print, and the folders copied from twins."""
     path = runs_dir / experiment_id / "provenance.json"
-    known = json.loads(path.read_text()) if path.exists() else {}
-    known[label] = {
+    entry = {
         "commit": source_commit(),
         "seconds": round(seconds, 1),
         "status": status,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     } | ({"copied": list(copied)} if copied else {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rundir.write_atomic(path, json.dumps(known, indent=1) + "\n")
+    with rundir.updating(path):  # another `hpexp book run` may add its runs of this experiment
+        known = json.loads(path.read_text()) if path.exists() else {}
+        rundir.write_atomic(path, json.dumps(known | {label: entry}, indent=1) + "\n")
 
 
 def run_experiments(

@@ -96,8 +96,9 @@ def evaluate_run(run_dir: str | Path, split: str = "val", overrides: Sequence[st
         "evaluated_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     path = Path(run_dir) / f"eval_{split}.json"
-    earlier = json.loads(path.read_text()) if path.is_file() else []
-    rundir.write_atomic(path, json.dumps([*earlier, result], indent=2) + "\n")
+    with rundir.updating(path):  # two `hpexp eval` of one run at once: both results kept
+        earlier = json.loads(path.read_text()) if path.is_file() else []
+        rundir.write_atomic(path, json.dumps([*earlier, result], indent=2) + "\n")
     return result
 
 

@@ -9,7 +9,8 @@
                    book's (n_out, n_in), then its biases (1, n_out); conv filters (filters, c, kh, kw))
 
 Every file is written atomically (a temporary file in the same folder, then os.replace), so a
-reader never sees half a file. A new run gets a folder of its own: `new_run_dir` names it by the
+reader never sees half a file; a file several processes add to is read, changed and written under
+its update lock (`updating`). A new run gets a folder of its own: `new_run_dir` names it by the
 time plus a short random suffix and creates it exclusively, so runs started in the same second
 never share one.
 
@@ -20,6 +21,7 @@ still says `running` but whose lock nobody holds as `interrupted`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import io
@@ -29,7 +31,7 @@ import secrets
 import socket
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ __all__ = [
     "new_run_dir",
     "read_history",
     "read_summary",
+    "updating",
     "write_atomic",
     "write_history",
     "write_summary",
@@ -92,6 +95,24 @@ def write_atomic(path: Path, data: str | bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         _name(e, path)
         raise
+
+
+@contextlib.contextmanager
+def updating(path: Path) -> Iterator[None]:
+    """Hold `path`'s update lock (an flock on `.NAME.lock` beside it) while the body reads, changes
+    and rewrites the file: two processes adding to one table or record (two commands at once) each
+    find the other's addition, where read-then-write alone loses one of them. The lock dies with its
+    process; the lock file stays (empty), so a waiting process never takes a lock file unlinked
+    under it."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, _MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def disk_full(e: BaseException) -> bool:
