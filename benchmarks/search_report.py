@@ -24,6 +24,7 @@ TARGETS = {
     "784-100-10": (("mlp100", "mlp100_step"), 0.982, 1200),
 }
 GROUP = ["study", "budget", "baseline"]
+METHODS = ("random", "tpe", "pbt")  # bench_search.py's, in the order it runs them
 
 
 def pct(e: Estimate) -> str:
@@ -81,13 +82,32 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def command(study: str, budget: int, baseline: str, n: int, settings: str = "") -> str:
-    """The command that adds these rows; a PBT run with a non-default interval or warm-up names it."""
-    flag = "" if baseline == "yes" else " --no-baseline"
+def pbt_flags(settings: str) -> str:
+    """A PBT setting's non-default interval and warm-up as bench_search.py's flags ("" for others)."""
     pbt = dict(re.findall(r"\b(interval|warmup)=(\d+)", settings)) if settings.startswith("pbt") else {}
-    if pbt and pbt != {"interval": "4", "warmup": "0"}:
-        flag += " --methods pbt" + "".join(f" --{k} {v}" for k, v in pbt.items())
-    return f"python benchmarks/bench_search.py --studies {study} --budget {budget} --repetitions {n}{flag}"
+    if not pbt or pbt == {"interval": "4", "warmup": "0"}:
+        return ""
+    return "".join(f" --{k} {v}" for k, v in pbt.items())
+
+
+def commands(study: str, budget: int, baseline: str, n: int, searches: list[tuple[str, str]]) -> list[str]:
+    """The commands that add these rows, for `searches` as (method, settings): one per set of flags,
+    naming its methods unless it ran all three (a PBT run with a non-default interval or warm-up
+    names them, and a re-run of another command never runs PBT with the default ones instead)."""
+    flag = "" if baseline == "yes" else " --no-baseline"
+    by_flags: dict[str, list[str]] = {}
+    for method, settings in searches:
+        methods = by_flags.setdefault(pbt_flags(settings), [])
+        if method not in methods:
+            methods.append(method)
+    out = []
+    for extra, methods in by_flags.items():
+        chosen = "" if sorted(methods) == sorted(METHODS) else " --methods " + " ".join(methods)
+        out.append(
+            f"python benchmarks/bench_search.py --studies {study} --budget {budget} --repetitions {n}"
+            f"{flag}{chosen}{extra}"
+        )
+    return out
 
 
 def difference(a: pd.DataFrame, b: pd.DataFrame) -> str:
@@ -151,8 +171,8 @@ def group_section(key: tuple[Any, ...], part: pd.DataFrame) -> list[str]:
             "finalizations are one and the same retraining (seeds 1..K), so their spread is not the "
             "search's.",
         ]
-    commands = dict.fromkeys(command(study, budget, baseline, n, r["settings"].iloc[0]) for _, r in found)
-    lines += ["", "Rows: " + "; ".join(f"`{c}`" for c in commands), ""]
+    ran = [(r["method"].iloc[0], r["settings"].iloc[0]) for _, r in found]
+    lines += ["", "Rows: " + "; ".join(f"`{c}`" for c in commands(study, budget, baseline, n, ran)), ""]
     return lines
 
 

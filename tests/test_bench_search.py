@@ -160,13 +160,21 @@ def test_the_settings_name_what_makes_a_search_and_pbt_fixes_what_it_cannot_sear
     assert bench.settings_of(bench.variant(spec, "pbt", 600, 1, 4, warmup=8), spec) != pbt
 
 
-def test_the_rows_command_names_a_pbt_runs_interval_and_warmup():
-    assert report.command("s", 60, "no", 3, "pbt interval=4 warmup=0 fraction=0.25") == (
+def test_the_rows_commands_name_a_pbt_runs_interval_and_warmup_and_add_only_these_rows():
+    """Random, TPE and a PBT with warm-up 24 ran in one command: the report gave `--budget 1000
+    --repetitions 3` (all three methods, PBT with the default warm-up: another search) beside the
+    PBT command. Each command now names its methods unless it ran all three with default flags."""
+    assert report.METHODS == bench.METHODS
+    default, late = "pbt interval=4 warmup=0 fraction=0.25", "pbt interval=4 warmup=24 fraction=0.25"
+    three = [("random", "random"), ("tpe", "tpe x=1"), ("pbt", default)]
+    assert report.commands("s", 60, "no", 3, three) == [
         "python benchmarks/bench_search.py --studies s --budget 60 --repetitions 3 --no-baseline"
-    )
-    assert report.command("s", 60, "yes", 2, "pbt interval=4 warmup=24 fraction=0.25").endswith(
-        "--repetitions 2 --methods pbt --interval 4 --warmup 24"
-    )
+    ]
+    assert report.commands("s", 60, "yes", 2, [*three[:2], ("pbt", late)]) == [
+        "python benchmarks/bench_search.py --studies s --budget 60 --repetitions 2 --methods random tpe",
+        "python benchmarks/bench_search.py --studies s --budget 60 --repetitions 2 --methods pbt "
+        "--interval 4 --warmup 24",
+    ]
 
 
 def test_a_target_reached_on_fewer_than_three_repetitions_is_called_provisional():
