@@ -764,7 +764,9 @@ def test_the_ensemble_figure_draws_each_member_the_vote_and_the_books_number(tmp
 
 
 @pytest.mark.parametrize(
-    ("together", "left"), [(True, "1h00m"), (False, "1h10m")], ids=["seeds together", "one after another"]
+    ("together", "left"),
+    [(True, "1h00m"), (False, "1h10m"), ("ensemble", "1h10m")],
+    ids=["seeds together", "one after another", "an ensemble's members"],
 )
 def test_the_time_left_follows_the_epochs_trained_not_the_presets_guess(capsys, monkeypatch, together, left):
     """The L2 sweep's preset guessed 2 h a run; its runs took minutes, and `hpexp book run` said
@@ -777,11 +779,14 @@ def test_the_time_left_follows_the_epochs_trained_not_the_presets_guess(capsys, 
     hook = progress.start("sweep/a seed0,1,2", 21600.0)
     # Each run 10 epochs, resumed at epoch 4, one epoch of one run a minute: 30 run-epochs take 30
     # min, so each group 30 min (the ratio 1800 / 21600), and the two groups after this one 1 h.
-    if together:  # all three at epoch 10: nothing left of this group
+    if together is True:  # all three at epoch 10: nothing left of this group
         records = [(k, e) for e in range(5, 11) for k in range(3)]
     else:  # seed 0 done, seed 1 from scratch and done, seed 2 not begun: 10 epochs (10 min) left
         records = [(0, e) for e in range(5, 11)] + [(1, e) for e in range(1, 11)]
     for seed, epoch in records:
         clock[0] += 60.0
-        hook({"epoch": epoch, "seed": seed, "epochs": 10, "runs": 3})
+        if together == "ensemble":  # one run of seed 0 whose 3 members train one after another
+            hook({"epoch": epoch, "seed": 0, "member": seed, "members_to_train": 3, "epochs": 10, "runs": 1})
+        else:
+            hook({"epoch": epoch, "seed": seed, "epochs": 10, "runs": 3})
     assert capsys.readouterr().out.strip().splitlines()[-1].endswith(f"left ~{left}")

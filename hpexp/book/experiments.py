@@ -511,8 +511,8 @@ class Progress:
 
     def start(self, label: str, estimate: float) -> Callable[[Record], None]:
         """Announce a group of runs; the hook it returns takes each run's epoch records with the
-        group's `runs`, their `epochs` and the run's `seed`, whether the runs train together or one
-        after the other."""
+        group's `runs`, their `epochs` and the run's `seed` (and an ensemble's `member` of the
+        `members_to_train`), whether the runs train together or one after the other."""
         self.index += 1
         self.label, self.estimate, self.run_started = label, estimate, time.perf_counter()
         reached: dict[Any, int] = {}  # each run's last epoch
@@ -525,8 +525,9 @@ class Progress:
 
         def on_epoch(record: Record) -> None:
             now = time.perf_counter()
-            run, epoch = record.get("seed"), int(record.get("epoch") or 0)
-            epochs, runs = int(record.get("epochs") or 0), int(record.get("runs") or 1)
+            run, epoch = (record.get("seed"), record.get("member")), int(record.get("epoch") or 0)
+            epochs = int(record.get("epochs") or 0)
+            runs = int(record.get("runs") or 1) * int(record.get("members_to_train") or 1)  # an ensemble's
             before.setdefault(run, max(0, epoch - 1))
             reached[run] = epoch
             if now - self.last < self.every:
@@ -540,7 +541,7 @@ class Progress:
                 left = self._left(0, max(0, todo) * per_epoch, ratio)
             else:
                 left = self._left(now - self.run_started)
-            seed = f" seed {run}" if run is not None else ""
+            seed = f" seed {record['seed']}" if record.get("seed") is not None else ""
             print(
                 f"    {label}{seed} epoch {record.get('epoch')}{f'/{epochs}' if epochs else ''}; "
                 f"elapsed {_fmt(now - self.started)}, left ~{_fmt(left)}",

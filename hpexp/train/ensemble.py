@@ -188,19 +188,21 @@ def run(
         raise ValueError(f"ensemble.members must be >= 1, got {k_members}")
     out = Path(out_dir or cfg.out_dir or Path("runs/ensemble") / time.strftime("%Y-%m-%d_%H-%M-%S"))
     started = time.perf_counter()
-    dirs = []
-    for k in range(k_members):
-        d = out / "members" / f"member{k}"
-        member = member_config(cfg, k, d)
-        if not _done(d, member):
-            if progress:
-                print(f"member {k + 1}/{k_members} (seed {member.seed})", flush=True)
-            if _resumable(d, member):
-                run_population([member], [d], on_epochs=[on_epoch], progress=progress, resume=True)
-            else:
-                (d / rundir.CHECKPOINT).unlink(missing_ok=True)
-                run_one(member, d, on_epoch=on_epoch, progress=progress)
-        dirs.append(d)
+    dirs = [out / "members" / f"member{k}" for k in range(k_members)]
+    configs = [member_config(cfg, k, d) for k, d in enumerate(dirs)]
+    todo = [k for k in range(k_members) if not _done(dirs[k], configs[k])]
+    for i, k in enumerate(todo):
+        d, member = dirs[k], configs[k]
+        if progress:
+            print(f"member {k + 1}/{k_members} (seed {member.seed})", flush=True)
+        # Which of the members left to train this is, for a progress display that counts epochs.
+        left = {"member": i, "members_to_train": len(todo)}
+        hook = None if on_epoch is None else (lambda r, left=left: on_epoch(r | left))
+        if _resumable(d, member):
+            run_population([member], [d], on_epochs=[hook], progress=progress, resume=True)
+        else:
+            (d / rundir.CHECKPOINT).unlink(missing_ok=True)
+            run_one(member, d, on_epoch=hook, progress=progress)
     splits = {s: v for s, v in load_data(cfg).items() if s in cfg.train.monitor}
     with threadpool_limits(limits=1, user_api="blas"):  # as in training: threads only cost here
         record, members = combine(dirs, splits)
