@@ -24,7 +24,6 @@ TARGETS = {
     "784-100-10": (("mlp100", "mlp100_step"), 0.982, 1200),
 }
 GROUP = ["study", "budget", "baseline"]
-METHODS = ("random", "tpe", "pbt")  # bench_search.py's, in the order it runs them
 
 
 def pct(e: Estimate) -> str:
@@ -102,7 +101,7 @@ def commands(study: str, budget: int, baseline: str, n: int, searches: list[tupl
             methods.append(method)
     out = []
     for extra, methods in by_flags.items():
-        chosen = "" if sorted(methods) == sorted(METHODS) else " --methods " + " ".join(methods)
+        chosen = "" if sorted(methods) == sorted(ORDER) else " --methods " + " ".join(methods)
         out.append(
             f"python benchmarks/bench_search.py --studies {study} --budget {budget} --repetitions {n}"
             f"{flag}{chosen}{extra}"
