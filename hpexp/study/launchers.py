@@ -46,6 +46,7 @@ from optuna.trial import TrialState
 from hpexp.study.daskstore import client_for, is_dask_url, scheduler_address
 from hpexp.study.storage import fail_stale, study_dir, unclaimed
 from hpexp.study.workers import work
+from hpexp.train import rundir
 from hpexp.train.runner import ConfigError
 
 __all__ = [
@@ -181,7 +182,8 @@ def run_worker(
 def _interrupted_by(stop: str) -> Iterator[None]:
     """In a Dask task: when the distributed Event `stop` is set, raise KeyboardInterrupt in this
     thread (CPython's PyThreadState_SetAsyncExc; it lands between bytecodes), so the worker loop
-    fails its running trials as interrupted, enqueues them again and returns, as on Ctrl-C."""
+    fails its running trials as interrupted, enqueues them again and returns, as on Ctrl-C. It waits
+    while the thread writes a file (`rundir.signals_held`, where a signal would wait too)."""
     if not stop:
         yield
         return
@@ -196,6 +198,8 @@ def _interrupted_by(stop: str) -> Iterator[None]:
         while not done.is_set():
             with contextlib.suppress(Exception):  # a scheduler that went away: nothing to stop for
                 if event.wait(timeout=1) and not done.is_set():
+                    while rundir.holding(me) and not done.is_set():
+                        time.sleep(0.01)
                     exc = ctypes.py_object(KeyboardInterrupt)
                     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(me), exc)
                     return

@@ -12,7 +12,6 @@ whole.
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,9 +72,7 @@ def save(path: Path, state: State) -> None:
         "plan": state.plan,
         "measured": state.measured,
     }
-    buffer = io.BytesIO()
-    np.savez(buffer, header=np.array(json.dumps(header)), **arrays)  # type: ignore[arg-type]
-    rundir.write_atomic(path, buffer.getvalue())
+    rundir.write_atomic(path, rundir.npz_bytes(header=np.array(json.dumps(header)), **arrays))
 
 
 def load(path: Path) -> State:

@@ -8,11 +8,11 @@
     weights.npz    optional: the final parameters, layer by layer (a dense layer's weights as the
                    book's (n_out, n_in), then its biases (1, n_out); conv filters (filters, c, kh, kw))
 
-Every file is written atomically (a temporary file in the same folder, then os.replace), so a
-reader never sees half a file; a file several processes add to is read, changed and written under
-its update lock (`updating`). A new run gets a folder of its own: `new_run_dir` names it by the
-time plus a short random suffix and creates it exclusively, so runs started in the same second
-never share one.
+Every file is written atomically (a temporary file in the same folder, then os.replace), so a reader
+never sees half a file, with SIGINT and SIGTERM held until it is written (`signals_held`); a file
+several processes add to is read, changed and written under its update lock (`updating`). A new run
+gets a folder of its own: `new_run_dir` names it by the time plus a short random suffix and creates
+it exclusively, so runs started in the same second never share one.
 
 While a run trains, its process holds a lock on `.lock` in the folder (`RunLock`). The lock dies
 with the process, however it ends (kill -9 included), so `read_summary` reports a run whose summary
@@ -28,8 +28,10 @@ import io
 import json
 import os
 import secrets
+import signal
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -45,8 +47,10 @@ __all__ = [
     "describe",
     "disk_full",
     "new_run_dir",
+    "npz_bytes",
     "read_history",
     "read_summary",
+    "signals_held",
     "updating",
     "write_atomic",
     "write_history",
@@ -81,20 +85,102 @@ def new_run_dir(parent: str | Path) -> Path:
         return path
 
 
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write `path` whole or not at all; a failed write (a full disk) leaves the old file as it was
-    and raises an OSError that names `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+_HELD = (signal.SIGINT, signal.SIGTERM)
+_holding: set[int] = set()  # threads inside `signals_held`
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM arriving in the block are delivered when it ends, to the handlers there
+    were before it. Python runs a handler between any two bytecodes, and an exception it raises
+    inside a library's bookkeeping can leave it broken: inside np.savez, a zip file with a writing
+    handle still open, which raises again when closed or collected. Blocks nest. Python handles
+    signals in the main thread only, so in another thread the block just marks the thread as
+    holding (`holding`), for code that interrupts threads by other means to wait on."""
+    me = threading.get_ident()
+    if me in _holding or threading.current_thread() is not threading.main_thread():
+        outer = me in _holding
+        try:
+            _holding.add(me)
+            yield
+        finally:
+            if not outer:
+                _holding.discard(me)
+        return
+    received: list[int] = []
+    saved: dict[int, Any] = {}
+    open_ = True
+
+    def hold(signum: int, frame: Any) -> None:
+        if open_:
+            received.append(signum)
+        else:  # the block has ended but this handler is not yet replaced: act as the old one
+            _deliver(signum, saved[signum], frame)
+
     try:
-        os.fchmod(fd, _MODE)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        _name(e, path)
-        raise
+        for s in _HELD:
+            saved[s] = signal.getsignal(s)
+            signal.signal(s, hold)
+        _holding.add(me)
+        yield
+    finally:  # a signal is held until its old handler is back
+        _holding.discard(me)
+        try:
+            _restore(list(saved.items()))
+        finally:
+            open_ = False
+        for signum in dict.fromkeys(received):
+            signal.raise_signal(signum)
+
+
+def _restore(handlers: list[tuple[int, Any]]) -> None:
+    """Each handler is set again even when one set before it raises (its signal came just then)."""
+    if handlers:
+        (signum, handler), rest = handlers[0], handlers[1:]
+        try:
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        finally:
+            _restore(rest)
+
+
+def _deliver(signum: int, handler: Any, frame: Any) -> None:
+    if callable(handler):
+        handler(signum, frame)
+    elif handler != signal.SIG_IGN:  # the default action (SIG_DFL, or a handler set outside Python)
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+
+def holding(thread: int) -> bool:
+    """Whether the thread (`threading.get_ident()`) is inside `signals_held`."""
+    return thread in _holding
+
+
+def npz_bytes(*arrays: np.ndarray, **named: np.ndarray) -> bytes:
+    """`np.savez` into memory, with signals held: an interrupted np.savez leaves a zip file that
+    raises when collected (`signals_held`)."""
+    buffer = io.BytesIO()
+    with signals_held():
+        np.savez(buffer, *arrays, **named)  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write `path` whole or not at all, with signals held until it is written (`signals_held`); a
+    failed write (a full disk) leaves the old file as it was and raises an OSError that names
+    `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with signals_held():
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, _MODE)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data.encode() if isinstance(data, str) else data)
+            os.replace(tmp, path)
+        except BaseException as e:
+            Path(tmp).unlink(missing_ok=True)
+            _name(e, path)
+            raise
 
 
 @contextlib.contextmanager
@@ -181,9 +267,7 @@ def write_summary(run_dir: Path, summary: Record) -> None:
 
 
 def write_weights(run_dir: Path, params: Sequence[np.ndarray]) -> None:
-    buffer = io.BytesIO()
-    np.savez(buffer, *params)
-    write_atomic(Path(run_dir) / "weights.npz", buffer.getvalue())
+    write_atomic(Path(run_dir) / "weights.npz", npz_bytes(*params))
 
 
 def read_history(run_dir: Path) -> list[Record]:
