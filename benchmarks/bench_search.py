@@ -4,7 +4,8 @@ finalized (the best setting retrained with fresh seeds, the test set scored once
 reads to choose a search, in reports/search/.
 
     python benchmarks/bench_search.py [--studies book_l2_mlp30 mlp100] [--budget N]
-        [--repetitions 3] [--methods random tpe pbt] [--interval 4] [--warmup 0] [--no-baseline]
+        [--repetitions 3] [--methods random tpe pbt] [--interval 4] [--warmup 0] [--startup N]
+        [--no-baseline]
     python benchmarks/bench_search.py --report      # rebuild reports/search/README.md from the rows
 
 A job that accumulates across sessions: each finished (study, method, settings, budget, sampler
@@ -96,9 +97,11 @@ def variant(
     interval: int,
     baseline: bool = True,
     warmup: int = 0,
+    startup: int | None = None,
 ) -> DictConfig:
     """The spec as searched by `method` with sampler seed `seed` on `budget` trial-epochs; without
-    `baseline`, no search starts from the spec's baseline (its trial 0, PBT's member 0)."""
+    `baseline`, no search starts from the spec's baseline (its trial 0, PBT's member 0); `startup`:
+    TPE's random trials before its model chooses (n_startup_trials; None: the spec's)."""
     s = copy.deepcopy(spec)
     if not baseline:
         s.baseline = None
@@ -111,7 +114,8 @@ def variant(
             OmegaConf.create({"name": "none"}),
         )
     elif method == "tpe":
-        s.sampler = OmegaConf.merge(spec.sampler, {"seed": seed})
+        sampler = OmegaConf.to_container(spec.sampler) | {"seed": seed}
+        s.sampler = OmegaConf.create(sampler | ({} if startup is None else {"n_startup_trials": startup}))
     else:
         fixed, search, baseline_values = [], {}, {}
         for p in parse_space(spec.search):
@@ -314,6 +318,9 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=3, help="sampler seeds 1..R")
     parser.add_argument("--interval", type=int, default=4, help="PBT's epochs between exploits")
     parser.add_argument("--warmup", type=int, default=0, help="PBT's first epoch that may exploit")
+    parser.add_argument(
+        "--startup", type=int, default=None, help="TPE's n_startup_trials (default: the spec's)"
+    )
     parser.add_argument("--final-seeds", type=int, default=None, help="finalize seeds (default: the spec's)")
     parser.add_argument(
         "--no-baseline", action="store_true", help="searches do not start from the spec's baseline"
@@ -328,6 +335,8 @@ def main() -> None:
         return
     if args.repetitions < 1 or (args.budget is not None and args.budget < 1):
         parser.error(f"--repetitions and --budget must be >= 1, got {args.repetitions}, {args.budget}")
+    if args.startup is not None and args.startup < 0:
+        parser.error(f"--startup must be >= 0, got {args.startup}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `finally` blocks run: times are kept
     jobs = []
@@ -338,7 +347,9 @@ def main() -> None:
         budget = args.budget or int(spec.n_trials) * epochs_of(spec, "tpe")
         for seed in range(1, args.repetitions + 1):  # repetition by repetition: a partial table is balanced
             for method in args.methods:
-                s = variant(spec, method, budget, seed, args.interval, not args.no_baseline, args.warmup)
+                s = variant(
+                    spec, method, budget, seed, args.interval, not args.no_baseline, args.warmup, args.startup
+                )
                 check_spec(s)
                 if method == "pbt":
                     pbt.check(s)

@@ -48,12 +48,41 @@ def searches(part: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 
 def against_tpe(found: list[tuple[str, pd.DataFrame]]) -> list[tuple[str, pd.DataFrame, pd.DataFrame]]:
-    """Each PBT search of a group (one per setting, e.g. warm-up 0 and 24) with TPE's rows, named
-    as its table row is ("PBT", "PBT [b]")."""
-    by = dict(found)
-    if "tpe" not in by:
-        return []
-    return [("PBT" + label[3:], r, by["tpe"]) for label, r in found if label.startswith("pbt")]
+    """Each PBT search of a group (one per setting, e.g. warm-up 0 and 24) with each TPE search's
+    rows, named as their table rows are ("PBT [b] - TPE", "PBT - TPE [a]")."""
+    tpes = [(label, r) for label, r in found if label.startswith("tpe")]
+    return [
+        (f"PBT{label[3:]} - TPE{tpe_label[3:]}", r, tpe)
+        for label, r in found
+        if label.startswith("pbt")
+        for tpe_label, tpe in tpes
+    ]
+
+
+def startup_trials(settings: str) -> int:
+    """A TPE search's random trials before its model chooses: its sampler's n_startup_trials, else
+    Optuna's default (read from TPESampler's signature, so an upgrade that changes it shows)."""
+    sampler = settings.split(";", 1)[0]  # the pruner's arguments follow, with a name of their own
+    found = re.search(r"\bn_startup_trials=(\d+)", sampler)
+    if found:
+        return int(found.group(1))
+    import inspect
+
+    import optuna
+
+    return int(inspect.signature(optuna.samplers.TPESampler).parameters["n_startup_trials"].default)
+
+
+def model_chosen(r: pd.DataFrame) -> str:
+    """How many of a TPE search's trials its model chose, against those it drew at random."""
+    startup = startup_trials(r["settings"].iloc[0])
+    chosen = (r["trials"] - startup).clip(lower=0)
+    return (
+        f"TPE's model chose {chosen.mean():.1f} of its {r['trials'].mean():.1f} trials on average "
+        f"(the first {startup}, n_startup_trials, are random draws"
+        + ("; so at this budget TPE was a random search" if chosen.max() == 0 else "")
+        + ")"
+    )
 
 
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
@@ -81,8 +110,12 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def pbt_flags(settings: str) -> str:
-    """A PBT setting's non-default interval and warm-up as bench_search.py's flags ("" for others)."""
+def flags(settings: str) -> str:
+    """A setting's non-default arguments as bench_search.py's flags: PBT's interval and warm-up,
+    TPE's n_startup_trials ("" for others)."""
+    if settings.startswith("tpe"):
+        found = re.search(r"\bn_startup_trials=(\d+)", settings.split(";", 1)[0])
+        return f" --startup {found.group(1)}" if found else ""
     pbt = dict(re.findall(r"\b(interval|warmup)=(\d+)", settings)) if settings.startswith("pbt") else {}
     if not pbt or pbt == {"interval": "4", "warmup": "0"}:
         return ""
@@ -91,12 +124,13 @@ def pbt_flags(settings: str) -> str:
 
 def commands(study: str, budget: int, baseline: str, n: int, searches: list[tuple[str, str]]) -> list[str]:
     """The commands that add these rows, for `searches` as (method, settings): one per set of flags,
-    naming its methods unless it ran all three (a PBT run with a non-default interval or warm-up
-    names them, and a re-run of another command never runs PBT with the default ones instead)."""
+    naming its methods unless it ran all three (a PBT run with a non-default interval or warm-up, or
+    a TPE run with its own n_startup_trials, names them, and a re-run of another command never runs
+    them with the defaults instead)."""
     flag = "" if baseline == "yes" else " --no-baseline"
     by_flags: dict[str, list[str]] = {}
     for method, settings in searches:
-        methods = by_flags.setdefault(pbt_flags(settings), [])
+        methods = by_flags.setdefault(flags(settings), [])
         if method not in methods:
             methods.append(method)
     out = []
@@ -155,9 +189,12 @@ def group_section(key: tuple[Any, ...], part: pd.DataFrame) -> list[str]:
             f"| {int(r['sessions'].max())} | {code(r)} |"
         )
     lines += ["", "Settings:", ""]
-    lines += [f"- {label}: {r['settings'].iloc[0]}" for label, r in found]
+    lines += [
+        f"- {label}: {r['settings'].iloc[0]}" + (f"; {model_chosen(r)}" if label.startswith("tpe") else "")
+        for label, r in found
+    ]
     for name, pbt, tpe in against_tpe(found):
-        lines += ["", f"{name} - TPE, finalized test accuracy: {difference(pbt, tpe)}."]
+        lines += ["", f"{name}, finalized test accuracy: {difference(pbt, tpe)}."]
     same = [
         f"{label}: {int(r['best_is_baseline'].sum())} of {len(r)}"
         for label, r in found
@@ -219,7 +256,7 @@ def targets(rows: pd.DataFrame) -> list[str]:
                     diff >= 0,
                     min(len(pbt), len(tpe)),
                     f"{key[0]} at {key[1]:,} ({'with' if key[2] == 'yes' else 'without'} "
-                    f"the baseline): {name} - TPE {diff:+.2f} points{span}, n = {len(pbt)} and {len(tpe)}",
+                    f"the baseline): {name} {diff:+.2f} points{span}, n = {len(pbt)} and {len(tpe)}",
                     d.has_interval and d.lo < 0,
                 )
             )

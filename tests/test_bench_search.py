@@ -5,6 +5,7 @@ rebuilt from the committed rows alone."""
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 from pathlib import Path
 
@@ -175,6 +176,50 @@ def test_the_rows_commands_name_a_pbt_runs_interval_and_warmup_and_add_only_thes
         "python benchmarks/bench_search.py --studies s --budget 60 --repetitions 2 --methods pbt "
         "--interval 4 --warmup 24",
     ]
+
+
+def test_tpe_with_its_own_startup_trials_is_a_search_of_its_own_with_its_command():
+    """--startup sets TPE's n_startup_trials (a setting, so a row of its own, whose command names
+    the flag); the pruner's n_startup_trials is not TPE's."""
+    spec = load_spec("mlp100_step")
+    plain = bench.settings_of(bench.variant(spec, "tpe", 600, 1, 4), spec)
+    early = bench.settings_of(bench.variant(spec, "tpe", 600, 1, 4, startup=3), spec)
+    assert early != plain and "n_startup_trials=3" in early.split(";")[0]
+    assert "n_startup_trials" not in plain.split(";")[0] and "pruner median n_startup_trials=4" in plain
+    assert report.flags(early) == " --startup 3" and report.flags(plain) == ""
+    assert report.commands("s", 60, "no", 3, [("random", "random"), ("tpe", early)]) == [
+        "python benchmarks/bench_search.py --studies s --budget 60 --repetitions 3 --no-baseline "
+        "--methods random",
+        "python benchmarks/bench_search.py --studies s --budget 60 --repetitions 3 --no-baseline "
+        "--methods tpe --startup 3",
+    ]
+
+
+def test_the_report_says_how_many_trials_tpes_model_chose():
+    """Optuna's TPE draws its first n_startup_trials (10 by default) at random: at 10 trials of 60
+    epochs (600 trial-epochs) TPE is a random search, and a reader comparing it with random search
+    is told so."""
+    n = inspect.signature(optuna.samplers.TPESampler).parameters["n_startup_trials"].default
+    rows = [row("tpe", s, 0.96, trials=n, settings="tpe; pruner median n_startup_trials=4") for s in (1, 2)]
+    text = report.markdown(pd.DataFrame(rows))
+    assert f"TPE's model chose 0.0 of its {n:.1f} trials on average (the first {n}" in text
+    assert "so at this budget TPE was a random search" in text
+    own = "tpe n_startup_trials=4; pruner none"
+    rows = [row("tpe", s, 0.96, trials=10 + s, settings=own) for s in (1, 2)]
+    text = report.markdown(pd.DataFrame(rows))
+    assert "TPE's model chose 7.5 of its 11.5 trials on average (the first 4," in text
+    assert "random search)" not in text
+
+
+def test_pbt_is_compared_with_each_tpe_search():
+    rows = pd.DataFrame(
+        [row("tpe", s, 0.96) for s in (1, 2, 3)]
+        + [row("tpe", s, 0.98, settings="tpe n_startup_trials=3; final_seeds=3") for s in (1, 2, 3)]
+        + [row("pbt", s, 0.97) for s in (1, 2, 3)]
+    )
+    text = report.markdown(rows)
+    assert "PBT - TPE [a], finalized test accuracy: +1.00 points" in text
+    assert "PBT - TPE [b], finalized test accuracy: -1.00 points" in text
 
 
 def test_a_target_reached_on_fewer_than_three_repetitions_is_called_provisional():
