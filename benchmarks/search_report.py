@@ -14,6 +14,7 @@ import pandas as pd
 
 from hpexp.report.pages import _md_table
 from hpexp.stats import MIN_N_INTERVAL, Estimate, mean_interval, welch_difference
+from hpexp.study.spec import tpe_startup
 from hpexp.train import rundir
 
 ORDER = {"random": 0, "tpe": 1, "pbt": 2}
@@ -59,23 +60,16 @@ def against_tpe(found: list[tuple[str, pd.DataFrame]]) -> list[tuple[str, pd.Dat
     ]
 
 
-def startup_trials(settings: str) -> int:
-    """A TPE search's random trials before its model chooses: its sampler's n_startup_trials, else
-    Optuna's default (read from TPESampler's signature, so an upgrade that changes it shows)."""
-    sampler = settings.split(";", 1)[0]  # the pruner's arguments follow, with a name of their own
-    found = re.search(r"\bn_startup_trials=(\d+)", sampler)
-    if found:
-        return int(found.group(1))
-    import inspect
-
-    import optuna
-
-    return int(inspect.signature(optuna.samplers.TPESampler).parameters["n_startup_trials"].default)
+def startup_argument(settings: str) -> dict[str, int]:
+    """A TPE setting's own n_startup_trials, if it has one (the pruner's arguments follow the
+    sampler's, with one of the same name)."""
+    found = re.search(r"\bn_startup_trials=(\d+)", settings.split(";", 1)[0])
+    return {"n_startup_trials": int(found.group(1))} if found else {}
 
 
 def model_chosen(r: pd.DataFrame) -> str:
     """How many of a TPE search's trials its model chose, against those it drew at random."""
-    startup = startup_trials(r["settings"].iloc[0])
+    startup = tpe_startup(startup_argument(r["settings"].iloc[0]))
     chosen = (r["trials"] - startup).clip(lower=0)
     return (
         f"TPE's model chose {chosen.mean():.1f} of its {r['trials'].mean():.1f} trials on average "
@@ -114,8 +108,8 @@ def flags(settings: str) -> str:
     """A setting's non-default arguments as bench_search.py's flags: PBT's interval and warm-up,
     TPE's n_startup_trials ("" for others)."""
     if settings.startswith("tpe"):
-        found = re.search(r"\bn_startup_trials=(\d+)", settings.split(";", 1)[0])
-        return f" --startup {found.group(1)}" if found else ""
+        own = startup_argument(settings)
+        return f" --startup {own['n_startup_trials']}" if own else ""
     pbt = dict(re.findall(r"\b(interval|warmup)=(\d+)", settings)) if settings.startswith("pbt") else {}
     if not pbt or pbt == {"interval": "4", "warmup": "0"}:
         return ""

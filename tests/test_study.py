@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import inspect
 import os
 import time
 from pathlib import Path
@@ -335,3 +336,30 @@ def test_two_workers_against_postgresql(mnist_dir, tmp_path, postgres_url, monke
     assert not (tmp_path / "studies" / name / "journal.log").exists()
     with contextlib.suppress(KeyError):
         optuna.delete_study(study_name=name, storage=storage.open_storage(spec, tmp_path))
+
+
+def test_a_tpe_study_with_few_trials_says_how_many_its_model_chooses(tmp_path, capsys):
+    """Optuna's TPE draws its first n_startup_trials (10 by default) at random: a 6-trial TPE study
+    is a random search, and its start says so, as whenever at least half its trials are random."""
+    from hpexp.study.coordinator import _print_start
+
+    default = inspect.signature(optuna.samplers.TPESampler).parameters["n_startup_trials"].default
+    for sampler, n_trials, expected in [
+        (
+            {"name": "tpe"},
+            6,
+            f"  TPE draws its first {default} trials at random (sampler n_startup_trials): "
+            f"its model chooses 0 of these 6",
+        ),
+        ({"name": "tpe", "n_startup_trials": 3}, 6, "its model chooses 3 of these 6"),
+        ({"name": "tpe", "n_startup_trials": 2}, 6, None),  # most of its trials chosen by the model
+        ({"name": "random"}, 6, None),
+    ]:
+        spec = load_spec(str(write_spec(tmp_path, sampler=sampler, n_trials=n_trials)))
+        _print_start(spec, tmp_path, 1)
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].startswith("study tiny: ")
+        if expected is None:
+            assert len(lines) == 1, lines
+        else:
+            assert len(lines) == 2 and expected in lines[1], (sampler, n_trials, lines)

@@ -34,7 +34,7 @@ from optuna.trial import TrialState
 
 from hpexp.study import launchers, pbt
 from hpexp.study.progress import Display, _best, summary_text
-from hpexp.study.spec import population_size
+from hpexp.study.spec import population_size, tpe_startup
 from hpexp.study.storage import fail_stale, mask, study_dir, unclaimed
 from hpexp.study.workers import prepare, work
 from hpexp.train import loggers, rundir
@@ -122,6 +122,14 @@ def _print_start(spec: DictConfig, runs: Path, size: int) -> None:
         f"storage {mask(where)}",
         flush=True,
     )
+    if spec.sampler.name == "tpe":
+        startup = tpe_startup(spec.sampler)
+        if spec.n_trials <= 2 * startup:
+            print(
+                f"  TPE draws its first {startup} trials at random (sampler n_startup_trials): its model "
+                f"chooses {max(0, spec.n_trials - startup)} of these {spec.n_trials}",
+                flush=True,
+            )
 
 
 def _supervise(study: optuna.Study, pool: AnyPool, spec: DictConfig, quiet: bool) -> None:

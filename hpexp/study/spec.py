@@ -8,7 +8,7 @@ import difflib
 import functools
 import inspect
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ __all__ = [
     "parse_space",
     "population_size",
     "sample",
+    "tpe_startup",
 ]
 
 TYPES = ("float", "int", "categorical")
@@ -360,3 +361,11 @@ def _monitor(base: DictConfig) -> str:
     """Trials monitor what the base config does, minus the test split, plus validation."""
     splits = [s for s in base.train.monitor if s != "test"]
     return f"train.monitor=[{','.join(splits + ['val'] * ('val' not in splits))}]"
+
+
+def tpe_startup(sampler: Mapping[str, Any]) -> int:
+    """The trials a TPE sampler draws at random before its model chooses: its n_startup_trials,
+    else Optuna's default (read from TPESampler's signature, so an upgrade that changes it shows)."""
+    if "n_startup_trials" in sampler:
+        return int(sampler["n_startup_trials"])
+    return int(inspect.signature(optuna.samplers.TPESampler).parameters["n_startup_trials"].default)
