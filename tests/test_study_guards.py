@@ -64,6 +64,15 @@ def test_spec_overrides_set_defaulted_keys_and_refuse_unknown_ones(tmp_path):
         check_spec(load_spec(str(path), ["+sampler.sead=3"]))
 
 
+def test_tpes_startup_count_must_be_a_count(tmp_path):
+    """n_startup_trials is checked before any work, as the start line and TPE both read it."""
+    for bad in ("'x'", "-1", "true", "2.5"):
+        spec = load_spec(str(write_spec(tmp_path)), ["sampler.name=tpe", f"+sampler.n_startup_trials={bad}"])
+        with pytest.raises(ConfigError, match=r"sampler\.n_startup_trials must be an integer >= 0, got"):
+            check_spec(spec)
+    check_spec(load_spec(str(write_spec(tmp_path)), ["sampler.name=tpe", "+sampler.n_startup_trials=0"]))
+
+
 def test_a_spec_missing_a_required_key_says_which(tmp_path):
     path = write_spec(tmp_path)
     raw = OmegaConf.load(path)

@@ -256,6 +256,8 @@ def check_spec(spec: DictConfig) -> tuple[list[Param], DictConfig]:
             getattr(optuna.samplers if kind == "sampler" else optuna.pruners, table[spec[kind].name]),
             args,
         )
+    if spec.sampler.name == "tpe":
+        tpe_startup(spec.sampler)  # refuses a count that is not one
     for key, least in (("max_restarts", 0), ("max_attempts", 1)):
         if not (isinstance(spec[key], int) and not isinstance(spec[key], bool) and spec[key] >= least):
             raise ConfigError(f"{key} must be an integer >= {least}, got {spec[key]!r}")
@@ -367,5 +369,8 @@ def tpe_startup(sampler: Mapping[str, Any]) -> int:
     """The trials a TPE sampler draws at random before its model chooses: its n_startup_trials,
     else Optuna's default (read from TPESampler's signature, so an upgrade that changes it shows)."""
     if "n_startup_trials" in sampler:
-        return int(sampler["n_startup_trials"])
+        n = sampler["n_startup_trials"]
+        if not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):
+            raise ConfigError(f"sampler.n_startup_trials must be an integer >= 0, got {n!r}")
+        return n
     return int(inspect.signature(optuna.samplers.TPESampler).parameters["n_startup_trials"].default)
