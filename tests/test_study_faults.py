@@ -246,9 +246,12 @@ def test_ctrl_c_while_finalizing_is_one_line_and_records_no_scoring(mnist_dir, t
     path = write_spec(tmp_path, base=SLOW_TRIALS, n_trials=1)
     spec = load_spec(str(path))
     search(spec, tmp_path, quiet=True)
-    process = start(path, tmp_path, "--finalize", "--seeds", "2")
+    # 300 epochs: the seeds train for a minute, so the signal lands in training however slowly this
+    # test is scheduled (12 epochs took under a second: on a busy machine, finalizing could end
+    # between the folder's appearing and the signal)
+    process = start(path, tmp_path, "--finalize", "--seeds", "2", "--base", "train.epochs=300")
     final = tmp_path / "studies" / "tiny" / "final"
-    while not final.exists():  # training the seeds has begun
+    while not list(final.glob("seed_*/history.csv")):  # training the seeds has begun
         assert process.poll() is None, process.communicate()
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGINT)
