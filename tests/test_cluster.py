@@ -122,7 +122,8 @@ def check_exact(spec, runs: Path, n: int) -> list[optuna.trial.FrozenTrial]:
     trials = trials_of(spec, runs)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert len(complete) == n, {t.number: t.state.name for t in trials}
+    told = "; ".join(f"{t.number} {t.state.name} {t.user_attrs.get('fail_reason', '')}" for t in trials)
+    assert len(complete) == n, told
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     params = [tuple(sorted(t.params.items())) for t in complete]
     assert len(set(params)) == n, "a parameter set was drawn twice"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -191,3 +192,76 @@ def test_runs_with_expansion(expand, mnist_dir, tmp_path):
     out = run(compose([*SMALL, f"data/expand={expand}", "train.epochs=1"]), tmp_path / expand, progress=False)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["choices"]["data/expand"] == expand
+
+
+def test_a_thread_asked_to_stop_stops_at_its_next_mini_batch_and_not_inside_a_hook():
+    """No signal reaches a thread (a Dask task): `request_stop` makes training raise KeyboardInterrupt
+    at its next mini-batch, never inside the code that is running (a hook writing to storage), and
+    clear_stop lets the thread train again."""
+    import threading
+    import traceback
+
+    from hpexp.train.loop import clear_stop, request_stop
+
+    train, val = splits()
+    seen: list[str] = []
+
+    def hook(record):
+        seen.append(f"epoch {record['epoch']}")
+        if record["epoch"] == 2:  # a stop asked for while this hook works on
+            request_stop(threading.get_ident())
+            time.sleep(0.2)
+            seen.append("hook finished")
+
+    def train_in_thread(out: dict) -> None:
+        kwargs = dict(optimizer=SGD(eta=0.4), epochs=5, batch_size=10, rng=np.random.default_rng(0))
+        try:
+            fit(make_network(), train, {"val": val}, on_epoch=hook, **kwargs)
+        except KeyboardInterrupt as e:
+            out["raised_in"] = traceback.extract_tb(e.__traceback__)[-1].name
+        clear_stop(threading.get_ident())
+        out["again"] = len(fit(make_network(), train, {"val": val}, **kwargs).history)
+
+    out: dict = {}
+    thread = threading.Thread(target=train_in_thread, args=(out,))
+    thread.start()
+    thread.join(timeout=60)
+    assert seen == ["epoch 1", "epoch 2", "hook finished"]
+    assert out == {"raised_in": "check_stop", "again": 5}
+
+
+def test_a_thread_asked_to_stop_from_another_thread_stops_within_a_mini_batch():
+    import threading
+
+    from hpexp.train.loop import clear_stop, request_stop
+
+    train, val = splits()
+    started, result = threading.Event(), {}
+
+    def train_in_thread() -> None:
+        def hook(record):
+            started.set()
+
+        try:  # many epochs: it would train for minutes unless stopped
+            fit(
+                make_network(),
+                train,
+                {"val": val},
+                optimizer=SGD(eta=0.4),
+                epochs=100_000,
+                batch_size=10,
+                rng=np.random.default_rng(0),
+                on_epoch=hook,
+            )
+        except KeyboardInterrupt:
+            result["stopped"] = time.perf_counter()
+        finally:
+            clear_stop(threading.get_ident())
+
+    thread = threading.Thread(target=train_in_thread)
+    thread.start()
+    assert started.wait(60)
+    asked = time.perf_counter()
+    request_stop(thread.ident)
+    thread.join(timeout=60)
+    assert not thread.is_alive() and result["stopped"] - asked < 5

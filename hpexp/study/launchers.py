@@ -46,7 +46,7 @@ from optuna.trial import TrialState
 from hpexp.study.daskstore import client_for, is_dask_url, scheduler_address
 from hpexp.study.storage import fail_stale, study_dir, unclaimed
 from hpexp.study.workers import work
-from hpexp.train import rundir
+from hpexp.train.loop import clear_stop, request_stop
 from hpexp.train.runner import ConfigError
 
 __all__ = [
@@ -180,15 +180,15 @@ def run_worker(
 
 @contextlib.contextmanager
 def _interrupted_by(stop: str) -> Iterator[None]:
-    """In a Dask task: when the distributed Event `stop` is set, raise KeyboardInterrupt in this
-    thread (CPython's PyThreadState_SetAsyncExc; it lands between bytecodes), so the worker loop
-    fails its running trials as interrupted, enqueues them again and returns, as on Ctrl-C. It waits
-    while the thread writes a file (`rundir.signals_held`, where a signal would wait too)."""
+    """In a Dask task: when the distributed Event `stop` is set, this thread is asked to stop
+    (`hpexp.train.loop.request_stop`; no signal reaches it): training raises KeyboardInterrupt at its
+    next mini-batch, and the worker loop between trials, so it fails its running trials as
+    interrupted, enqueues them again and returns, as on Ctrl-C. Nothing else is interrupted: the
+    worker process lives on and runs the next task, so a storage call or a run folder's lock cut in
+    the middle would outlast the stop."""
     if not stop:
         yield
         return
-    import ctypes
-
     import distributed
 
     event, me = distributed.Event(stop, client=distributed.get_client()), threading.get_ident()
@@ -197,11 +197,8 @@ def _interrupted_by(stop: str) -> Iterator[None]:
     def watch() -> None:
         while not done.is_set():
             with contextlib.suppress(Exception):  # a scheduler that went away: nothing to stop for
-                if event.wait(timeout=1) and not done.is_set():
-                    while rundir.holding(me) and not done.is_set():
-                        time.sleep(0.01)
-                    exc = ctypes.py_object(KeyboardInterrupt)
-                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(me), exc)
+                if event.wait(timeout=1):
+                    request_stop(me)
                     return
 
     threading.Thread(target=watch, daemon=True, name="hpexp-stop-watch").start()
@@ -211,6 +208,7 @@ def _interrupted_by(stop: str) -> Iterator[None]:
         pass  # the worker loop has put its trials back
     finally:
         done.set()
+        clear_stop(me)
 
 
 def _identity() -> tuple[str, int]:

@@ -68,7 +68,7 @@ from hpexp.study.storage import (
     superseded,
 )
 from hpexp.train import rundir
-from hpexp.train.loop import Stop
+from hpexp.train.loop import Stop, check_stop
 from hpexp.train.runner import compose, population_key, run_population, validate
 
 __all__ = ["prepare", "run_trials", "work", "worker_seed"]
@@ -129,6 +129,7 @@ def work(spec_data: dict[str, Any], runs: Path, worker: int = 0, deadline: float
     study = _load(spec, runs, params, seed, create=False)
     size, done = population_size(spec, base), 0
     while deadline is None or time.time() < deadline:
+        check_stop()  # a Dask task asked to stop (hpexp.study.launchers): between trials
         fail_stale(study, spec.max_attempts)
         trials = _pop(study, size)
         if not trials:

@@ -8,10 +8,16 @@ penalty for every split (network2's total_cost used the evaluated set's size, wh
 test cost of regularized runs; see docs/book.md section 6.7). One hook, `on_epoch(record)`, sees
 each record and may return a `Stop` to end training (progress display, Optuna pruning and the like
 hang off it); the stopping rule and the schedule may end training too.
+
+A thread that no signal reaches (Python delivers them to the main thread; a Dask task runs in a
+worker's thread) is stopped with `request_stop`: it raises KeyboardInterrupt at its next mini-batch
+or evaluation chunk, as Ctrl-C would, but only there, where nothing is half-done (not inside a
+storage call, a lock or a file write, as an exception injected between any two bytecodes could).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,11 +50,32 @@ __all__ = [
     "rng_streams",
     "train_epoch",
     "weight_norm",
+    "request_stop",
+    "check_stop",
+    "clear_stop",
 ]
 
 Record = dict[str, Any]
 STREAMS = ("init", "shuffle", "dropout", "augment")
 EVAL_CHUNK = 2_000  # rows per evaluation product: small enough for the activations to stay in cache
+_stop_requested: set[int] = set()  # threads asked to stop (`request_stop`)
+
+
+def request_stop(thread: int) -> None:
+    """Ask the thread (`threading.get_ident()`) to stop: its next `check_stop` raises
+    KeyboardInterrupt, and so every following one until `clear_stop`."""
+    _stop_requested.add(thread)
+
+
+def clear_stop(thread: int) -> None:
+    _stop_requested.discard(thread)
+
+
+def check_stop() -> None:
+    """Raise KeyboardInterrupt if this thread was asked to stop (`request_stop`). Training checks
+    before each mini-batch and evaluation chunk; a loop around training checks between its runs."""
+    if _stop_requested and threading.get_ident() in _stop_requested:
+        raise KeyboardInterrupt
 
 
 @dataclass(frozen=True)
@@ -91,6 +118,7 @@ def evaluate(network: Network, split: Split, masks: Masks | None = None) -> tupl
     regularizer's evaluation multipliers (network3-style dropout), None for the plain network."""
     loss, correct = np.zeros(()), np.zeros(())  # per member in a population: shape (K,)
     for start in range(0, len(split), EVAL_CHUNK):
+        check_stop()
         x, y = split.x[start : start + EVAL_CHUNK], split.y[start : start + EVAL_CHUNK]
         z = network.logits(x, masks)
         loss = loss + network.cost.value(z, y) * len(y)
@@ -110,9 +138,11 @@ def _batches(
     population its own batch, shape (K, m, ...))."""
     if order is None:
         for start in range(0, len(y), batch_size):
+            check_stop()
             yield x[start : start + batch_size], y[start : start + batch_size]
         return
     for start in range(0, order.shape[-1], batch_size):
+        check_stop()
         index = order[..., start : start + batch_size]
         yield x.take(index, axis=0), y.take(index)
 

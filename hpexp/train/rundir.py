@@ -86,7 +86,7 @@ def new_run_dir(parent: str | Path) -> Path:
 
 
 _HELD = (signal.SIGINT, signal.SIGTERM)
-_holding: set[int] = set()  # threads inside `signals_held`
+_holding: set[int] = set()  # the main thread, inside `signals_held`
 
 
 @contextlib.contextmanager
@@ -95,17 +95,11 @@ def signals_held() -> Iterator[None]:
     were before it. Python runs a handler between any two bytecodes, and an exception it raises
     inside a library's bookkeeping can leave it broken: inside np.savez, a zip file with a writing
     handle still open, which raises again when closed or collected. Blocks nest. Python handles
-    signals in the main thread only, so in another thread the block just marks the thread as
-    holding (`holding`), for code that interrupts threads by other means to wait on."""
+    signals in the main thread only: in another thread the block does nothing (a thread is stopped
+    at safe points instead, `hpexp.train.loop.request_stop`)."""
     me = threading.get_ident()
     if me in _holding or threading.current_thread() is not threading.main_thread():
-        outer = me in _holding
-        try:
-            _holding.add(me)
-            yield
-        finally:
-            if not outer:
-                _holding.discard(me)
+        yield
         return
     received: list[int] = []
     saved: dict[int, Any] = {}
@@ -149,11 +143,6 @@ def _deliver(signum: int, handler: Any, frame: Any) -> None:
     elif handler != signal.SIG_IGN:  # the default action (SIG_DFL, or a handler set outside Python)
         signal.signal(signum, signal.SIG_DFL)
         signal.raise_signal(signum)
-
-
-def holding(thread: int) -> bool:
-    """Whether the thread (`threading.get_ident()`) is inside `signals_held`."""
-    return thread in _holding
 
 
 def npz_bytes(*arrays: np.ndarray, **named: np.ndarray) -> bytes:
