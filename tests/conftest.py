@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -32,6 +33,13 @@ def missing(reason: str) -> NoReturn:
     if REQUIRE_DATA:
         pytest.fail(f"HPEXP_REQUIRE_DATA=1 but {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def foreground() -> None:
+    """A child's `preexec_fn` for a terminal's Ctrl-C: SIGINT at its default. A suite started in the
+    background (`pytest &` in a script) passes SIGINT on ignored, and hpexp then ignores it, as
+    Python does."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.hookimpl(hookwrapper=True)

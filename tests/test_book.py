@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import foreground
 from hydra.utils import get_method
 from omegaconf import OmegaConf, open_dict
 
@@ -589,7 +590,7 @@ def test_a_stopped_book_run_says_so_in_one_line_and_the_same_command_goes_on(
         command,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=foreground,
     )
     out = tmp_path / "runs" / "ch3-overfit-1k" / "seed0"
     while not (out / rundir.CHECKPOINT).exists() or len(rundir.read_history(out)) < 2:

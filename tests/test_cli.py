@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import SMALL
+from conftest import SMALL, foreground
 from omegaconf import OmegaConf
 
 from hpexp.train import rundir
@@ -238,9 +238,7 @@ def _start_and_wait_for_epoch(tmp_path, *args):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        # A foreground Ctrl-C: a suite started in the background (`pytest &` from a script) passes
-        # SIGINT on ignored, and Python then leaves it ignored in the child.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=foreground,
     )
     line = proc.stdout.readline()
     if not re.match(r"epoch +1/", line):

@@ -17,6 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import _free_port as free_port
+from conftest import foreground
 from optuna.trial import TrialState
 from test_study import write_spec as tiny_spec
 
@@ -260,7 +261,7 @@ def test_ctrl_c_stops_the_dask_workers(cluster, tmp_path):
     cmd = [sys.executable, "-m", "hpexp.cli", "study", str(path), "--runs", str(runs), "--storage", storage]
     cmd += ["--launcher", "dask"]
     coordinator = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, preexec_fn=foreground
     )
     spec = load_spec(str(path))
     spec.storage = storage

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import foreground
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 from test_study import states, trials_of, write_spec
@@ -34,10 +35,18 @@ def command(path: Path, runs: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "hpexp.cli", "study", str(path), "--runs", str(runs), *extra]
 
 
-def start(path: Path, runs: Path, *extra: str) -> subprocess.Popen:
+def start(path: Path, runs: Path, *extra: str, ctrl_c: bool = True) -> subprocess.Popen:
+    """`hpexp study` in a session of its own, with SIGINT at its default (a terminal's foreground
+    job) or, `ctrl_c=False`, ignored (a shell script's `&`)."""
     cmd = command(path, runs, *extra)
+    ignore = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731
     return subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=foreground if ctrl_c else ignore,
     )
 
 
@@ -148,6 +157,41 @@ def test_an_interrupted_study_stops_promptly_in_one_line_and_resumes(
         # finished its last epoch just before the signal, and not been told yet)
 
 
+@pytest.mark.parametrize("phase", ["search", "finalize"])
+def test_a_study_started_with_ctrl_c_ignored_ignores_it_and_stops_on_sigterm(mnist_dir, tmp_path, phase):
+    """`hpexp study ... &` in a shell script starts it with SIGINT ignored. The search used to catch
+    SIGINT all the same and finalizing did not (Python keeps an inherited SIG_IGN): one command,
+    two behaviours. Now both keep it ignored, workers too, as `hpexp train` does; SIGTERM stops it."""
+    long = [*SLOW_TRIALS, "train.epochs=1000"]  # trials that outlast the test
+    path = write_spec(tmp_path, base=long if phase == "search" else SLOW_TRIALS, n_trials=2, workers=2)
+    spec = load_spec(str(path))
+    if phase == "search":
+        process = start(path, tmp_path, ctrl_c=False)
+        running_past_an_epoch(spec, tmp_path, process, n=2)
+    else:
+        from hpexp.study.coordinator import search
+
+        search(spec, tmp_path, quiet=True)
+        process = start(
+            path, tmp_path, "--finalize", "--seeds", "2", "--base", "train.epochs=10000", ctrl_c=False
+        )
+        while not list((tmp_path / "studies" / "tiny" / "final").glob("seed_*/history.csv")):
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    time.sleep(2)
+    assert process.poll() is None  # still training, workers and all
+    os.killpg(process.pid, signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("hpexp study: interrupted")
+    if phase == "search":
+        trials = trials_of(spec, tmp_path)
+        assert [t.user_attrs.get("fail_reason") for t in trials if t.state == TrialState.FAIL] == [
+            "interrupted"
+        ] * 2  # stopped by the SIGTERM, not by the ignored SIGINT
+
+
 def ended(pid: int) -> bool:
     """Process `pid` is gone or a zombie (ended, not yet reaped by whoever adopted it)."""
     try:
@@ -246,9 +290,8 @@ def test_ctrl_c_while_finalizing_is_one_line_and_records_no_scoring(mnist_dir, t
     path = write_spec(tmp_path, base=SLOW_TRIALS, n_trials=1)
     spec = load_spec(str(path))
     search(spec, tmp_path, quiet=True)
-    # 300 epochs: the seeds train for a minute, so the signal lands in training however slowly this
-    # test is scheduled (12 epochs took under a second: on a busy machine, finalizing could end
-    # between the folder's appearing and the signal)
+    # 300 epochs (seconds of training) and the first epoch recorded: the signal lands in training
+    # however slowly this test is scheduled
     process = start(path, tmp_path, "--finalize", "--seeds", "2", "--base", "train.epochs=300")
     final = tmp_path / "studies" / "tiny" / "final"
     while not list(final.glob("seed_*/history.csv")):  # training the seeds has begun

@@ -9,7 +9,8 @@ line on stderr says so each time). Exit status of `hpexp study`: 0 when the budg
 spec's timeout stopped new trials, or the rest runs on other machines); 1 when the study cannot
 finish here (its workers kept dying, or no trial completed), with the reason on stderr; 2 for bad
 input; 130 on Ctrl-C (SIGINT) and 143 on SIGTERM, after one line. In every case the same command
-resumes the study.
+resumes the study. A study started with SIGINT ignored (`hpexp study ... &` in a shell script) keeps
+ignoring it, workers too, as Python and `hpexp train` do; SIGTERM stops it.
 """
 
 from __future__ import annotations
@@ -309,6 +310,13 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(1)
 
 
+def _stopping_signals() -> tuple[signal.Signals, ...]:
+    """SIGTERM, and SIGINT unless this process was started with it ignored: a shell script's
+    `hpexp study ... &` ignores Ctrl-C, as Python and `hpexp train` do (SIGTERM still stops it)."""
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    return (signal.SIGTERM,) if ignored else (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def _signals_interrupt() -> Iterator[None]:
     """SIGINT and SIGTERM raise Interrupted in the main thread (restored afterwards)."""
@@ -319,7 +327,7 @@ def _signals_interrupt() -> Iterator[None]:
     def interrupt(signum: int, frame: Any) -> None:
         raise Interrupted(signum)
 
-    saved = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    saved = {s: signal.signal(s, interrupt) for s in _stopping_signals()}
     try:
         yield
     finally:
@@ -340,7 +348,7 @@ def _worker_main(spec_data: dict[str, Any], runs: Path, slot: int, deadline: flo
             signal.signal(s, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    for s in (signal.SIGINT, signal.SIGTERM):
+    for s in _stopping_signals():  # the coordinator's: it passes its SIGINT on ignored
         signal.signal(s, interrupt)
     try:
         (pbt.work if spec_data["sampler"]["name"] == "pbt" else work)(spec_data, runs, slot, deadline)
