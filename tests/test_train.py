@@ -194,6 +194,12 @@ def test_runs_with_expansion(expand, mnist_dir, tmp_path):
     assert summary["status"] == "completed" and summary["choices"]["data/expand"] == expand
 
 
+def fit_toy(epochs: int, **extra):
+    train, val = splits()
+    kwargs = dict(optimizer=SGD(eta=0.4), batch_size=10, rng=np.random.default_rng(0))
+    return fit(make_network(), train, {"val": val}, epochs=epochs, **kwargs, **extra)
+
+
 def test_a_thread_asked_to_stop_stops_at_its_next_mini_batch_and_not_inside_a_hook():
     """No signal reaches a thread (a Dask task): `request_stop` makes training raise KeyboardInterrupt
     at its next mini-batch, never inside the code that is running (a hook writing to storage), and
@@ -203,7 +209,6 @@ def test_a_thread_asked_to_stop_stops_at_its_next_mini_batch_and_not_inside_a_ho
 
     from hpexp.train.loop import clear_stop, request_stop
 
-    train, val = splits()
     seen: list[str] = []
 
     def hook(record):
@@ -214,13 +219,12 @@ def test_a_thread_asked_to_stop_stops_at_its_next_mini_batch_and_not_inside_a_ho
             seen.append("hook finished")
 
     def train_in_thread(out: dict) -> None:
-        kwargs = dict(optimizer=SGD(eta=0.4), epochs=5, batch_size=10, rng=np.random.default_rng(0))
         try:
-            fit(make_network(), train, {"val": val}, on_epoch=hook, **kwargs)
+            fit_toy(5, on_epoch=hook)
         except KeyboardInterrupt as e:
             out["raised_in"] = traceback.extract_tb(e.__traceback__)[-1].name
         clear_stop(threading.get_ident())
-        out["again"] = len(fit(make_network(), train, {"val": val}, **kwargs).history)
+        out["again"] = len(fit_toy(5).history)
 
     out: dict = {}
     thread = threading.Thread(target=train_in_thread, args=(out,))
@@ -235,24 +239,11 @@ def test_a_thread_asked_to_stop_from_another_thread_stops_within_a_mini_batch():
 
     from hpexp.train.loop import clear_stop, request_stop
 
-    train, val = splits()
     started, result = threading.Event(), {}
 
     def train_in_thread() -> None:
-        def hook(record):
-            started.set()
-
         try:  # many epochs: it would train for minutes unless stopped
-            fit(
-                make_network(),
-                train,
-                {"val": val},
-                optimizer=SGD(eta=0.4),
-                epochs=100_000,
-                batch_size=10,
-                rng=np.random.default_rng(0),
-                on_epoch=hook,
-            )
+            fit_toy(100_000, on_epoch=lambda record: started.set())
         except KeyboardInterrupt:
             result["stopped"] = time.perf_counter()
         finally:
