@@ -302,6 +302,51 @@ def test_submitit_local_array_of_three_workers(mnist_dir, tmp_path, postgres_url
         optuna.delete_study(study_name=name, storage=storage.open_storage(spec, tmp_path))
 
 
+@pytest.mark.postgres
+def test_a_submitit_local_study_started_with_ctrl_c_ignored_cancels_its_jobs_on_sigterm(
+    mnist_dir, tmp_path, postgres_url
+):
+    """submitit cancels a local job with SIGINT. A study started with SIGINT ignored (a script's `&`)
+    keeps ignoring it, and its jobs inherited that: cancelled, they trained on unsupervised. Now
+    they start with SIGINT at its default: SIGTERM to the study stops everything, trials interrupted."""
+    pytest.importorskip("submitit", reason="needs the slurm extra (pip install -e '.[slurm]')")
+    name = unique_name("submitit_int")
+    base = ["network=mlp30", "data.n_train=1000", "data.n_validation=200", "train.epochs=100000"]
+    path = write_spec(tmp_path, name, base=base, n_trials=2, workers=2, population=1)
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "hpexp.cli", "study", str(path), "--runs", str(runs)]
+    cmd += ["--storage", postgres_url, "--launcher", "submitit_local"]
+    env = worker_env()
+    coordinator = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    spec = load_spec(str(path))
+    spec.storage = postgres_url
+    for _ in range(2400):
+        time.sleep(0.05)
+        assert coordinator.poll() is None, coordinator.communicate()
+        with contextlib.suppress(ConfigError, KeyError):
+            if sum(t.state == TrialState.RUNNING and bool(t.last_step) for t in trials_of(spec, runs)) == 2:
+                break
+    coordinator.send_signal(signal.SIGTERM)
+    _, err = coordinator.communicate(timeout=120)
+    assert coordinator.returncode == 143, err
+    trials = trials_of(spec, runs)
+    stopped = [t for t in trials if t.state == TrialState.FAIL]
+    told = [(t.number, t.state.name, t.user_attrs.get("status"), t.last_step) for t in trials]
+    assert len(stopped) == 2 and all(t.user_attrs.get("status") == "interrupted" for t in stopped), told
+    time.sleep(3)  # no job trains on: nothing changes
+    assert [(t.state, t.last_step) for t in trials_of(spec, runs)] == [(t.state, t.last_step) for t in trials]
+    with contextlib.suppress(KeyError):
+        optuna.delete_study(study_name=name, storage=storage.open_storage(spec, tmp_path))
+
+
 def test_lost_worker_trials_are_failed_and_enqueued_again():
     """A worker a cluster's scheduler reports lost (host, pid): its running trials fail with the
     scheduler's reason and wait again with the same parameters; another worker's trial runs on."""

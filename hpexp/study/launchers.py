@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import signal
 import socket
 import sys
 import threading
@@ -211,6 +212,25 @@ def _interrupted_by(stop: str) -> Iterator[None]:
         clear_stop(me)
 
 
+@contextlib.contextmanager
+def _sigint_not_passed_on() -> Iterator[None]:
+    """Processes started in the block do not inherit an ignored SIGINT (a study started by a shell
+    script's `&` ignores it): submitit cancels a local job with SIGINT, and a job that ignored it
+    would train on, unsupervised. A handler that does nothing ignores SIGINT here as before, and
+    `exec` resets a handled signal to its default in the child."""
+    if (
+        signal.getsignal(signal.SIGINT) != signal.SIG_IGN
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        yield
+        return
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _identity() -> tuple[str, int]:
     import os
 
@@ -339,9 +359,10 @@ class SubmititPool(_RemotePool):
 
     def start_all(self) -> None:
         n = self.spec.workers
-        self.jobs = self.executor.map_array(
-            run_worker, [self.data] * n, [self.runs] * n, list(range(n)), [self.deadline] * n
-        )
+        with _sigint_not_passed_on():
+            self.jobs = self.executor.map_array(
+                run_worker, [self.data] * n, [self.runs] * n, list(range(n)), [self.deadline] * n
+            )
 
     def step(self, study: optuna.Study) -> bool:
         idle = all(job.done() for job in self.jobs)
