@@ -304,12 +304,14 @@ def test_submitit_local_array_of_three_workers(mnist_dir, tmp_path, postgres_url
 
 @pytest.mark.postgres
 def test_a_submitit_local_study_started_with_ctrl_c_ignored_cancels_its_jobs_on_sigterm(
-    mnist_dir, tmp_path, postgres_url
+    mnist_dir, tmp_path, postgres_url, monkeypatch
 ):
     """submitit cancels a local job with SIGINT. A study started with SIGINT ignored (a script's `&`)
     keeps ignoring it, and its jobs inherited that: cancelled, they trained on unsupervised. Now
     they start with SIGINT at its default: SIGTERM to the study stops everything, trials interrupted."""
     pytest.importorskip("submitit", reason="needs the slurm extra (pip install -e '.[slurm]')")
+    if password := os.environ.get("HPEXP_TEST_POSTGRES_PASSWORD"):  # this process reads the trials
+        monkeypatch.setenv(storage.PASSWORD_ENV, password)
     name = unique_name("submitit_int")
     base = ["network=mlp30", "data.n_train=1000", "data.n_validation=200", "train.epochs=100000"]
     path = write_spec(tmp_path, name, base=base, n_trials=2, workers=2, population=1)
