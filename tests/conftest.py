@@ -42,6 +42,11 @@ def foreground() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def background() -> None:
+    """A child's `preexec_fn` for a shell script's `&`: SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import _free_port as free_port
-from conftest import foreground
+from conftest import background, foreground
 from optuna.trial import TrialState
 from test_study import write_spec as tiny_spec
 
@@ -208,6 +208,16 @@ def test_dask_workers_with_dask_storage(cluster, tmp_path, monkeypatch):
     )
 
 
+def wait_running(spec, runs: Path, n: int, process: subprocess.Popen | None = None) -> None:
+    """Wait until `n` trials are RUNNING past their first epoch (the process, if given, alive)."""
+    for _ in range(2400):
+        time.sleep(0.05)
+        assert process is None or process.poll() is None, process.communicate()
+        with contextlib.suppress(ConfigError, KeyError):
+            if sum(t.state == TrialState.RUNNING and bool(t.last_step) for t in trials_of(spec, runs)) >= n:
+                return
+
+
 def _kill_mid_trial(cluster: Cluster, spec, runs: Path, name: str, pid: int) -> optuna.trial.FrozenTrial:
     """Wait until worker `name` (process `pid`) trains a trial past its first epoch; kill its machine."""
     for _ in range(2400):
@@ -265,11 +275,7 @@ def test_ctrl_c_stops_the_dask_workers(cluster, tmp_path):
     )
     spec = load_spec(str(path))
     spec.storage = storage
-    for _ in range(2400):
-        time.sleep(0.05)
-        with contextlib.suppress(ConfigError, KeyError):
-            if any(t.state == TrialState.RUNNING and t.last_step for t in trials_of(spec, runs)):
-                break
+    wait_running(spec, runs, 1)
     coordinator.send_signal(signal.SIGINT)
     _, err = coordinator.communicate(timeout=120)
     assert coordinator.returncode == 130, err
@@ -326,16 +332,11 @@ def test_a_submitit_local_study_started_with_ctrl_c_ignored_cancels_its_jobs_on_
         text=True,
         cwd=tmp_path,
         env=env,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        preexec_fn=background,
     )
     spec = load_spec(str(path))
     spec.storage = postgres_url
-    for _ in range(2400):
-        time.sleep(0.05)
-        assert coordinator.poll() is None, coordinator.communicate()
-        with contextlib.suppress(ConfigError, KeyError):
-            if sum(t.state == TrialState.RUNNING and bool(t.last_step) for t in trials_of(spec, runs)) == 2:
-                break
+    wait_running(spec, runs, 2, coordinator)
     coordinator.send_signal(signal.SIGTERM)
     _, err = coordinator.communicate(timeout=120)
     assert coordinator.returncode == 143, err

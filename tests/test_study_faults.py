@@ -13,7 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import foreground
+from conftest import background, foreground
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 from test_study import states, trials_of, write_spec
@@ -39,14 +39,13 @@ def start(path: Path, runs: Path, *extra: str, ctrl_c: bool = True) -> subproces
     """`hpexp study` in a session of its own, with SIGINT at its default (a terminal's foreground
     job) or, `ctrl_c=False`, ignored (a shell script's `&`)."""
     cmd = command(path, runs, *extra)
-    ignore = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731
     return subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        preexec_fn=foreground if ctrl_c else ignore,
+        preexec_fn=foreground if ctrl_c else background,
     )
 
 
