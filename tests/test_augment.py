@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import group_options, load_option
 
-from hpexp.data.augment import SIDE, BookShifts, NoExpansion, RandomDistortion, bilinear
+from hpexp.data.augment import SIDE, BookShifts, NoExpansion, RandomDistortion, RandomShift, bilinear
 
 
 def images(n=3, seed=0, dtype=np.float32):
@@ -62,6 +62,42 @@ def test_every_option_keeps_shapes_and_dtype(option):
 def test_no_expansion_is_the_identity():
     x, y = images(2), np.arange(2)
     assert NoExpansion().expand(x, y)[0] is x and NoExpansion().augment(x, np.random.default_rng(0)) is x
+
+
+def moved(picture, down, right):
+    """The picture moved `down` and `right` pixels, zero-filled: cut from inside a wide zero frame."""
+    framed = np.pad(picture, SIDE)
+    return framed[SIDE - down : 2 * SIDE - down, SIDE - right : 2 * SIDE - right]
+
+
+def test_random_shift_moves_each_image_by_a_whole_number_of_pixels_every_move_alike():
+    k, n = 2, 2500
+    x = images(n)
+    out = RandomShift(max_shift=k).augment(x, np.random.default_rng(0))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    pictures, shifted = x.reshape(n, SIDE, SIDE), out.reshape(n, SIDE, SIDE)
+    moves = [(down, right) for down in range(-k, k + 1) for right in range(-k, k + 1)]
+    # Random pixels: an image matches exactly one of the moves, which must be within the bound.
+    match = np.array([[np.array_equal(shifted[i], moved(pictures[i], *m)) for m in moves] for i in range(n)])
+    assert (match.sum(axis=1) == 1).all()
+    counts = match.sum(axis=0)
+    assert counts.min() > 0.6 * n / len(moves) and counts.max() < 1.4 * n / len(moves)
+
+
+def test_random_shift_keeps_picture_shapes_is_fresh_each_epoch_and_zero_is_the_identity():
+    x = images(50).reshape(50, 1, SIDE, SIDE)  # a conv net's input
+    rng = np.random.default_rng(3)
+    first, second = RandomShift(1).augment(x, rng), RandomShift(1).augment(x, rng)
+    assert first.shape == x.shape and not np.array_equal(first, second)
+    np.testing.assert_array_equal(first, RandomShift(1).augment(x, np.random.default_rng(3)))
+    assert RandomShift(0).augment(x, rng) is x
+    assert RandomShift(0).expand(x, np.arange(50))[0] is x  # the training set keeps its size
+
+
+@pytest.mark.parametrize("bad", [-1, SIDE, 1.5, True, "1"])
+def test_random_shift_refuses_a_shift_that_is_not_a_whole_number_of_pixels_in_range(bad):
+    with pytest.raises(ValueError, match=r"data.expand.max_shift must be a whole number of pixels in 0..27"):
+        RandomShift(max_shift=bad)
 
 
 def test_bilinear_sampling_at_integer_offsets_is_a_shift():

@@ -187,7 +187,7 @@ def test_summary_records_the_rule_the_reason_and_the_epochs(mnist_dir, tmp_path)
     assert summary["choices"]["regularizer"] == "dropout"
 
 
-@pytest.mark.parametrize("expand", ["book", "random"])
+@pytest.mark.parametrize("expand", ["book", "random", "shift"])
 def test_runs_with_expansion(expand, mnist_dir, tmp_path):
     out = run(compose([*SMALL, f"data/expand={expand}", "train.epochs=1"]), tmp_path / expand, progress=False)
     summary = json.loads((out / "summary.json").read_text())

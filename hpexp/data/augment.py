@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BookShifts", "NoExpansion", "RandomDistortion", "bilinear", "one_pixel_shifts"]
+__all__ = ["BookShifts", "NoExpansion", "RandomDistortion", "RandomShift", "bilinear", "one_pixel_shifts"]
 
 SIDE = 28
 CHUNK = 5_000  # images transformed at once: bounds the temporary coordinate arrays
@@ -30,19 +30,66 @@ class NoExpansion:
         return x
 
 
+def _moved(rows: int, cols: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """(destination, source) slices of a picture moved down `rows` and right `cols` pixels."""
+    dst = slice(max(rows, 0), SIDE + min(rows, 0)), slice(max(cols, 0), SIDE + min(cols, 0))
+    src = slice(max(-rows, 0), SIDE + min(-rows, 0)), slice(max(-cols, 0), SIDE + min(-cols, 0))
+    return dst, src
+
+
 def one_pixel_shifts(x: np.ndarray) -> list[np.ndarray]:
     """The four copies of the images moved by one pixel (down, up, right, left), zero-filled."""
     images = x.reshape(-1, SIDE, SIDE)
     shifted = []
     for rows, cols in ((1, 0), (-1, 0), (0, 1), (0, -1)):
         out = np.zeros_like(images)
-        dst_r = slice(max(rows, 0), SIDE + min(rows, 0))
-        src_r = slice(max(-rows, 0), SIDE + min(-rows, 0))
-        dst_c = slice(max(cols, 0), SIDE + min(cols, 0))
-        src_c = slice(max(-cols, 0), SIDE + min(-cols, 0))
-        out[:, dst_r, dst_c] = images[:, src_r, src_c]
+        dst, src = _moved(rows, cols)
+        out[:, dst[0], dst[1]] = images[:, src[0], src[1]]
         shifted.append(out.reshape(len(x), -1))
     return shifted
+
+
+@dataclass(frozen=True)
+class RandomShift:
+    """The book's shifted copies made fresh every epoch instead of stored: each image moves by a
+    whole number of pixels drawn uniformly from -max_shift..max_shift, down and right independently,
+    zero-filled. An epoch costs one copy of the images (RandomDistortion's resampling costs several
+    epochs of a 784-100-10 network), and the training set keeps its size; max_shift=0 trains on the
+    images as they are."""
+
+    max_shift: int = 1
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.max_shift, bool)
+            or not isinstance(self.max_shift, int)
+            or not 0 <= self.max_shift < SIDE
+        ):
+            raise ValueError(
+                f"data.expand.max_shift must be a whole number of pixels in 0..{SIDE - 1}, "
+                f"got {self.max_shift!r}"
+            )
+
+    def expand(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return x, y
+
+    def augment(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.max_shift == 0:
+            return x
+        k = self.max_shift
+        images = x.reshape(len(x), SIDE, SIDE)
+        out = np.zeros_like(images)
+        rows, cols = rng.integers(-k, k + 1, (2, len(x)))
+        # Images with the same move are copied together: (2k + 1)^2 block copies, no resampling.
+        move = (rows + k) * (2 * k + 1) + (cols + k)
+        order = np.argsort(move, kind="stable")
+        bounds = np.searchsorted(move[order], np.arange((2 * k + 1) ** 2 + 1))
+        for m in range((2 * k + 1) ** 2):
+            which = order[bounds[m] : bounds[m + 1]]
+            if which.size:
+                dst, src = _moved(m // (2 * k + 1) - k, m % (2 * k + 1) - k)
+                out[which, dst[0], dst[1]] = images[which, src[0], src[1]]
+        return out.reshape(x.shape)
 
 
 @dataclass(frozen=True)
