@@ -791,3 +791,24 @@ def test_the_time_left_follows_the_epochs_trained_not_the_presets_guess(capsys, 
         else:
             hook({"epoch": epoch, "seed": seed, "epochs": 10, "runs": 3})
     assert capsys.readouterr().out.strip().splitlines()[-1].endswith(f"left ~{left}")
+
+
+def test_a_page_says_which_runs_are_under_way_and_how_far(tmp_path):
+    """A long run stopped at the end of a session keeps its checkpoint (committed with the runs): its
+    page says where it stands and how to go on, while its rows stay "not run"."""
+    exp = tmp_path / "ch6-exp-2fc1000"
+    for seed, epochs, checkpoint in [(0, 60, False), (1, 25, True)]:
+        d = exp / f"seed{seed}"
+        d.mkdir(parents=True)
+        pd.DataFrame({"epoch": range(1, epochs + 1), "seconds": 1.0}).to_csv(d / "history.csv", index=False)
+        (d / "config.yaml").write_text("train:\n  epochs: 60\n")
+        if checkpoint:
+            (d / rundir.CHECKPOINT).write_bytes(b"")
+    e = book.load("ch6-exp-2fc1000")
+    assert book_report._under_way(e, tmp_path) == [
+        "Under way: seed1 at epoch 25 of 60 (stopped with its checkpoint kept; `hpexp book run "
+        "ch6-exp-2fc1000` goes on from there).",
+        "",
+    ]
+    (exp / "seed1" / rundir.CHECKPOINT).unlink()
+    assert book_report._under_way(e, tmp_path) == []

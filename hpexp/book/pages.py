@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from hpexp.book import experiments as book
 from hpexp.book import figures
@@ -230,6 +231,27 @@ def _provenance(experiment: book.Experiment, runs_dir: Path) -> list[str]:
         f"Produced by commit {', '.join(commits)}{caveat}, finished {finished}; {time}.",
         "",
         *twins,
+    ]
+
+
+def _under_way(experiment: book.Experiment, runs_dir: Path) -> list[str]:
+    """Runs stopped in the middle of their training with their checkpoint kept (chapter 6's runs
+    span sessions): where each stands, and the command that goes on from there. Their rows stay
+    "not run" until they end."""
+    base = runs_dir / experiment.id
+    stands = []
+    for checkpoint in sorted(base.rglob(rundir.CHECKPOINT)):
+        run = checkpoint.parent
+        done = max((int(r["epoch"]) for r in rundir.read_history(run)), default=0)
+        config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
+        total = (config.get("train") or {}).get("epochs")
+        stands.append(f"{run.relative_to(base).as_posix()} at epoch {done}{f' of {total}' if total else ''}")
+    if not stands:
+        return []
+    return [
+        f"Under way: {'; '.join(stands)} (stopped with its checkpoint kept; `hpexp book run "
+        f"{experiment.id}` goes on from there).",
+        "",
     ]
 
 
@@ -484,7 +506,9 @@ def write(ids: Sequence[str], runs_dir: Path = book.RUNS_DIR, reports_dir: Path 
         if not table.empty:
             rundir.write_atomic(out / "history.csv", table.to_csv(index=False, float_format="%.6g"))
         rundir.write_atomic(out / "figures.json", json.dumps({"points": drawn}, indent=1) + "\n")
-        text = page(e, rows, drawn, differences, _provenance(e, runs_dir), contrasts)
+        text = page(
+            e, rows, drawn, differences, _provenance(e, runs_dir) + _under_way(e, runs_dir), contrasts
+        )
         rundir.write_atomic(out / "README.md", text)
     rundir.write_atomic(
         reports_dir / "README.md", summary(all_rows, experiments, all_differences, all_contrasts)
