@@ -204,8 +204,10 @@ def _provenance(experiment: book.Experiment, runs_dir: Path) -> list[str]:
     minutes, epochs = _training_minutes(trained)
     covered = {path.parent / r for label in runs for r in book.group_runs(label)}
     unknown = [
-        d for d, c in own.items() if c is None and not covered & {d, *d.parents}
-    ]  # an ensemble's members too
+        d
+        for d, c in own.items()
+        if c is None and not covered & {d, *d.parents} and not (d / rundir.CHECKPOINT).exists()
+    ]  # an ensemble's members too; a run under way is listed by `_under_way`
     caveat = (
         f" (not recorded for {', '.join(d.relative_to(path.parent).as_posix() for d in unknown)}: trained "
         "by a command cut off before it wrote provenance.json, and before runs recorded their commit)"
