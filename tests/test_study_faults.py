@@ -326,3 +326,33 @@ def test_a_study_with_no_completed_trial_says_why_even_when_quiet(capsys):
         "study tiny: no trial completed; 3 trial(s): ConfigError: moved checkpoint; 1 trial(s): interrupted"
         in err
     )
+
+
+def test_an_interrupt_while_a_trial_is_popped_fails_it_and_enqueues_it_again(monkeypatch):
+    """The worker's SIGTERM (its coordinator gone) raised inside the storage's pop left the popped
+    trial RUNNING with no owner (seen in CI after a SIGKILLed coordinator). The signal now waits
+    until the trial is the worker's, which fails it and enqueues it again."""
+    from hpexp.study import workers
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    study = optuna.create_study()
+    study.enqueue_trial({})
+    pop = study._pop_waiting_trial_id
+
+    def pop_then_signal():
+        trial_id = pop()
+        os.kill(os.getpid(), signal.SIGTERM)  # lands at the next bytecode, inside the pop
+        return trial_id
+
+    monkeypatch.setattr(study, "_pop_waiting_trial_id", pop_then_signal)
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            workers._pop(study, 2)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    failed, again = study.get_trials()
+    assert failed.state == TrialState.FAIL and failed.user_attrs["status"] == "interrupted"
+    assert again.state == TrialState.WAITING and again.user_attrs["retry_of"] == failed.number

@@ -144,8 +144,14 @@ def _pop(study: optuna.Study, size: int) -> list[optuna.Trial]:
     trials run, so the budget is exact with any number of workers; Optuna hands each out once."""
     ids: list[int] = []
     try:
-        while len(ids) < size and (trial_id := study._pop_waiting_trial_id()) is not None:
-            ids.append(trial_id)
+        while len(ids) < size:
+            # A SIGTERM (the coordinator gone) or Ctrl-C waits until the popped trial is known here:
+            # raised inside the pop, it would leave a RUNNING trial no one fails or runs again.
+            with rundir.signals_held():
+                if (trial_id := study._pop_waiting_trial_id()) is not None:
+                    ids.append(trial_id)
+            if trial_id is None:
+                break
     except KeyboardInterrupt:
         _interrupted(study, [optuna.Trial(study, i) for i in ids])
         raise
