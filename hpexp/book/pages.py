@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
+from omegaconf import OmegaConf
 
 from hpexp.book import experiments as book
 from hpexp.book import figures
@@ -245,8 +245,8 @@ def _under_way(experiment: book.Experiment, runs_dir: Path) -> list[str]:
     for checkpoint in sorted(base.rglob(rundir.CHECKPOINT)):
         run = checkpoint.parent
         done = max((int(r["epoch"]) for r in rundir.read_history(run)), default=0)
-        config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
-        total = (config.get("train") or {}).get("epochs")
+        config = run / "config.yaml"
+        total = OmegaConf.select(OmegaConf.load(config), "train.epochs") if config.exists() else None
         stands.append(f"{run.relative_to(base).as_posix()} at epoch {done}{f' of {total}' if total else ''}")
     if not stands:
         return []
