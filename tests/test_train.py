@@ -160,6 +160,8 @@ def no_data(monkeypatch):
         (["schedule=step", "schedule.step=0"], "schedule.step"),
         (["data.expand=book"], "data/expand=NAME"),
         (["data/expand=random", "data.expand.max_degrees=-1"], "max_degrees"),
+        (["data/expand=shift", "data.expand.max_shift=1.5"], r"max_shift must be an integer, got 1\.5"),
+        (["data/expand=shift", "data.expand.max_shift=40"], r"max_shift must be a whole number.*0..27"),
     ],
 )
 def test_bad_values_fail_before_any_work(overrides, message, no_data, tmp_path):
