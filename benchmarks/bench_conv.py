@@ -1,6 +1,7 @@
 """Conv-net speed: this engine against the engine before the speed work (issue 19) and PyTorch CPU.
 
-    python benchmarks/bench_conv.py [--images 5000] [--rounds 3] [--old 83ffd9a] [--no-profile]
+    python benchmarks/bench_conv.py [--images 5000] [--rounds 3] [--old 83ffd9a] [--old-compiled]
+                                    [--no-profile]
 
 The chapter 6 networks at mini-batch 10, built through the config path: conv1 (ch6-conv1-fc100:
 conv-pool 20 maps, 5x5, 2x2 max-pool -> FC(100) -> softmax, sigmoid), conv2 (ch6-conv2-relu: conv-pool
@@ -9,7 +10,9 @@ with network3's dropout 0.5). Each trains on the first `--images` training image
 an epoch, in stored order), scaled to 50,000 images, with three engines:
 
   old      the engine of commit `--old` (default 83ffd9a, the one issue 19 was filed against),
-           taken from git into a temporary folder: the figure to be twice as fast as
+           taken from git into a temporary folder: the figure to be twice as fast as; on its
+           NumPy path, or with `--old-compiled` as it ran (its compiled kernels: an A/B of two
+           commits of this engine)
   NumPy    this engine with HPEXP_KERNELS=numpy (the reference path the tests compare with)
   new      this engine as it runs, with the compiled kernels if the `fast` extra is installed
 
@@ -104,11 +107,13 @@ def old_engine(commit: str, into: Path) -> Path:
     return into
 
 
-def engines_seconds(network: str, images: int, rounds: int, old: Path) -> dict[str, float]:
+def engines_seconds(
+    network: str, images: int, rounds: int, old: Path, old_compiled: bool = False
+) -> dict[str, float]:
     """Seconds per 50,000-image epoch of each engine, each in its own process, taking turns."""
     here = os.environ.get("PYTHONPATH", "")
     envs = {
-        "old": {"PYTHONPATH": f"{old}{os.pathsep}{here}", "HPEXP_KERNELS": "numpy"},
+        "old": {"PYTHONPATH": f"{old}{os.pathsep}{here}", "HPEXP_KERNELS": "" if old_compiled else "numpy"},
         "NumPy": {"PYTHONPATH": f"{REPO}{os.pathsep}{here}", "HPEXP_KERNELS": "numpy"},
         "new": {"PYTHONPATH": f"{REPO}{os.pathsep}{here}", "HPEXP_KERNELS": ""},
     }
@@ -202,8 +207,9 @@ def profile(net, optimizer, regularizer, x: np.ndarray, y: np.ndarray, steps: in
     a = fc.forward(flat)
     d_fc = np.full_like(a, 1e-6)
     w = fc.w.copy()
-    compiled = "compiled" if fc.compiled else "BLAS"
-    filters, d_conv = "compiled" if cp.conv.compiled else "BLAS", np.ones_like(conv_out)
+    compiled = f"compiled ({fc.rows} rows)" if fc.compiled else "BLAS"
+    filters = f"compiled ({cp.conv.rows} rows)" if cp.conv.compiled else "BLAS"
+    d_conv = np.ones_like(conv_out)
     stepped = "inside the product (gemm)" if fc.by_product else "by the formed gradient"
 
     def formed() -> None:
@@ -239,6 +245,9 @@ def main() -> None:
     parser.add_argument(
         "--old", default=OLD, help=f"the commit of the engine to compare with (default {OLD})"
     )
+    parser.add_argument(
+        "--old-compiled", action="store_true", help="run the old engine with its compiled kernels"
+    )
     parser.add_argument("--no-profile", action="store_true", help="skip the per-part profile")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # a child process timing one engine
     args = parser.parse_args()
@@ -254,11 +263,12 @@ def main() -> None:
         old = old_engine(args.old, Path(tmp))
         print(f"mini-batch {BATCH}, float32, one thread, CPU s/epoch ({fraction})")
         print(f"machine: {batching.machine()}")
-        print(f"load average {os.getloadavg()[0]:.2f}; old = the engine of {args.old}")
+        path = "as it ran (compiled kernels)" if args.old_compiled else "on its NumPy path"
+        print(f"load average {os.getloadavg()[0]:.2f}; old = the engine of {args.old}, {path}")
         columns = f"{'old':>7} {'NumPy':>7} {'new':>7} {'old/new':>8} {'PyTorch':>8} {'new/PyTorch':>11}"
         print(f"{'network':<32} {columns}")
         for name in NETWORKS:
-            seconds = engines_seconds(name, args.images, args.rounds, old)
+            seconds = engines_seconds(name, args.images, args.rounds, old, args.old_compiled)
             theirs = torch_seconds(name, x, y, args.rounds)
             vs_torch = (
                 "     (no torch)" if theirs is None else f"{theirs:8.2f} {seconds['new'] / theirs:10.2f}x"

@@ -459,9 +459,10 @@ def test_a_conv_net_trains_to_rounding_the_same_with_compiled_filter_gradients_a
         (6, (2, 3, 6, 7), (2, 3)),
     ],
 )
-def test_compiled_filter_gradient_equals_numpy(kernels, filters, shape, kernel, dtype):
+@pytest.mark.parametrize("rows", [4, 2])
+def test_compiled_filter_gradient_equals_numpy(kernels, filters, shape, kernel, dtype, rows):
     """delta patches^T to 1e-6 (float32; 1e-14 in float64) of the sum of the terms' sizes: the
-    kernel adds each sum's terms in another order than BLAS. Filters not a multiple of 4 and
+    kernel adds each sum's terms in another order than BLAS. Filters not a multiple of 4 (or 2) and
     patch sizes not a multiple of 5 take the kernel's repeated last rows."""
     from hpexp.nn import conv
 
@@ -470,28 +471,29 @@ def test_compiled_filter_gradient_equals_numpy(kernels, filters, shape, kernel, 
     delta = rng.normal(size=(filters, cols.shape[1])).astype(dtype)
     want = (cols @ delta.T).T
     got = np.full_like(want, np.nan)
-    kernels.filter_grad(delta, cols, got)
+    kernels.filter_grad(delta, cols, got, rows)
     scale = np.abs(delta) @ np.abs(cols).T
     assert np.all(np.abs(got - want) <= (1e-6 if dtype == "float32" else 1e-14) * scale)
 
 
-def test_a_compiled_conv_layer_passes_the_gradient_check(kernels, monkeypatch):
+@pytest.mark.parametrize("rows", [4, 2])
+def test_a_compiled_conv_layer_passes_the_gradient_check(kernels, monkeypatch, rows):
     """`Conv2D.compiled` changes how backward sums the filters' gradient, nothing else."""
     from hpexp.nn import conv
 
     calls, kernel = [], kernels.filter_grad
 
-    def filter_grad(delta, cols, out):
-        calls.append(delta.shape)
-        kernel(delta, cols, out)
+    def filter_grad(delta, cols, out, by):
+        calls.append((delta.shape, by))
+        kernel(delta, cols, out, by)
 
     monkeypatch.setattr(conv, "KERNELS", kernels)
     monkeypatch.setattr(kernels, "filter_grad", filter_grad)
     rng = np.random.default_rng(1)
     layer = Conv2D(rng.normal(size=(5, 2, 3, 2)))
-    layer.compiled = True
+    layer.compiled, layer.rows = True, rows
     numeric_check(layer, rng.normal(size=(2, 2, 6, 5)), rng)
-    assert calls == [(5, 2 * 4 * 4)]  # the kernel took the filters' gradient
+    assert calls == [((5, 2 * 4 * 4), rows)]  # the kernel took the filters' gradient
 
 
 def test_conv_layers_take_the_filter_gradient_measured_faster(monkeypatch, tmp_path):
@@ -504,7 +506,10 @@ def test_conv_layers_take_the_filter_gradient_measured_faster(monkeypatch, tmp_p
     monkeypatch.setattr(batching, "_tables", {})
     monkeypatch.setattr(ways, "_ways", {})
     monkeypatch.setattr(conv, "KERNELS", object())  # installed (never called: the timings are given)
-    times = {(20, 1, 5, 5): {"numpy": 2.0, "compiled": 1.0}, (40, 20, 5, 5): {"numpy": 1.0, "compiled": 0.95}}
+    times = {  # compiled-2: two rows of delta per pass
+        (20, 1, 5, 5): {"numpy": 2.0, "compiled": 1.0, "compiled-2": 0.5},
+        (40, 20, 5, 5): {"numpy": 1.0, "compiled": 0.95, "compiled-2": 0.96},
+    }
     asked = []
 
     def measure_conv(shape, in_shape, m, dtype):
@@ -525,6 +530,7 @@ def test_conv_layers_take_the_filter_gradient_measured_faster(monkeypatch, tmp_p
     ways.conv_choices(network, 10, measured)
     compiled = [layer.conv.compiled for layer in network.layers[0].layers]
     assert compiled == [True, False]  # 5%: inside the margin
+    assert network.layers[0].layers[0].conv.rows == 2  # the faster of the two blockings
     assert asked == [
         ((20, 1, 5, 5), (1, 28, 28), 10, "float32"),
         False,  # the first layer's backward does not propagate

@@ -30,11 +30,14 @@ def close(got, want, w, x, dtype):
 @pytest.mark.parametrize(
     ("n_out", "n_in", "m"), [(100, 2880, 10), (7, 13, 3), (1, 5, 1), (10, 1000, 11), (4, 3, 5)]
 )
-def test_compiled_weighted_input_equals_numpy(kernels, dtype, n_out, n_in, m):
+@pytest.mark.parametrize("rows", [4, 2])
+def test_compiled_weighted_input_equals_numpy(kernels, dtype, n_out, n_in, m, rows):
+    """Layers not a multiple of `rows` and mini-batches not a multiple of 5 take the kernel's
+    repeated last rows."""
     rng = np.random.default_rng(0)
     w = rng.normal(size=(n_out, n_in)).astype(dtype)
     x = rng.uniform(0, 1, (m, n_in)).astype(dtype)
-    got = kernels.weighted_input(w, x)
+    got = kernels.weighted_input(w, x, rows)
     assert got.shape == (m, n_out) and got.dtype == w.dtype
     assert close(got, weighted_input(w, x), w, x, dtype)
 
@@ -76,3 +79,10 @@ def test_a_compiled_dense_layer_gives_the_same_gradients(kernels, monkeypatch, w
     assert calls == [1]  # the compiled way was taken, once
     for want, got in zip(*results, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [3, 0, True])
+def test_the_compiled_product_takes_four_or_two_rows_per_pass(kernels, rows):
+    w, x = np.ones((4, 3), "float32"), np.ones((2, 3), "float32")
+    with pytest.raises(ValueError, match=rf"rows must be one of \(4, 2\), got {rows!r}"):
+        kernels.weighted_input(w, x, rows)

@@ -510,9 +510,9 @@ def test_dense_layers_take_the_ways_measured_faster(monkeypatch, tmp_path):
     monkeypatch.setattr(ways, "_ways", {})
     monkeypatch.setattr(layers, "KERNELS", object())  # installed (never called: the timings are given)
     monkeypatch.setattr(optimizers, "BLAS", object())
-    times = {
-        (7, 12): {"numpy": 2.0, "compiled": 1.0, "formed": 1.0, "product": 0.95},
-        (5, 7): {"numpy": 1.0, "compiled": 0.95, "formed": 2.0, "product": 1.0},
+    times = {  # compiled-2: two rows of W per pass, which a CPU with 16 vector registers prefers
+        (7, 12): {"numpy": 2.0, "compiled": 1.0, "compiled-2": 0.8, "formed": 1.0, "product": 0.95},
+        (5, 7): {"numpy": 1.0, "compiled": 0.95, "compiled-2": 0.96, "formed": 2.0, "product": 1.0},
     }
     monkeypatch.setattr(ways, "measure_dense", lambda shape, m, dtype: times[shape])
     back = {(7, 12): {"numpy": 1.0, "compiled": 0.95}, (5, 7): {"numpy": 1.0, "compiled": 0.5}}
@@ -525,6 +525,7 @@ def test_dense_layers_take_the_ways_measured_faster(monkeypatch, tmp_path):
         layer.w, layer.b = layer.w.astype("float32"), layer.b.astype("float32")
     ways.dense_choices(network, 10)
     assert [layer.compiled for layer in network.layers] == [True, False]  # 5% is inside the margin
+    assert [layer.rows for layer in network.layers] == [2, 4]  # the faster of the two blockings
     assert [layer.by_product for layer in network.layers] == [False, True]
     assert [layer.compiled_back for layer in network.layers] == [False, True]
     dtype = network.params[0].dtype.name
@@ -541,3 +542,30 @@ def test_dense_layers_take_the_ways_measured_faster(monkeypatch, tmp_path):
         for net in (population, network)
         for layer in net.layers
     )
+
+
+def test_a_run_recorded_before_a_way_was_added_chooses_among_the_ways_it_had(monkeypatch, tmp_path):
+    """A run's record written before the two-row product existed ("dense" tables without
+    compiled-2) keeps choosing as it did, four rows of W per pass, though the machine now measures
+    two rows faster; a run without a record measures both and takes two."""
+    from hpexp.nn import layers
+    from hpexp.train import batching, ways
+
+    monkeypatch.setenv(batching.CACHE_ENV_VAR, str(tmp_path / "batching.json"))
+    monkeypatch.setattr(batching, "_tables", {})
+    monkeypatch.setattr(ways, "_ways", {})
+    monkeypatch.setattr(layers, "KERNELS", object())  # installed (never called: the timings are given)
+    now = {"numpy": 2.0, "formed": 1.0, "product": 2.0, "compiled": 1.0, "compiled-2": 0.5}
+    monkeypatch.setattr(ways, "measure_dense", lambda shape, m, dtype: now)
+    monkeypatch.setattr(ways, "measure_back", lambda shape, m, dtype: {"numpy": 1.0, "compiled": 2.0})
+    network = new_network(0)
+    for layer in network.layers:
+        layer.w, layer.b = layer.w.astype("float32"), layer.b.astype("float32")
+    before = {"numpy": 2.0, "formed": 1.0, "product": 2.0, "compiled": 1.0}
+    cases = [f"dense {n}x{k} mb10 float32" for n, k in [(7, 12), (5, 7)]]
+    record = {case: dict(before) for case in cases}
+    ways.dense_choices(network, 10, record)
+    assert [(layer.compiled, layer.rows) for layer in network.layers] == [(True, 4), (True, 4)]
+    assert all(record[case] == before for case in cases)  # the record is kept as it was
+    ways.dense_choices(network, 10, {})
+    assert [(layer.compiled, layer.rows) for layer in network.layers] == [(True, 2), (True, 2)]

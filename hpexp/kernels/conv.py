@@ -166,7 +166,7 @@ def maxpool2_grad(win: np.ndarray, delta: np.ndarray, shape: tuple[int, ...]) ->
     return dx.transpose(1, 0, 2, 3)
 
 
-def filter_grad(delta: np.ndarray, cols: np.ndarray, out: np.ndarray) -> None:
+def filter_grad(delta: np.ndarray, cols: np.ndarray, out: np.ndarray, rows: int = 4) -> None:
     """dC/dw = delta cols^T into `out` (filters, c * kh * kw), delta (filters, m * oh * ow) and
     cols = patches(x) (c * kh * kw, m * oh * ow), as hpexp.nn.conv.Conv2D.backward computes by BLAS.
 
@@ -174,9 +174,9 @@ def filter_grad(delta: np.ndarray, cols: np.ndarray, out: np.ndarray) -> None:
     made for large matrices, runs these long thin sums slowly (conv-pool(20)'s filters at mini-batch
     10: 51 us instead of 115). The sums run in another order than BLAS's: equal to rounding, unlike
     the kernels above, so the engine takes it only where measured faster (hpexp.train.batching), in
-    float32.
+    float32. `rows` of delta per pass, 4 or 2 (see dot_rows: which is faster depends on the CPU).
     """
-    dot_rows(delta, cols, out)
+    dot_rows(delta, cols, out, rows)
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)

@@ -6,8 +6,11 @@ BLAS, made for large matrices, packs all of W into its own layout before a produ
 x that copy costs as much as the product (1000 x 1000 weights at mini-batch 10: 430 us, OpenBLAS
 SkylakeX). Here four rows of W meet five rows of x at a time, twenty sums side by side over one
 read of the nine rows, vectorized by the compiler: 250 us (two rows of W against five, as before,
-took 275, and 94 us instead of 57 for 100 x 2880). With more rows of x BLAS wins again, so the
-engine measures which to use (hpexp.train.batching). The sums run in another order than BLAS's
+took 275, and 94 us instead of 57 for 100 x 2880). That is on a CPU with 32 vector registers
+(AVX-512); with 16 (AVX2: an AMD EPYC here) the twenty sums and nine rows do not fit and spill, and two
+rows of W against five of x run faster (100 x 2880: 100 us against 157; BLAS 145). Both are kept
+(`rows`, 4 or 2), and with more rows of x BLAS wins again, so the engine measures which to use
+(hpexp.train.ways). The sums run in another order than BLAS's
 (fastmath lets the compiler split them): equal to rounding. delta W, whose sums run down W's
 columns, is taken the other way round: each row of delta W gathers four rows of W at a time, five
 rows of delta W side by side (1000 x 1000 at mini-batch 10: 294 us instead of BLAS's 412).
@@ -18,7 +21,34 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["back", "dot_rows", "weighted_input"]
+__all__ = ["ROWS", "back", "dot_rows", "weighted_input"]
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _dot_rows2(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    p, n = a.shape
+    q = b.shape[0]
+    for i in range(0, p, 2):
+        i1 = min(i + 1, p - 1)  # as _dot_rows, two rows of a at a time
+        a0, a1 = a[i], a[i1]
+        for j in range(0, q, 5):
+            j1, j2, j3, j4 = min(j + 1, q - 1), min(j + 2, q - 1), min(j + 3, q - 1), min(j + 4, q - 1)
+            b0, b1, b2, b3, b4 = b[j], b[j1], b[j2], b[j3], b[j4]
+            s00 = s01 = s02 = s03 = s04 = s10 = s11 = s12 = s13 = s14 = out.dtype.type(0)
+            for k in range(n):
+                u, v = a0[k], a1[k]
+                s00 += u * b0[k]
+                s01 += u * b1[k]
+                s02 += u * b2[k]
+                s03 += u * b3[k]
+                s04 += u * b4[k]
+                s10 += v * b0[k]
+                s11 += v * b1[k]
+                s12 += v * b2[k]
+                s13 += v * b3[k]
+                s14 += v * b4[k]
+            out[i, j], out[i, j1], out[i, j2], out[i, j3], out[i, j4] = s00, s01, s02, s03, s04
+            out[i1, j], out[i1, j1], out[i1, j2], out[i1, j3], out[i1, j4] = s10, s11, s12, s13, s14
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
@@ -63,16 +93,23 @@ def _dot_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
             out[i3, j], out[i3, j1], out[i3, j2], out[i3, j3], out[i3, j4] = s30, s31, s32, s33, s34
 
 
-def dot_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-    """out = a b^T, out[i, j] the dot product of row i of a and row j of b, a (p, n), b (q, n)."""
-    _dot_rows(np.ascontiguousarray(a), np.ascontiguousarray(b), out)
+ROWS = (4, 2)  # rows of a per pass that dot_rows can take
 
 
-def weighted_input(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+def dot_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray, rows: int = 4) -> None:
+    """out = a b^T, out[i, j] the dot product of row i of a and row j of b, a (p, n), b (q, n),
+    `rows` (4 or 2) rows of a against five of b per pass."""
+    if rows not in ROWS:
+        raise ValueError(f"rows must be one of {ROWS}, got {rows!r}")
+    kernel = _dot_rows if rows == 4 else _dot_rows2
+    kernel(np.ascontiguousarray(a), np.ascontiguousarray(b), out)
+
+
+def weighted_input(w: np.ndarray, x: np.ndarray, rows: int = 4) -> np.ndarray:
     """x W^T as hpexp.nn.layers.weighted_input, W (n_out, n_in), x (m, n_in): z (m, n_out), stored
-    as W x^T (feature-major), as BLAS's way returns it."""
+    as W x^T (feature-major), as BLAS's way returns it; `rows` of W per pass (see dot_rows)."""
     z = np.empty((w.shape[0], x.shape[0]), np.result_type(w, x))
-    dot_rows(w, x, z)
+    dot_rows(w, x, z, rows)
     return z.T
 
 

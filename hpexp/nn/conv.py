@@ -84,9 +84,11 @@ class Conv2D:
     """z[f] = sum_c x[c] * w[f, c] (valid cross-correlation), w of shape (filters, c, kh, kw).
 
     No bias and no activation: network3 adds both after pooling (see ConvPool).
-    `compiled`: backward forms the filters' gradient with the compiled kernel, if installed."""
+    `compiled`: backward forms the filters' gradient with the compiled kernel, if installed, `rows`
+    rows of delta per pass (4 or 2)."""
 
     compiled = False
+    rows = 4
 
     def __init__(self, w: np.ndarray) -> None:
         self.w, self.gw = w, np.zeros_like(w)
@@ -127,7 +129,7 @@ class Conv2D:
         """dC/dw = delta patches^T; dC/dx = unpatch(w^T delta), delta as (filters, m * oh * ow)."""
         d = delta.transpose(1, 0, 2, 3).reshape(self.w.shape[0], -1)
         if self.compiled and KERNELS is not None:
-            KERNELS.filter_grad(d, self.cols, self.grad_matrix())  # type: ignore[attr-defined]
+            KERNELS.filter_grad(d, self.cols, self.grad_matrix(), self.rows)  # type: ignore[attr-defined]
         else:
             # Computed as (patches d^T)^T into a new array, then copied: OpenBLAS runs this thin
             # product a fifth faster than d patches^T straight into the gradient (CPU time at

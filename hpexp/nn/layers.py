@@ -44,11 +44,13 @@ def weighted_input(w: np.ndarray, x: np.ndarray) -> np.ndarray:
 class Dense:
     """A fully-connected layer a = f(x W^T + b) with W of shape (n_out, n_in) and b of shape (1, n_out).
 
-    `compiled`: forward computes x W^T with the compiled kernel, if installed (one network only).
+    `compiled`: forward computes x W^T with the compiled kernel, if installed (one network only),
+    `rows` rows of W per pass (4 or 2: which is faster depends on the CPU's registers).
     `compiled_back`: backward computes the input's gradient delta W so.
     `by_product`: plain SGD's training step asks backward to leave dC/dW as its product."""
 
     compiled = False
+    rows = 4
     compiled_back = False
     by_product = False
 
@@ -77,7 +79,7 @@ class Dense:
     def forward(self, x: np.ndarray) -> np.ndarray:
         self.x = x
         if self.compiled and KERNELS is not None:
-            self.z = KERNELS.weighted_input(self.w, x)
+            self.z = KERNELS.weighted_input(self.w, x, self.rows)
         else:
             self.z = weighted_input(self.w, x)
         self.z += self.b

@@ -251,16 +251,21 @@ def cached(
     measure_now: Callable[[], dict[str, float]],
     fresh: bool,
     measured: dict[str, dict[str, float]] | None = None,
+    added: Sequence[str] = (),
 ) -> dict[str, float]:
     """The table of `case`: from the run's own record `measured` (what it chose by so far), else for
     this machine from this process, the cache file, or (none yet, or `fresh`) measured now and
-    cached; then kept in `measured`."""
+    cached; then kept in `measured`.
+
+    `added`: keys a table has since a later version (a way added): a record written before has
+    `keys` only and is taken as it is, so the run goes on choosing among the ways it chose from."""
     own = None if fresh or measured is None else measured.get(case)
     if _complete(own, keys):
         return own  # type: ignore[return-value]
     key = machine()
     cached = None if fresh else _tables.get(f"{key} || {case}") or _load().get(key, {}).get(case)
-    found: dict[str, float] = cached if _complete(cached, keys) else measure_now()  # type: ignore[assignment]
+    whole = [*keys, *added]
+    found: dict[str, float] = cached if _complete(cached, whole) else measure_now()  # type: ignore[assignment]
     if found is not cached:  # none yet, fresh, or written by another version: measured again
         _save(key, case, found)
     _tables[f"{key} || {case}"] = found

@@ -7,7 +7,8 @@ take them; float64, the exact path (gradient checks, the book's comparisons), ke
 whatever a measurement says. A way must win by WAYS_MARGIN.
 
     dense_choices(network, batch_size)   per dense layer, whether x W^T and delta W run compiled
-                                         (hpexp.kernels.dense) rather than by BLAS, and whether
+                                         (hpexp.kernels.dense; x W^T by 4 or 2 rows of W per pass,
+                                         whichever suits the CPU) rather than by BLAS, and whether
                                          plain SGD steps its weights inside the gradient's product
                                          (hpexp.nn.optimizers.descend)
     conv_choices(network, batch_size)    per conv layer, whether its filter gradient runs compiled
@@ -37,8 +38,9 @@ _ways: dict[str, dict[str, float]] = {}  # this process's layer tables, for call
 
 def measure_dense(shape: tuple[int, ...], batch_size: int, dtype: str) -> dict[str, float]:
     """Seconds per product of a dense layer of weights `shape` on a mini-batch, each way there is:
-    x W^T by BLAS (`numpy`) and compiled (`compiled`); the weights' step by the formed gradient
-    (`formed`: the product, then the step) and inside the product (`product`)."""
+    x W^T by BLAS (`numpy`) and compiled, 4 rows of W per pass (`compiled`) or 2 (`compiled-2`); the
+    weights' step by the formed gradient (`formed`: the product, then the step) and inside the
+    product (`product`)."""
     rng = np.random.default_rng(0)
     w = rng.standard_normal(shape).astype(dtype)
     x = rng.random((batch_size, shape[1])).astype(dtype)
@@ -50,7 +52,8 @@ def measure_dense(shape: tuple[int, ...], batch_size: int, dtype: str) -> dict[s
 
     runs: dict[str, Callable[[], object]] = {"numpy": lambda: weighted_input(w, x), "formed": formed}
     if layers.KERNELS is not None:
-        runs["compiled"] = lambda: layers.KERNELS.weighted_input(w, x)  # type: ignore[union-attr]
+        runs["compiled"] = lambda: layers.KERNELS.weighted_input(w, x, 4)  # type: ignore[union-attr]
+        runs["compiled-2"] = lambda: layers.KERNELS.weighted_input(w, x, 2)  # type: ignore[union-attr]
     if optimizers.BLAS is not None:
         runs["product"] = lambda: optimizers.descend(w, delta, x)
     return _race(runs)
@@ -68,6 +71,15 @@ def _race(runs: dict[str, Callable[[], object]]) -> dict[str, float]:
                 run()
             best[name] = min(best[name], (now() - start) / STEPS)
     return best
+
+
+def _rows(times: dict[str, float]) -> int:
+    """Rows per pass of the compiled product if one beats BLAS (`numpy`) by WAYS_MARGIN, the faster
+    of `compiled` (4) and `compiled-2` (2, absent from tables recorded before it), else 0: the
+    register blocking that suits a CPU with 32 vector registers spills on one with 16."""
+    compiled = {4: times["compiled"], 2: times.get("compiled-2", np.inf)}
+    rows = min(compiled, key=compiled.__getitem__)
+    return rows if compiled[rows] < times["numpy"] * (1 - WAYS_MARGIN) else 0
 
 
 def measure_back(shape: tuple[int, ...], batch_size: int, dtype: str) -> dict[str, float]:
@@ -94,10 +106,12 @@ def dense_choices(
     dense = [layer for layer in network.layers if isinstance(layer, Dense) and layer.w.dtype == np.float32]
     for layer in dense:
         layer.compiled = layer.compiled_back = layer.by_product = False
+        layer.rows = 4
     if network.lead or (layers.KERNELS is None and optimizers.BLAS is None):
         return
     keys = ["numpy", "formed", *["compiled"] * (layers.KERNELS is not None)]
     keys += ["product"] * (optimizers.BLAS is not None)
+    added = ["compiled-2"] * (layers.KERNELS is not None)
     # Asked every epoch, so the tables are kept (machine() takes milliseconds): in the run's record,
     # else in this process's for callers without one (benchmarks).
     record = _ways if measured is None else measured
@@ -105,8 +119,10 @@ def dense_choices(
     for layer in dense:
         shape, dtype = layer.w.shape, layer.w.dtype.name
         size = f"{shape[0]}x{shape[1]} mb{batch_size} {dtype}"
-        times = cached(f"dense {size}", keys, partial(measure_dense, shape, batch_size, dtype), fresh, record)
-        layer.compiled = "compiled" in keys and times["compiled"] < times["numpy"] * faster
+        measure_now = partial(measure_dense, shape, batch_size, dtype)
+        times = cached(f"dense {size}", keys, measure_now, fresh, record, added)
+        rows = _rows(times) if "compiled" in keys else 0
+        layer.compiled, layer.rows = rows > 0, rows or 4
         layer.by_product = "product" in keys and times["product"] < times["formed"] * faster
         if layers.KERNELS is not None:  # a table of its own: records written before it keep theirs
             back = partial(measure_back, shape, batch_size, dtype)
@@ -118,14 +134,16 @@ def measure_conv(
     shape: tuple[int, ...], in_shape: tuple[int, ...], batch_size: int, dtype: str
 ) -> dict[str, float]:
     """Seconds per filter gradient of a conv layer of filters `shape` (f, c, kh, kw) on a
-    mini-batch of `in_shape` (c, h, w) images: by BLAS (`numpy`) and compiled (`compiled`)."""
+    mini-batch of `in_shape` (c, h, w) images: by BLAS (`numpy`) and compiled, 4 rows of delta per
+    pass (`compiled`) or 2 (`compiled-2`)."""
     rng = np.random.default_rng(0)
     cols = patches(rng.random((batch_size, *in_shape)).astype(dtype), *shape[-2:])
     d = rng.standard_normal((shape[0], cols.shape[1])).astype(dtype)
     g = np.empty((shape[0], cols.shape[0]), dtype)
     runs: dict[str, Callable[[], object]] = {"numpy": lambda: g.__setitem__(..., (cols @ d.T).T)}
     if conv.KERNELS is not None:
-        runs["compiled"] = lambda: conv.KERNELS.filter_grad(d, cols, g)  # type: ignore[attr-defined,union-attr]
+        runs["compiled"] = lambda: conv.KERNELS.filter_grad(d, cols, g, 4)  # type: ignore[attr-defined,union-attr]
+        runs["compiled-2"] = lambda: conv.KERNELS.filter_grad(d, cols, g, 2)  # type: ignore[attr-defined,union-attr]
     return _race(runs)
 
 
@@ -138,7 +156,7 @@ def measure_winners(
     the winners' sums skip, come out as they do in training."""
     rng = np.random.default_rng(0)
     twin = ConvPool(layer.w.copy(), layer.b.copy(), layer.activation, MaxPool(2))
-    twin.conv.compiled = layer.conv.compiled
+    twin.conv.compiled, twin.conv.rows = layer.conv.compiled, layer.conv.rows
     out = twin.forward(rng.random((batch_size, *in_shape)).astype(layer.w.dtype))
     delta = rng.standard_normal(out.shape).astype(out.dtype)
 
@@ -166,6 +184,7 @@ def conv_choices(
     ]
     for layer, _, _ in layers_in:
         layer.conv.compiled = layer.by_winners = False
+        layer.conv.rows = 4
     if network.lead or conv.KERNELS is None:
         return
     record = _ways if measured is None else measured
@@ -176,8 +195,9 @@ def conv_choices(
             continue
         size = f"{'x'.join(map(str, shape))} on {'x'.join(map(str, in_shape))} mb{batch_size} {dtype}"
         measure_now = partial(measure_conv, shape, in_shape, batch_size, dtype)
-        times = cached(f"conv {size}", ["numpy", "compiled"], measure_now, fresh, record)
-        layer.conv.compiled = times["compiled"] < times["numpy"] * faster
+        times = cached(f"conv {size}", ["numpy", "compiled"], measure_now, fresh, record, ["compiled-2"])
+        rows = _rows(times)
+        layer.conv.compiled, layer.conv.rows = rows > 0, rows or 4
         if isinstance(layer.pool, MaxPool) and layer.pool.size == 2:
             case = f"conv-back {size} {type(layer.activation).__name__}{'' if propagate else ' first'}"
             measure_now = partial(measure_winners, layer, in_shape, batch_size, propagate)
