@@ -680,6 +680,34 @@ def test_a_comparison_of_two_experiments_is_paired_by_seed(tmp_path):
     assert "| +0.20 [+0.08, +0.32] (n=3) | a higher (ch6-conv2-relu) |" in page
 
 
+def test_a_comparison_with_a_run_that_did_not_complete_says_how_it_ended(tmp_path):
+    """A run stuck at chance (L2 so strong the weights vanish) keeps its number, and the reading
+    says it stalled: its value is where it stopped, not what the setting reaches."""
+    e = book.load("ch6-exp-fc300")
+    histories = [[{"epoch": 1, "val_accuracy": 0.99, "test_accuracy": 0.994}]] * 3
+    _fake_runs(tmp_path, "ch6-exp-fc100", histories)
+    _fake_runs(tmp_path, "ch6-exp-fc300", histories)
+    row = book.measure(e, e.contrasts[0], tmp_path)
+    assert row["reading"] == "no difference resolved (the interval holds 0)"
+    stalled = tmp_path / "ch6-exp-fc300" / "seed1"
+    rundir.write_summary(stalled, {"status": "stalled", "stop_reason": "stuck at chance: val_accuracy 0.10"})
+    row = book.measure(e, e.contrasts[0], tmp_path)
+    assert row["reading"].endswith("; a stalled in seed 1 (stuck at chance)")
+
+
+def test_a_sweep_figure_marks_a_run_that_did_not_complete():
+    """The committed L2 sweep: lmbda3 = 100 (lmbda 1000) stalled at chance. Its point is drawn, and
+    marked as a run that did not complete, in the legend too."""
+    e = book.load("ch6-conv2-l2-sweep")
+    (spec,) = e.meta["plots"]
+    _, ax = plt.subplots()
+    book_figures.plot_points(ax, e, book.RUNS_DIR, spec)
+    (ended,) = [line for line in ax.lines if line.get_marker() == "x"]
+    assert list(ended.get_xdata()) == [1000] and 9 < ended.get_ydata()[0] < 12
+    assert ended.get_label().startswith("stalled (did not complete")
+    plt.close(ax.figure)
+
+
 def test_a_comparison_with_a_side_not_run_says_so(tmp_path):
     e = book.load("ch6-exp-fc300")
     _fake_runs(tmp_path, "ch6-exp-fc100", [[{"epoch": 1, "val_accuracy": 0.99, "test_accuracy": 0.994}]] * 3)

@@ -279,6 +279,22 @@ def run_dirs(experiment: Experiment, run: str, runs_dir: Path = RUNS_DIR) -> lis
     return [d for d in dirs if rundir.read_summary(d).get("status") in ("completed", "diverged", "stalled")]
 
 
+def unfinished(experiment: Experiment, run: str, runs_dir: Path = RUNS_DIR) -> list[str]:
+    """How each ended run of `run` that did not complete ended: "stalled in seed 0 (stuck at chance)"
+    (its status, seed and the first clause of its stop reason): its number is where it stopped, not
+    what the setting reaches."""
+    base = runs_dir / experiment.id
+    ended = []
+    for d in run_dirs(experiment, run, runs_dir):
+        summary = rundir.read_summary(d)
+        if summary.get("status") != "completed":
+            reason = str(summary.get("stop_reason") or "").split(":")[0].split(";")[0]
+            ended.append(
+                f"{summary.get('status')} in seed {seed_of(d, base)}" + (f" ({reason})" if reason else "")
+            )
+    return ended
+
+
 def seed_of(run_dir: Path, base: Path) -> int:
     return int(run_dir.relative_to(base).parts[0][4:])
 
@@ -435,6 +451,8 @@ def measure(experiment: Experiment, contrast: Contrast, runs_dir: Path = RUNS_DI
         reading = f"a lower ({name_a})"
     else:
         reading = "no difference resolved (the interval holds 0)"
+    for side, (e, run) in zip("ab", sides, strict=True):
+        reading += "".join(f"; {side} {how}" for how in unfinished(e, run, runs_dir))
     return {
         "id": experiment.id,
         "claim": contrast.claim,

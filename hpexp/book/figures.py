@@ -71,14 +71,16 @@ def history_table(experiment: book.Experiment, df: pd.DataFrame) -> pd.DataFrame
 
 
 def points(experiment: book.Experiment, runs_dir: Path, x: str, metric: str, selection: str) -> pd.DataFrame:
-    """One row per run and seed: the run's config value `x` and the selected `metric`."""
+    """One row per run and seed: the run's config value `x`, the selected `metric` and how the run
+    ended (`status`)."""
     check = book.Check(metric=metric, selection=selection, value=None)
     rows = []
     for name in experiment.runs:
         for d in book.run_dirs(experiment, name, runs_dir):
             value = OmegaConf.select(OmegaConf.load(d / "config.yaml"), x)
-            rows.append({"run": name, "x": value, "y": book.select(rundir.read_history(d), check)})
-    return pd.DataFrame(rows, columns=["run", "x", "y"])
+            y = book.select(rundir.read_history(d), check)
+            rows.append({"run": name, "x": value, "y": y, "status": rundir.read_summary(d).get("status")})
+    return pd.DataFrame(rows, columns=["run", "x", "y", "status"])
 
 
 def _series_keys(experiment_id: str) -> list[tuple[str, str]]:
@@ -257,6 +259,18 @@ def plot_points(ax: Any, experiment: book.Experiment, runs_dir: Path, spec: dict
                 label=f"ours ({kind}): mean of {n}, bars +/- 1 std" if n > 1 else f"ours ({kind})",
             )
             drawn += len(df)
+            for status, ended in df[df["status"] != "completed"].groupby("status"):
+                ax.plot(  # where a run stopped is not what its setting reaches: marked, not hidden
+                    ended["x"],
+                    ended["y"] * scale,
+                    marker="x",
+                    ms=10,
+                    mew=2,
+                    ls="none",
+                    color="crimson",
+                    gid="data",
+                    label=f"{status} (did not complete: its value where it stopped)",
+                )
         xs = {name: _run_x(e, name, spec["x"]) for name in e.runs}
         marks = [
             (xs[c.run], c.value * scale)
