@@ -7,11 +7,11 @@ x that copy costs as much as the product (1000 x 1000 weights at mini-batch 10: 
 SkylakeX). Here four rows of W meet five rows of x at a time, twenty sums side by side over one
 read of the nine rows, vectorized by the compiler: 250 us (two rows of W against five, as before,
 took 275, and 94 us instead of 57 for 100 x 2880). That is on a CPU with 32 vector registers
-(AVX-512); with 16 (AVX2: an AMD EPYC here) the twenty sums and nine rows do not fit and spill, and two
-rows of W against five of x run faster (100 x 2880: 100 us against 157; BLAS 145). Both are kept
-(`rows`, 4 or 2), and with more rows of x BLAS wins again, so the engine measures which to use
-(hpexp.train.ways). The sums run in another order than BLAS's
-(fastmath lets the compiler split them): equal to rounding. delta W, whose sums run down W's
+(AVX-512); with 16 (AVX2, on an AMD EPYC) the twenty sums and nine rows do not fit and spill, and
+two rows of W against five of x run faster (100 x 2880: 94 us against 127; BLAS 129). Both are
+kept (`rows`, 4 or 2), and with more rows of x BLAS wins again, so the engine measures which to
+use (hpexp.train.ways). The sums run in another order than BLAS's (fastmath lets the compiler
+split them): equal to rounding. delta W, whose sums run down W's
 columns, is taken the other way round: each row of delta W gathers four rows of W at a time, five
 rows of delta W side by side (1000 x 1000 at mini-batch 10: 294 us instead of BLAS's 412).
 """
