@@ -30,7 +30,8 @@ def studies_dir() -> Path:
 @functools.cache
 def source_commit() -> str:
     """The git commit of the code running (suffixed `+changes` when its hpexp/ or conf/ differ from
-    it), or `unknown` outside a git checkout (an installed wheel). Asked once per process."""
+    it), or `unknown` outside a git checkout (an installed wheel). Asked once per process, so a
+    long command asks at its start: a commit made while it trains is not the code it loaded."""
     import subprocess
 
     def git(*args: str) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 from dataclasses import dataclass
 
@@ -258,3 +260,41 @@ def test_a_thread_asked_to_stop_from_another_thread_stops_within_a_mini_batch():
     request_stop(thread.ident)
     thread.join(timeout=60)
     assert not thread.is_alive() and result["stopped"] - asked < 5
+
+
+def test_a_run_names_the_commit_of_the_code_it_started_with(tmp_path, monkeypatch):
+    """A commit made to the checkout while a run trains (hours, for chapter 6) is not the code the
+    run loaded: its summary names the commit it started on."""
+    from hpexp import paths
+    from hpexp.train import rundir
+
+    repo = tmp_path / "repo"
+    (repo / "hpexp").mkdir(parents=True)
+    for folder in (paths.config_dir(), paths.studies_dir()):  # the configs, beside the package
+        (repo / folder.name).symlink_to(folder)
+
+    def commit(message: str) -> str:
+        (repo / "hpexp" / "x.py").write_text(message)
+        env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t"}
+        env |= {"GIT_COMMITTER_EMAIL": "t@t", "PATH": os.environ["PATH"]}
+        for args in (["add", "-A"], ["commit", "-qm", message]):
+            subprocess.run(["git", "-C", str(repo), *args], check=True, env=env)
+        return subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    started = commit("a")
+    monkeypatch.setattr(paths, "_PACKAGE", repo / "hpexp")
+    paths.source_commit.cache_clear()
+    moved = []
+    try:
+        out = run(
+            compose(SMALL),
+            tmp_path / "run",
+            on_epoch=lambda r: moved.append(commit(f"b{r['epoch']}")) and None,
+        )
+    finally:
+        paths.source_commit.cache_clear()
+    assert len(moved) == 2 and started not in moved
+    assert rundir.read_summary(out)["versions"]["commit"] == started

@@ -727,6 +727,7 @@ def run_experiments(
     from hpexp.book.runners import Skip
     from hpexp.train.runner import run_population
 
+    source_commit()  # the code this process loaded: asked now, not when hours later a run ends
     plan = []
     for e in experiments:
         for k in range(e.seeds(seeds)):

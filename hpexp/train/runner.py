@@ -316,7 +316,7 @@ def _summary(cfg: DictConfig, parts: Parts, result: Any, seconds: float, n_param
         "choices": OmegaConf.to_container(cfg.get("choices", {})),
         "versions": {
             "hpexp": hpexp.__version__,
-            "commit": source_commit(),  # the code that finished the run (a resumed run: its last part)
+            "commit": source_commit(),  # the code this process ran (a resumed run: its last part)
             "numpy": np.__version__,
             "python": platform.python_version(),
         },
@@ -396,6 +396,7 @@ def run_population(
     when training is interrupted or fails. `resume=True` goes on from it (see `resume`).
     """
     parts = [validate(cfg, selection=not allow_test) for cfg in cfgs]
+    source_commit()  # asked (once per process) now: the checkout's HEAD may move during hours of training
     if len({population_key(cfg) for cfg in cfgs}) > 1:
         differ = [k for k in SHARED if len({str(OmegaConf.select(c, k)) for c in cfgs}) > 1]
         raise ConfigError(f"configs differ in {differ}, which must be equal to train as one population")
