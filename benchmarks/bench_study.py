@@ -2,8 +2,9 @@
 
 Targets: 2 workers reach at least 1.7x the trial-epochs per second of 1 worker (issue 4); 2 workers
 with `population: auto` (or a given K) reach at least 3.5x a 1-worker study without populations
-(issue 19); the
-storage and Hydra-composition work of one trial is under 5% of a 1-epoch trial on the full data.
+(issue 19), split into the gain of populations (1 worker with them against 1 without) and of
+the second worker (with populations); the storage and Hydra-composition work of one trial is under
+5% of a 1-epoch trial on the full data.
 All figures are ratios measured in one run of this script, on the real MNIST ($HPEXP_DATA_DIR):
 
     nice -n 10 python benchmarks/bench_study.py [--trials 16] [--epochs 2] [--population auto]
@@ -118,7 +119,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=16, help="at least 2 x population")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--population", default="auto", help="trials per pass in the third study (or auto)")
+    parser.add_argument("--population", default="auto", help="trials per pass with populations (or auto)")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     load = os.getloadavg()[0]
@@ -131,13 +132,19 @@ def main() -> None:
         spec = spec_for(folder / "pop", 2, args.trials, args.epochs, k)
         chosen = population_size(spec, compose(list(spec.base)))  # measured now if not cached
         pop = throughput(folder / "pop", 2, args.trials, args.epochs, k)
+        pop_one = throughput(folder / "pop1", 1, args.trials, args.epochs, k)
         k = f"{k}={chosen}" if k == "auto" else k
         print(f"throughput ({args.trials} trials x {args.epochs} full-data epochs, mlp30, batch 10):")
         print(f"  1 worker                  {one:.3f} trial-epochs/s")
         print(f"  2 workers                 {two:.3f} trial-epochs/s")
         print(f"  2 workers, population {k:<7} {pop:.3f} trial-epochs/s")
+        print(f"  1 worker, population {k:<8} {pop_one:.3f} trial-epochs/s")
         print(f"  2 workers / 1 worker: {two / one:.2f}x (target >= 1.7)")
         print(f"  2 workers with populations / 1 worker without: {pop / one:.2f}x (target >= 3.5)")
+        print(
+            f"    = populations {pop_one / one:.2f}x (1 worker with / without) "
+            f"x workers {pop / pop_one:.2f}x (2 / 1, with populations)"
+        )
         after = os.getloadavg()[0]
         print(f"  load average (1 min) {load:.2f} before, {after:.2f} after, on {os.cpu_count()} CPUs")
         store, comp, trial = storage_seconds(folder), compose_seconds(), trial_seconds(folder)
