@@ -513,6 +513,9 @@ def test_dense_layers_take_the_ways_measured_faster(monkeypatch, tmp_path):
     times = {  # compiled-2: two rows of W per pass, which a CPU with 16 vector registers prefers
         (7, 12): {"numpy": 2.0, "compiled": 1.0, "compiled-2": 0.8, "formed": 1.0, "product": 0.95},
         (5, 7): {"numpy": 1.0, "compiled": 0.95, "compiled-2": 0.96, "formed": 2.0, "product": 1.0},
+        # a population of two, stepped together: one layer of 2 x n_out units each
+        (14, 12): {"numpy": 2.0, "compiled": 0.5, "compiled-2": 0.5, "formed": 2.0, "product": 1.0},
+        (10, 7): {"numpy": 2.0, "compiled": 0.5, "compiled-2": 0.5, "formed": 1.0, "product": 0.95},
     }
     monkeypatch.setattr(ways, "measure_dense", lambda shape, m, dtype: times[shape])
     back = {(7, 12): {"numpy": 1.0, "compiled": 0.95}, (5, 7): {"numpy": 1.0, "compiled": 0.5}}
@@ -533,7 +536,13 @@ def test_dense_layers_take_the_ways_measured_faster(monkeypatch, tmp_path):
     assert on_disk[f"dense 7x12 mb10 {dtype}"] == times[(7, 12)]
 
     population = stack([new_network(s) for s in range(2)])
-    ways.dense_choices(population, 10)  # populations keep BLAS's wide products (float64 here too)
+    ways.dense_choices(population, 10)  # float64: NumPy's order here too
+    assert not any(layer.by_product for layer in population.layers)
+    population = stack([network, network])  # float32
+    ways.dense_choices(population, 10)  # BLAS's wide products; the step inside them where it wins
+    assert [layer.by_product for layer in population.layers] == [True, False]
+    assert not any(layer.compiled or layer.compiled_back for layer in population.layers)
+    population = stack([new_network(s) for s in range(2)])
     monkeypatch.setattr(layers, "KERNELS", None)
     monkeypatch.setattr(optimizers, "BLAS", None)
     ways.dense_choices(network, 10)  # without the `fast` extra: BLAS, and the formed gradient

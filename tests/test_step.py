@@ -80,3 +80,65 @@ def test_stepping_by_products_equals_stepping_by_formed_gradients(config, monkey
         assert np.array_equal(by_products, formed)
     else:
         np.testing.assert_allclose(by_products, formed, rtol=0, atol=1e-6 if dtype == "float32" else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("order", ["shared", "per member"])
+@pytest.mark.parametrize("engine", ["numpy", "blas"])
+def test_a_population_steps_by_products_as_by_formed_gradients(monkeypatch, dtype, order, engine):
+    """Three members with their own eta and lmbda (weight decay, one factor per member): stepping
+    every dense layer inside its gradient's product (the first layer's input shared by all members in
+    shared order: one gemm for the members' rows together, after the decay) gives the weights that
+    the formed gradients give; and each member's weights are those of the same member trained alone,
+    with its gradient formed."""
+    from hpexp.nn import activations, costs, init
+    from hpexp.nn.network import Network
+    from hpexp.nn.population import select, stack, stack_fields
+
+    if engine == "blas":
+        pytest.importorskip("scipy", reason="the BLAS step needs the optional `fast` extra (SciPy)")
+        from hpexp.kernels import blas
+
+        monkeypatch.setattr(optimizers, "BLAS", blas)
+        wide = []  # the members' one-gemm steps taken
+        members = blas.descend_members
+        monkeypatch.setattr(blas, "descend_members", lambda *args: wide.append(members(*args)) or wide[-1])
+    else:
+        monkeypatch.setattr(optimizers, "BLAS", None)
+    k, etas, lmbdas = 3, [0.5, 0.1, 1.0], [5.0, 0.0, 1.0]
+
+    def population():
+        parts = activations.Sigmoid(), costs.CrossEntropy(), init.Default()
+        nets = [Network.create([12, 7, 4], *parts, np.random.default_rng(s), dtype) for s in range(k)]
+        optimizer = stack_fields([SGD(e) for e in etas], (1, 1), dtype)
+        regularizer = stack_fields([Regularizer(lmbda=lm) for lm in lmbdas], (1, 1), dtype)
+        return stack(nets), optimizer, regularizer
+
+    rng = np.random.default_rng(6)
+    shape = (30,) if order == "shared" else (k, 30)
+    x, y = rng.uniform(0, 1, (*shape, 12)).astype(dtype), rng.integers(0, 4, shape)
+    batches = [(x[..., i : i + 10, :], y[..., i : i + 10]) for i in range(0, 30, 10)]
+    trained = []
+    for by_product in (True, False):
+        network, optimizer, regularizer = population()
+        for layer in network.layers:
+            layer.by_product = by_product  # as hpexp.train.ways sets it where measured faster
+        (step,) = mini_batch_steps(network, optimizer, regularizer, optimizer.eta, N)
+        for xb, yb in batches:
+            step(xb, yb, None)
+        trained.append(network)
+    assert all(np.all(layer.gw == 0) for layer in trained[0].layers)  # stepped by products: none formed
+    if engine == "blas":  # the first layer's, 3 steps, in shared order; a member's own input otherwise
+        assert wide == ([True] * 3 if order == "shared" else [])
+    by_products, formed = (np.concatenate([p.ravel() for p in net.params]) for net in trained)
+    atol = 1e-6 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(by_products, formed, rtol=0, atol=atol)
+    start, _, _ = population()
+    assert np.abs(formed - np.concatenate([p.ravel() for p in start.params])).max() > 1e-3  # it trained
+    for member in range(k):  # the same member alone, its gradient formed (no `by_product`)
+        alone, eta = select(population()[0], member), etas[member]
+        (step,) = mini_batch_steps(alone, SGD(eta), Regularizer(lmbda=lmbdas[member]), eta, N)
+        for xb, yb in batches:
+            step(xb if order == "shared" else xb[member], yb if order == "shared" else yb[member], None)
+        for mine, own in zip(select(trained[0], member).params, alone.params, strict=True):
+            np.testing.assert_allclose(mine, own, rtol=0, atol=atol)

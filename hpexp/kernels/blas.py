@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import blas
 
-__all__ = ["descend"]
+__all__ = ["descend", "descend_members"]
 
 GEMM = {np.dtype(np.float32): blas.sgemm, np.dtype(np.float64): blas.dgemm}
 
@@ -45,3 +45,17 @@ def descend(w: np.ndarray, a: np.ndarray, b: np.ndarray, factor: float = 1.0) ->
     if not np.shares_memory(out, c):  # f2py copied C after all: write the result back
         c[...] = out
     return True
+
+
+def descend_members(w: np.ndarray, a: np.ndarray, b: np.ndarray, factor: float | np.ndarray = 1.0) -> bool:
+    """A population's step: w_k <- factor_k w_k - a_k^T b for every member k, w (K, p, q) C-ordered,
+    a (K, m, p), b (m, q) the input all members share, factor a number or one per member (K, 1, 1).
+    The members' weights are one (K p, q) matrix (as their forward product sees them), so after the
+    decay pass one gemm steps them all; False (w untouched) where `descend` would refuse."""
+    if GEMM.get(w.dtype) is None or a.dtype != w.dtype or b.dtype != w.dtype or not w.flags.c_contiguous:
+        return False
+    k, p, q = w.shape
+    if np.ndim(factor) or factor != 1.0:
+        w *= factor
+    rows = a.transpose(1, 0, 2).reshape(a.shape[1], k * p)  # (m, K p): member k's deltas in its rows' columns
+    return descend(w.reshape(k * p, q), rows, b)

@@ -238,8 +238,8 @@ class Network:
         multiplying the output error, a few numbers, spares the optimizer a pass over every gradient.
         With dropout `masks` (one multiplier per layer input, or None), layer i sees x_i * mask_i,
         so the error passed down to the layer below is multiplied by the same mask.
-        `factored` (one network, not a population): the dense layers (by index) whose weight
-        gradients are left as products (`products`) for plain SGD to step by, not formed."""
+        `factored`: the dense layers (by index) whose weight gradients are left as products
+        (`products`) for plain SGD to step by, not formed."""
         masks = masks if masks is not None else [None] * len(self.layers)
         for layer, mask in zip(self.layers, masks, strict=True):
             x = layer.forward(x if mask is None else x * mask)

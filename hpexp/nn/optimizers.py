@@ -8,7 +8,8 @@ networks eta is one value per member.
 A weight matrix's gradient is a product, a^T b (a dense layer's: delta^T x). Plain SGD, linear in
 the gradient, may take it unformed (`products`, from `Network.backprop(..., factored=layers)`):
 `descend` steps w by the product itself, with SciPy's BLAS (the `fast` extra) one gemm accumulating
-into w, so no gradient array is written and read back. NumPy forms the product, then steps.
+into w, so no gradient array is written and read back (a population's members sharing their input:
+one gemm for all, after the decay pass). NumPy forms the product, then steps.
 """
 
 from __future__ import annotations
@@ -26,10 +27,15 @@ BLAS = compiled.kernels("blas")  # the engine's choice; tests and benchmarks may
 
 
 def descend(w: np.ndarray, a: np.ndarray, b: np.ndarray, factor: float | np.ndarray = 1.0) -> None:
-    """w <- factor w - a^T b in place: plain SGD's step by an (eta-scaled) gradient a^T b."""
-    if BLAS is not None and np.ndim(factor) == 0 and BLAS.descend(w, a, b, float(factor)):
-        return
-    if factor != 1.0:
+    """w <- factor w - a^T b in place: plain SGD's step by an (eta-scaled) gradient a^T b. In a
+    population, w (K, p, q), a (K, m, p) and b (K, m, q), or (m, q) shared by all (the first
+    layer's input in shared order), factor one per member (K, 1, 1)."""
+    if BLAS is not None:
+        if w.ndim == 2 and np.ndim(factor) == 0 and BLAS.descend(w, a, b, float(factor)):
+            return
+        if w.ndim == 3 and b.ndim == 2 and BLAS.descend_members(w, a, b, factor):
+            return
+    if np.ndim(factor) or factor != 1.0:
         w *= factor
     w -= a.mT @ b
 

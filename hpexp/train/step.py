@@ -75,9 +75,9 @@ def _stepper(
     """One mini-batch step of `network` (the members `rows` of the population's dropout masks)."""
     factor = regularizer.weight_decay(eta, n) if optimizer.plain else None
     add_penalty = regularizer.add_grad(eta, n, l2=factor is None)
-    # Plain SGD on one network steps the weights of the dense layers marked `by_product` (where
-    # hpexp.train.batching measured it faster) by their gradients' products, never formed.
-    by_product = optimizer.plain and not network.lead and add_penalty is None
+    # Plain SGD steps the weights of the dense layers marked `by_product` (where hpexp.train.ways
+    # measured it faster) by their gradients' products, never formed.
+    by_product = optimizer.plain and add_penalty is None
     factored = [
         i for i, layer in enumerate(network.layers) if by_product and getattr(layer, "by_product", False)
     ]

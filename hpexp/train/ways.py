@@ -10,7 +10,7 @@ whatever a measurement says. A way must win by WAYS_MARGIN.
                                          (hpexp.kernels.dense; x W^T by 4 or 2 rows of W per pass,
                                          whichever suits the CPU) rather than by BLAS, and whether
                                          plain SGD steps its weights inside the gradient's product
-                                         (hpexp.nn.optimizers.descend)
+                                         (hpexp.nn.optimizers.descend; in a population too)
     conv_choices(network, batch_size)    per conv layer, whether its filter gradient runs compiled
                                          (hpexp.kernels.conv.filter_grad) rather than by BLAS, and
                                          whether its backward through max-pooling sums over the
@@ -19,6 +19,7 @@ whatever a measurement says. A way must win by WAYS_MARGIN.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import partial
 
@@ -100,14 +101,16 @@ def dense_choices(
     measured: dict[str, dict[str, float]] | None = None,
     fresh: bool = False,
 ) -> None:
-    """Set `compiled`, `compiled_back` and `by_product` on each float32 dense layer of one network
-    (not a population): True where that way measured faster, by WAYS_MARGIN, at this mini-batch size
-    on this machine, by the run's record `measured` first (see hpexp.train.batching.cached)."""
+    """Set `compiled`, `compiled_back` and `by_product` on each float32 dense layer of one network:
+    True where that way measured faster, by WAYS_MARGIN, at this mini-batch size on this machine,
+    by the run's record `measured` first (see hpexp.train.batching.cached). A population keeps
+    BLAS's wide products and may take `by_product` only: its K members' weights, stepped together,
+    are measured as the weights of one layer of K x n_out units."""
     dense = [layer for layer in network.layers if isinstance(layer, Dense) and layer.w.dtype == np.float32]
     for layer in dense:
         layer.compiled = layer.compiled_back = layer.by_product = False
         layer.rows = 4
-    if network.lead or (layers.KERNELS is None and optimizers.BLAS is None):
+    if layers.KERNELS is None and optimizers.BLAS is None:
         return
     keys = ["numpy", "formed", *["compiled"] * (layers.KERNELS is not None)]
     keys += ["product"] * (optimizers.BLAS is not None)
@@ -117,13 +120,15 @@ def dense_choices(
     record = _ways if measured is None else measured
     faster = 1 - WAYS_MARGIN
     for layer in dense:
-        shape, dtype = layer.w.shape, layer.w.dtype.name
+        shape, dtype = (math.prod(layer.w.shape[:-1]), layer.w.shape[-1]), layer.w.dtype.name
         size = f"{shape[0]}x{shape[1]} mb{batch_size} {dtype}"
         measure_now = partial(measure_dense, shape, batch_size, dtype)
         times = cached(f"dense {size}", keys, measure_now, fresh, record, added)
+        layer.by_product = "product" in keys and times["product"] < times["formed"] * faster
+        if network.lead:
+            continue
         rows = _rows(times) if "compiled" in keys else 0
         layer.compiled, layer.rows = rows > 0, rows or 4
-        layer.by_product = "product" in keys and times["product"] < times["formed"] * faster
         if layers.KERNELS is not None:  # a table of its own: records written before it keep theirs
             back = partial(measure_back, shape, batch_size, dtype)
             times = cached(f"dense-back {size}", ["numpy", "compiled"], back, fresh, record)
