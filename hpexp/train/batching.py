@@ -145,8 +145,7 @@ def _case_steps(
 ) -> Callable[[], None]:
     """A function taking STEPS real mini-batch steps of K members (sigmoid, cross-entropy, L2 weight
     decay: the common case of a study) on the next mini-batches of `data` (inputs, labels, and the
-    position shared by every case), each layer computing the way training chooses for it
-    (hpexp.train.ways): one network at a time with its compiled products where they win."""
+    position shared by every case)."""
     rng = np.random.default_rng(0)
     nets = [Network.create(sizes, Sigmoid(), CrossEntropy(), Default(), rng, dtype) for _ in range(k)]
     if k == 1:
@@ -156,9 +155,6 @@ def _case_steps(
         optimizer = stack_fields([SGD(0.1 + i / 100) for i in range(k)], (1, 1), dtype)
         regularizer = stack_fields([Regularizer(lmbda=1.0 + i) for i in range(k)], (1, 1), dtype)
         eta = optimizer.eta
-    from hpexp.train import ways  # (which imports this module)
-
-    ways.dense_choices(network, batch_size)  # each K computes as its epochs will
     steps = mini_batch_steps(network, optimizer, regularizer, eta, 50_000)
     x, y, order, position = data
     batches = len(y) // batch_size
