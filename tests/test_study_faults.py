@@ -356,3 +356,75 @@ def test_an_interrupt_while_a_trial_is_popped_fails_it_and_enqueues_it_again(mon
     failed, again = study.get_trials()
     assert failed.state == TrialState.FAIL and failed.user_attrs["status"] == "interrupted"
     assert again.state == TrialState.WAITING and again.user_attrs["retry_of"] == failed.number
+
+
+class RecordedSpares:
+    """`coordinator.Spares`, keeping each instance's processes for the test to look at."""
+
+    made: list = []
+
+    @classmethod
+    def patch(cls, monkeypatch):
+        from hpexp.study import coordinator
+
+        cls.made = []
+
+        class Recording(coordinator.Spares):
+            def __init__(self, count: int) -> None:
+                super().__init__(count)
+                self.spawned = [p for p, _ in self.waiting]
+                cls.made.append(self)
+
+        monkeypatch.setattr(coordinator, "Spares", Recording)
+        return coordinator
+
+
+def test_workers_import_while_the_study_is_prepared_and_then_run_its_trials(mnist_dir, tmp_path, monkeypatch):
+    """A spawned worker spends about a second importing hpexp; it used to start only after the
+    coordinator had checked the spec, opened the study and enqueued the budget. The workers are now
+    spawned first: alive while `prepare` runs, and the very processes that run the trials."""
+    coordinator = RecordedSpares.patch(monkeypatch)
+    alive_while_preparing = []
+    real_prepare = coordinator.prepare
+
+    def prepare(*args, **kwargs):
+        alive_while_preparing.extend(p.pid for p in RecordedSpares.made[-1].spawned if p.is_alive())
+        return real_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(coordinator, "prepare", prepare)
+    spec = load_spec(str(write_spec(tmp_path, n_trials=4, workers=2)))
+    coordinator.search(spec, tmp_path, quiet=True)
+    trials = trials_of(spec, tmp_path)
+    assert states(trials) == {"COMPLETE": 4}
+    assert len(alive_while_preparing) == 2
+    assert {t.user_attrs["pid"] for t in trials} <= set(alive_while_preparing)
+
+
+def test_a_bad_spec_ends_the_spawned_workers_at_once_and_quietly(tmp_path, monkeypatch, capfd):
+    """The workers spawned ahead of the spec's checks must not outlive a refused spec, nor speak."""
+    coordinator = RecordedSpares.patch(monkeypatch)
+    spec = load_spec(str(write_spec(tmp_path, workers=2, objective={"metric": "val_acuracy"})))
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="val_acuracy"):
+        coordinator.search(spec, tmp_path, quiet=True)
+    assert time.monotonic() - started < 10
+    (spares,) = RecordedSpares.made
+    assert len(spares.spawned) == 2 and not any(p.is_alive() for p in spares.spawned)
+    assert not spares.waiting
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_the_coordinator_wakes_when_a_worker_ends_not_at_its_next_poll(tmp_path):
+    """It slept half a second between looks at its workers, and a study's end waited for the next
+    look; it now waits on the workers' sentinels, so it returns as soon as one ends."""
+    from hpexp.study.coordinator import Pool, Spares
+
+    pool = Pool(load_spec(str(write_spec(tmp_path))), tmp_path, 1)
+    process, jobs = Spares(0).take()
+    jobs.close()  # no job: the worker ends once it has imported hpexp
+    pool.slots[0] = process
+    started = time.monotonic()
+    pool.wait(120)
+    assert time.monotonic() - started < 60
+    process.join(5)
+    assert process.exitcode == 0

@@ -25,6 +25,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, NoReturn
@@ -35,11 +36,10 @@ from optuna.trial import TrialState
 
 from hpexp.study import launchers, pbt
 from hpexp.study.progress import Display, _best, summary_text
-from hpexp.study.spec import population_size, tpe_startup
+from hpexp.study.spec import compose_trial, population_size, tpe_startup
 from hpexp.study.storage import fail_stale, mask, study_dir, unclaimed
 from hpexp.study.workers import prepare, work
 from hpexp.train import loggers, rundir
-from hpexp.train.runner import compose
 
 __all__ = ["Interrupted", "Pool", "search"]
 
@@ -64,18 +64,19 @@ def search(
     pool: AnyPool | None = None
     tracked: DictConfig | None = None
     launchers.check_launcher(spec)
-    with _signals_interrupt():
+    spares = Spares(0 if launchers.is_remote(spec) else _slots(spec))  # importing while we prepare
+    with _signals_interrupt(), contextlib.closing(spares):
         try:
             if pbt.is_pbt(spec):
                 pbt.check(spec)
             study, _ = prepare(spec, runs, join=join)
             tracked = _track(study, spec)  # before the pool copies the spec for its workers
-            size = population_size(spec, compose(list(spec.base)))  # `auto` measured once, not per worker
+            size = population_size(spec, compose_trial(list(spec.base)))  # `auto`: measured once, here
             # Where the workers run: this machine's processes, or a Dask cluster or a job array.
             pool = (
                 launchers.remote_pool(spec, runs, size)
                 if launchers.is_remote(spec)
-                else Pool(spec, runs, size)
+                else Pool(spec, runs, size, spares)
             )
             _print_start(spec, runs, size)
             pool.start_all()
@@ -103,7 +104,7 @@ def search(
 def _track(study: optuna.Study, spec: DictConfig) -> DictConfig | None:
     """With logger.mlflow in the trials' config: the study's MLflow run (made once, kept in the
     study) becomes every trial's parent run. Returns the trials' base config, or None."""
-    base = compose(list(spec.base))
+    base = compose_trial(list(spec.base))
     data = OmegaConf.to_container(spec)
     assert isinstance(data, dict)
     run_id = loggers.study_run(base, spec.name, data, study.user_attrs.get("mlflow_run_id"))
@@ -138,7 +139,7 @@ def _supervise(study: optuna.Study, pool: AnyPool, spec: DictConfig, quiet: bool
     try:
         while pool.step(study):
             display.update(study.get_trials(deepcopy=False))
-            time.sleep(0.5)
+            pool.wait(0.5)
         display.update(study.get_trials(deepcopy=False))
     finally:
         display.close()
@@ -148,14 +149,12 @@ class Pool:
     """This machine's worker processes, one per slot. A slot whose worker ended is started again
     while trials wait; if the worker died, that is a restart, `max_restarts` at most in all."""
 
-    def __init__(self, spec: DictConfig, runs: Path, size: int) -> None:
+    def __init__(self, spec: DictConfig, runs: Path, size: int, spares: Spares | None = None) -> None:
         self.spec, self.runs = spec, runs
         self.data = {**OmegaConf.to_container(spec, resolve=True), "population": size}  # type: ignore[dict-item]
         self.deadline = time.time() + spec.timeout if spec.timeout else None
-        # PBT trains its whole population in one process: one slot, whatever `workers` says.
-        self.slots: dict[int, BaseProcess | None] = dict.fromkeys(
-            range(1 if pbt.is_pbt(spec) else spec.workers)
-        )
+        self.slots: dict[int, BaseProcess | None] = dict.fromkeys(range(_slots(spec)))
+        self.spares = spares or Spares(0)
         self.died: set[int] = set()  # slots whose worker died and has not been replaced
         self.restarts, self.gave_up = 0, False
         self.full = False  # a worker found the disk full
@@ -165,13 +164,19 @@ class Pool:
             self._start(slot)
 
     def _start(self, slot: int) -> None:
-        context = multiprocessing.get_context("spawn")
-        with _one_blas_thread():
-            process = context.Process(
-                target=_worker_main, args=(self.data, self.runs, slot, self.deadline), name=f"worker {slot}"
-            )
-            process.start()
+        process, jobs = self.spares.take()
+        process.name = f"worker {slot}"
+        with jobs, contextlib.suppress(BrokenPipeError):  # it died starting: `step` reports it
+            jobs.send((self.data, self.runs, slot, self.deadline))
         self.slots[slot] = process
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to `seconds`, waking as soon as a worker ends."""
+        running = [p.sentinel for p in self.slots.values() if p is not None]
+        if running:
+            multiprocessing.connection.wait(running, seconds)
+        else:
+            time.sleep(seconds)
 
     def step(self, study: optuna.Study) -> bool:
         """Reap ended workers, fail dead ones' trials, start workers where trials wait; False once
@@ -236,6 +241,46 @@ class Pool:
 
 
 AnyPool = Pool | launchers.DaskPool | launchers.SubmititPool
+
+
+def _slots(spec: DictConfig) -> int:
+    """The worker processes a local study runs: `workers` (0 while that is not a valid count, for
+    `check_spec` to refuse); PBT trains its whole population in one process, whatever it says."""
+    if pbt.is_pbt(spec):
+        return 1
+    workers = spec.get("workers")
+    return workers if isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1 else 0
+
+
+class Spares:
+    """Worker processes spawned ahead of their job: a spawned process spends about a second
+    importing hpexp, which the coordinator's own preparation (checking the spec, opening the study,
+    enqueuing the budget) would otherwise precede. Each waits on a pipe for its job (`take` hands
+    one out, spawning a fresh one when none is left); `close` ends those never used, which exit
+    at once, without a word."""
+
+    def __init__(self, count: int) -> None:
+        self.waiting = [self._spawn() for _ in range(count)]
+
+    @staticmethod
+    def _spawn() -> tuple[BaseProcess, Connection]:
+        context = multiprocessing.get_context("spawn")
+        reader, writer = context.Pipe(duplex=False)
+        with _one_blas_thread():
+            process = context.Process(target=_worker_boot, args=(reader,), name="worker")
+            process.start()
+        reader.close()
+        return process, writer
+
+    def take(self) -> tuple[BaseProcess, Connection]:
+        return self.waiting.pop(0) if self.waiting else self._spawn()
+
+    def close(self) -> None:
+        for process, jobs in self.waiting:
+            jobs.close()
+            process.terminate()  # still importing, or waiting: nothing of the study's is under way
+            process.join()
+        self.waiting = []
 
 
 def _ended(process: BaseProcess) -> str:
@@ -333,6 +378,20 @@ def _signals_interrupt() -> Iterator[None]:
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)
+
+
+def _worker_boot(jobs: Connection) -> None:
+    """A spawned worker: wait for the coordinator's job, then run it (`_worker_main`); without one
+    (the coordinator ended first), end quietly. Until the job comes there is nothing to record, so
+    SIGINT or SIGTERM ends the process at once, with 128 + the signal."""
+    for s in _stopping_signals():
+        signal.signal(s, lambda signum, frame: os._exit(128 + signum))
+    try:
+        with jobs:
+            job = jobs.recv()
+    except EOFError:
+        return
+    _worker_main(*job)
 
 
 def _worker_main(spec_data: dict[str, Any], runs: Path, slot: int, deadline: float | None) -> None:

@@ -251,6 +251,9 @@ class _RemotePool:
     def past_deadline(self) -> bool:
         return self.deadline is not None and time.time() >= self.deadline
 
+    def wait(self, seconds: float) -> None:
+        time.sleep(seconds)
+
     def _more(self, study: optuna.Study, idle: bool, lost: dict[tuple[str, int], str] | None = None) -> bool:
         """Fail lost workers' trials; False once nothing runs and nothing is left to start."""
         if failed := fail_stale(study, self.spec.max_attempts, lost):

@@ -261,7 +261,7 @@ def check_spec(spec: DictConfig) -> tuple[list[Param], DictConfig]:
     for key, least in (("max_restarts", 0), ("max_attempts", 1)):
         if not (isinstance(spec[key], int) and not isinstance(spec[key], bool) and spec[key] >= least):
             raise ConfigError(f"{key} must be an integer >= {least}, got {spec[key]!r}")
-    params, base = parse_space(spec.search), compose(list(spec.base))
+    params, base = parse_space(spec.search), compose_trial(list(spec.base))
     groups = _groups()
     for p in params:
         _check_key(p, spec, groups)

@@ -69,7 +69,7 @@ from hpexp.study.storage import (
 )
 from hpexp.train import rundir
 from hpexp.train.loop import Stop, check_stop
-from hpexp.train.runner import compose, population_key, run_population, validate
+from hpexp.train.runner import population_key, run_population, validate
 
 __all__ = ["prepare", "run_trials", "work", "worker_seed"]
 
@@ -124,7 +124,7 @@ def work(spec_data: dict[str, Any], runs: Path, worker: int = 0, deadline: float
     or the deadline; returns how many it ran. `worker` is its slot on this machine."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = OmegaConf.create(spec_data)
-    params, base = parse_space(spec.search), compose(list(spec.base))
+    params, base = parse_space(spec.search), compose_trial(list(spec.base))
     seed = worker_seed(spec)
     study = _load(spec, runs, params, seed, create=False)
     size, done = population_size(spec, base), 0
