@@ -515,7 +515,7 @@ def test_dense_layers_take_the_ways_measured_faster(monkeypatch, tmp_path):
         (5, 7): {"numpy": 1.0, "compiled": 0.95, "compiled-2": 0.96, "formed": 2.0, "product": 1.0},
         # a population of two, stepped together: one layer of 2 x n_out units each
         (14, 12): {"numpy": 2.0, "compiled": 0.5, "compiled-2": 0.5, "formed": 2.0, "product": 1.0},
-        (10, 7): {"numpy": 2.0, "compiled": 0.5, "compiled-2": 0.5, "formed": 1.0, "product": 0.95},
+        (10, 7): {"numpy": 2.0, "compiled": 0.5, "compiled-2": 0.5, "formed": 1.0, "product": 0.5},
     }
     monkeypatch.setattr(ways, "measure_dense", lambda shape, m, dtype: times[shape])
     back = {(7, 12): {"numpy": 1.0, "compiled": 0.95}, (5, 7): {"numpy": 1.0, "compiled": 0.5}}
@@ -540,8 +540,11 @@ def test_dense_layers_take_the_ways_measured_faster(monkeypatch, tmp_path):
     assert not any(layer.by_product for layer in population.layers)
     population = stack([network, network])  # float32
     ways.dense_choices(population, 10)  # BLAS's wide products; the step inside them where it wins
+    # ... in the first layer only: the second's input differs per member (K products, not one)
     assert [layer.by_product for layer in population.layers] == [True, False]
     assert not any(layer.compiled or layer.compiled_back for layer in population.layers)
+    ways.dense_choices(population, 10, shared_input=False)  # each member its own mini-batch order
+    assert not any(layer.by_product for layer in population.layers)
     population = stack([new_network(s) for s in range(2)])
     monkeypatch.setattr(layers, "KERNELS", None)
     monkeypatch.setattr(optimizers, "BLAS", None)

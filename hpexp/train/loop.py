@@ -188,7 +188,8 @@ def train_epoch(
                 for whole, trained in zip(network.params, part.params, strict=True):
                     whole[rows] = trained
         return
-    ways.dense_choices(network, batch_size, measured)  # compiled products where measured faster
+    shared_input = order is None or order.ndim == 1  # a population's members see the same mini-batches
+    ways.dense_choices(network, batch_size, measured, shared_input=shared_input)  # where measured faster
     ways.conv_choices(network, batch_size, measured)
     steps = mini_batch_steps(network, optimizer, regularizer, eta, n, chunk)
     shapes, dropping = network.input_shapes(batch_size), regularizer.dropout

@@ -100,12 +100,15 @@ def dense_choices(
     batch_size: int,
     measured: dict[str, dict[str, float]] | None = None,
     fresh: bool = False,
+    shared_input: bool = True,
 ) -> None:
     """Set `compiled`, `compiled_back` and `by_product` on each float32 dense layer of one network:
     True where that way measured faster, by WAYS_MARGIN, at this mini-batch size on this machine,
     by the run's record `measured` first (see hpexp.train.batching.cached). A population keeps
-    BLAS's wide products and may take `by_product` only: its K members' weights, stepped together,
-    are measured as the weights of one layer of K x n_out units."""
+    BLAS's wide products and may take `by_product` only in its first layer, and only when its
+    members share their input (`shared_input`: one mini-batch order for all): their K weights are
+    then stepped by one product, measured as the weights of one layer of K x n_out units. A layer
+    whose input differs per member would step by K products, which that table does not measure."""
     dense = [layer for layer in network.layers if isinstance(layer, Dense) and layer.w.dtype == np.float32]
     for layer in dense:
         layer.compiled = layer.compiled_back = layer.by_product = False
@@ -120,6 +123,8 @@ def dense_choices(
     record = _ways if measured is None else measured
     faster = 1 - WAYS_MARGIN
     for layer in dense:
+        if network.lead and not (shared_input and layer is network.layers[0]):
+            continue  # per-member input: nothing to choose (BLAS's batched products, formed)
         shape, dtype = (math.prod(layer.w.shape[:-1]), layer.w.shape[-1]), layer.w.dtype.name
         size = f"{shape[0]}x{shape[1]} mb{batch_size} {dtype}"
         measure_now = partial(measure_dense, shape, batch_size, dtype)
