@@ -253,7 +253,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.images)
-    from hpexp.train import batching  # here: the old engine (in a worker) may not have it
+    from hpexp.train import timings  # here: the old engine (in a worker) may not have it
 
     data_dir = os.environ.get("HPEXP_DATA_DIR")
     train = load_splits(data_dir, n_train=args.images, splits=["train"])["train"]
@@ -262,7 +262,7 @@ def main() -> None:
     with threadpool_limits(limits=1, user_api="blas"), tempfile.TemporaryDirectory() as tmp:
         old = old_engine(args.old, Path(tmp))
         print(f"mini-batch {BATCH}, float32, one thread, CPU s/epoch ({fraction})")
-        print(f"machine: {batching.machine()}")
+        print(f"machine: {timings.machine()}")
         path = "as it ran (compiled kernels)" if args.old_compiled else "on its NumPy path"
         print(f"load average {os.getloadavg()[0]:.2f}; old = the engine of {args.old}, {path}")
         columns = f"{'old':>7} {'NumPy':>7} {'new':>7} {'old/new':>8} {'PyTorch':>8} {'new/PyTorch':>11}"

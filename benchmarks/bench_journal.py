@@ -18,7 +18,7 @@ from pathlib import Path
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalFileSymlinkLock
 
 from hpexp.study.journal import OwnedLock
-from hpexp.train import batching
+from hpexp.train import timings
 
 LOCKS = {
     "OwnedLock": OwnedLock,
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--appends", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    print(f"machine: {batching.machine()}; load average {os.getloadavg()[0]:.2f}")
+    print(f"machine: {timings.machine()}; load average {os.getloadavg()[0]:.2f}")
     rates: dict[str, list[float]] = {name: [] for name in LOCKS}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeats):  # interleaved, so a load change hits every lock alike

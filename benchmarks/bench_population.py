@@ -32,7 +32,7 @@ from hpexp.nn.network import Network
 from hpexp.nn.optimizers import SGD
 from hpexp.nn.population import stack, stack_fields
 from hpexp.nn.regularizers import Regularizer
-from hpexp.train import batching
+from hpexp.train import batching, timings
 from hpexp.train.loop import train_epoch
 
 KS = (1, 4, 8, 16)
@@ -85,7 +85,7 @@ def main() -> None:
     train = load_splits(splits=("train",))["train"]
     x, y = train.x[: args.examples], train.y[: args.examples]
     with threadpool_limits(limits=1, user_api="blas"):
-        print(f"machine: {batching.machine()}; load average {os.getloadavg()[0]:.2f}")
+        print(f"machine: {timings.machine()}; load average {os.getloadavg()[0]:.2f}")
         header = f"{'network':<11} {'mb':>4} {'K':>3} {'per pass':>8} {'s/network-epoch':>16} {'vs 1by1':>7}"
         print(f"{header} {'wide':>7}")
         for case in args.cases.split(","):

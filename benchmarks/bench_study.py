@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from hpexp import study
 from hpexp.study.spec import population_size
-from hpexp.train import batching, rundir
+from hpexp.train import rundir, timings
 from hpexp.train.runner import compose, run
 
 BASE = ["network=mlp30", "regularizer=l2", "train.batch_size=10"]
@@ -123,7 +123,7 @@ def main() -> None:
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     load = os.getloadavg()[0]
-    print(f"machine: {batching.machine()}")
+    print(f"machine: {timings.machine()}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         one = throughput(folder / "one", 1, args.trials, args.epochs)

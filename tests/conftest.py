@@ -61,16 +61,16 @@ def pytest_runtest_makereport(item, call):
 def batching_cache(tmp_path_factory):
     """Populations measure how to run on this machine (hpexp.train.batching); tests keep that
     measurement in a file of their own, never in the user's cache."""
-    from hpexp.train import batching
+    from hpexp.train import timings
 
     path = tmp_path_factory.mktemp("batching") / "batching.json"
-    previous = os.environ.get(batching.CACHE_ENV_VAR)
-    os.environ[batching.CACHE_ENV_VAR] = str(path)
+    previous = os.environ.get(timings.CACHE_ENV_VAR)
+    os.environ[timings.CACHE_ENV_VAR] = str(path)
     yield path
     if previous is None:
-        del os.environ[batching.CACHE_ENV_VAR]
+        del os.environ[timings.CACHE_ENV_VAR]
     else:
-        os.environ[batching.CACHE_ENV_VAR] = previous
+        os.environ[timings.CACHE_ENV_VAR] = previous
 
 
 @pytest.fixture(scope="session")

@@ -383,11 +383,11 @@ def train_few_steps(network, filter_grads, monkeypatch, tmp_path, winners="numpy
     """The float32 weights after four SGD steps (with dropout) of a small conv net, each conv
     layer's filter gradient taken compiled or by BLAS as `filter_grads` says it measured faster, and
     its backward over the pooling's winners or not as `winners` says."""
-    from hpexp.train import batching, ways
+    from hpexp.train import timings, ways
     from hpexp.train.loop import train_epoch
 
-    monkeypatch.setenv(batching.CACHE_ENV_VAR, str(tmp_path / f"{filter_grads}-{winners}.json"))
-    monkeypatch.setattr(batching, "_tables", {})
+    monkeypatch.setenv(timings.CACHE_ENV_VAR, str(tmp_path / f"{filter_grads}-{winners}.json"))
+    monkeypatch.setattr(timings, "_tables", {})
     monkeypatch.setattr(ways, "_ways", {})
     faster = {"numpy": 1.0, "compiled": 1.0} | {filter_grads: 0.5}
     monkeypatch.setattr(ways, "measure_conv", lambda *a: faster)
@@ -500,10 +500,10 @@ def test_conv_layers_take_the_filter_gradient_measured_faster(monkeypatch, tmp_p
     """Per conv layer shape (and its input's) and mini-batch size, measured once per machine as
     the dense layers' ways are, float32 only, and kept in the run's record."""
     from hpexp.nn import conv
-    from hpexp.train import batching, ways
+    from hpexp.train import timings, ways
 
-    monkeypatch.setenv(batching.CACHE_ENV_VAR, str(tmp_path / "batching.json"))
-    monkeypatch.setattr(batching, "_tables", {})
+    monkeypatch.setenv(timings.CACHE_ENV_VAR, str(tmp_path / "batching.json"))
+    monkeypatch.setattr(timings, "_tables", {})
     monkeypatch.setattr(ways, "_ways", {})
     monkeypatch.setattr(conv, "KERNELS", object())  # installed (never called: the timings are given)
     times = {  # compiled-2: two rows of delta per pass

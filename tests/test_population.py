@@ -318,29 +318,29 @@ def test_parts_are_views_of_their_members():
 
 
 def test_batching_measures_every_population_and_chunk_once_per_machine(monkeypatch, tmp_path):
-    from hpexp.train import batching
+    from hpexp.train import batching, timings
 
-    monkeypatch.setenv(batching.CACHE_ENV_VAR, str(tmp_path / "batching.json"))
-    monkeypatch.setattr(batching, "_tables", {})
+    monkeypatch.setenv(timings.CACHE_ENV_VAR, str(tmp_path / "batching.json"))
+    monkeypatch.setattr(timings, "_tables", {})
     measured = batching.table(SIZES, 10, "float64")
     assert set(measured) == {str(k) for k in batching.SIZES}
     assert all(0 < t < 1 for t in measured.values())  # seconds per network-step of a tiny network
     on_disk = json.loads((tmp_path / "batching.json").read_text())
-    assert on_disk[batching.machine()]["12-7-5 mb10 float64"] == measured
+    assert on_disk[timings.machine()]["12-7-5 mb10 float64"] == measured
 
     def must_not_measure(*args):
         raise AssertionError("measured again")
 
     monkeypatch.setattr(batching, "measure", must_not_measure)
-    monkeypatch.setattr(batching, "_tables", {})  # a new process: the file answers
+    monkeypatch.setattr(timings, "_tables", {})  # a new process: the file answers
     assert batching.table(SIZES, 10, "float64") == measured
     remeasured = {str(k): 1.0 / k for k in batching.SIZES}
     monkeypatch.setattr(batching, "measure", lambda *a: remeasured)
-    for damage in ("{not json", json.dumps({batching.machine(): {"12-7-5 mb10 float64": {"1": {"1": 2}}}})):
+    for damage in ("{not json", json.dumps({timings.machine(): {"12-7-5 mb10 float64": {"1": {"1": 2}}}})):
         (tmp_path / "batching.json").write_text(damage)  # damaged, or another format: measured again
-        monkeypatch.setattr(batching, "_tables", {})
+        monkeypatch.setattr(timings, "_tables", {})
         assert batching.table(SIZES, 10, "float64") == remeasured
-        assert json.loads((tmp_path / "batching.json").read_text())[batching.machine()] == {
+        assert json.loads((tmp_path / "batching.json").read_text())[timings.machine()] == {
             "12-7-5 mb10 float64": remeasured
         }
 
@@ -348,34 +348,34 @@ def test_batching_measures_every_population_and_chunk_once_per_machine(monkeypat
 def test_the_machine_has_one_name_whatever_order_its_blas_libraries_are_listed_in(monkeypatch):
     """threadpoolctl lists them in no fixed order (on Linux a set of paths, ordered by each process's
     string hashing): a key in that order made processes miss the tables others had measured."""
-    from hpexp.train import batching
+    from hpexp.train import timings
 
     library = {"user_api": "blas", "internal_api": "openblas", "architecture": "SkylakeX", "num_threads": 1}
     blas = [library | {"version": v} for v in ("0.3.30", "0.3.31")]
     names = set()
     for listed in (blas, blas[::-1]):
-        monkeypatch.setattr(batching, "threadpool_info", lambda listed=listed: listed)
-        names.add(batching.machine())
+        monkeypatch.setattr(timings, "threadpool_info", lambda listed=listed: listed)
+        names.add(timings.machine())
     assert len(names) == 1 and "openblas 0.3.30 SkylakeX x1, openblas 0.3.31 SkylakeX x1" in names.pop()
 
 
 def test_an_engine_change_measures_again(monkeypatch, tmp_path):
     """Tables are keyed by the engine's code too: timings taken by other code do not choose."""
-    from hpexp.train import batching
+    from hpexp.train import batching, timings
 
-    assert re.fullmatch(r"[0-9a-f]{12}", batching.engine()) and batching.machine().endswith(batching.engine())
-    monkeypatch.setenv(batching.CACHE_ENV_VAR, str(tmp_path / "batching.json"))
-    monkeypatch.setattr(batching, "_tables", {})
+    assert re.fullmatch(r"[0-9a-f]{12}", timings.engine()) and timings.machine().endswith(timings.engine())
+    monkeypatch.setenv(timings.CACHE_ENV_VAR, str(tmp_path / "batching.json"))
+    monkeypatch.setattr(timings, "_tables", {})
     calls = []
     monkeypatch.setattr(
         batching, "measure", lambda *a: calls.append(a) or {str(k): 1.0 / k for k in batching.SIZES}
     )
     batching.table(SIZES, 10, "float64")
-    monkeypatch.setattr(batching, "_tables", {})  # a new process, same engine: the file answers
+    monkeypatch.setattr(timings, "_tables", {})  # a new process, same engine: the file answers
     batching.table(SIZES, 10, "float64")
     assert len(calls) == 1
-    monkeypatch.setattr(batching, "engine", lambda: "0123456789ab")  # another engine's process
-    monkeypatch.setattr(batching, "_tables", {})
+    monkeypatch.setattr(timings, "engine", lambda: "0123456789ab")  # another engine's process
+    monkeypatch.setattr(timings, "_tables", {})
     batching.table(SIZES, 10, "float64")
     assert len(calls) == 2
 
@@ -383,13 +383,44 @@ def test_an_engine_change_measures_again(monkeypatch, tmp_path):
 def test_measurements_time_cpu_where_blas_has_one_thread_and_the_wall_otherwise(monkeypatch):
     """The wall clock charged a timing with other processes' turns on the core, the longer timings
     (larger populations) more often: CPU time, where BLAS does its work on the calling thread."""
-    from hpexp.train import batching
+    from hpexp.train import timings
 
     blas = {"user_api": "blas", "internal_api": "openblas"}
     for threads, want in (([1, 1], time.thread_time), ([1, 2], time.perf_counter), ([], time.thread_time)):
         listed = [blas | {"num_threads": n} for n in threads]
-        monkeypatch.setattr(batching, "threadpool_info", lambda listed=listed: listed)
-        assert batching.clock() is want
+        monkeypatch.setattr(timings, "threadpool_info", lambda listed=listed: listed)
+        assert timings.clock() is want
+
+
+def test_population_sizes_are_timed_computing_as_their_epochs_do(monkeypatch, tmp_path):
+    """The population-size table timed every K with BLAS's products while epochs take the ways
+    measured faster (one network's compiled products, a population's step inside its first layer's
+    product), so it could rate one network, or a population, slower than its epochs run. Each K is
+    now timed with its epochs' ways."""
+    from hpexp.nn import layers, optimizers
+    from hpexp.train import batching, timings, ways
+
+    monkeypatch.setenv(timings.CACHE_ENV_VAR, str(tmp_path / "batching.json"))
+    monkeypatch.setattr(timings, "_tables", {})
+    monkeypatch.setattr(ways, "_ways", {})
+    monkeypatch.setattr(layers, "KERNELS", object())  # installed (never called: the timings are given)
+    monkeypatch.setattr(optimizers, "BLAS", object())
+    compiled = {"numpy": 2.0, "compiled": 1.0, "compiled-2": 1.5, "formed": 1.0, "product": 0.5}
+    monkeypatch.setattr(ways, "measure_dense", lambda shape, m, dtype: compiled)
+    monkeypatch.setattr(ways, "measure_back", lambda shape, m, dtype: {"numpy": 1.0, "compiled": 0.5})
+    timed = []
+    monkeypatch.setattr(batching, "mini_batch_steps", lambda network, *a: timed.append(network) or [])
+    data = batching._inputs([784, 30, 10], 10, "float32")
+    for k in (1, 4):
+        batching._case_steps([784, 30, 10], 10, "float32", k, data)
+    one, population = timed
+    assert [(layer.compiled, layer.compiled_back, layer.by_product) for layer in one.layers] == [
+        (True, True, True)
+    ] * 2
+    assert [(layer.compiled, layer.by_product) for layer in population.layers] == [
+        (False, True),
+        (False, False),
+    ]
 
 
 def test_measurements_walk_fresh_mini_batches_as_an_epoch_does(monkeypatch):
@@ -503,10 +534,10 @@ def test_dense_layers_take_the_ways_measured_faster(monkeypatch, tmp_path):
     are: x W^T and delta W compiled or by BLAS, the weights' step inside the gradient's product or
     after it."""
     from hpexp.nn import layers, optimizers
-    from hpexp.train import batching, ways
+    from hpexp.train import timings, ways
 
-    monkeypatch.setenv(batching.CACHE_ENV_VAR, str(tmp_path / "batching.json"))
-    monkeypatch.setattr(batching, "_tables", {})
+    monkeypatch.setenv(timings.CACHE_ENV_VAR, str(tmp_path / "batching.json"))
+    monkeypatch.setattr(timings, "_tables", {})
     monkeypatch.setattr(ways, "_ways", {})
     monkeypatch.setattr(layers, "KERNELS", object())  # installed (never called: the timings are given)
     monkeypatch.setattr(optimizers, "BLAS", object())
@@ -532,7 +563,7 @@ def test_dense_layers_take_the_ways_measured_faster(monkeypatch, tmp_path):
     assert [layer.by_product for layer in network.layers] == [False, True]
     assert [layer.compiled_back for layer in network.layers] == [False, True]
     dtype = network.params[0].dtype.name
-    on_disk = json.loads((tmp_path / "batching.json").read_text())[batching.machine()]
+    on_disk = json.loads((tmp_path / "batching.json").read_text())[timings.machine()]
     assert on_disk[f"dense 7x12 mb10 {dtype}"] == times[(7, 12)]
 
     population = stack([new_network(s) for s in range(2)])
@@ -561,10 +592,10 @@ def test_a_run_recorded_before_a_way_was_added_chooses_among_the_ways_it_had(mon
     compiled-2) keeps choosing as it did, four rows of W per pass, though the machine now measures
     two rows faster; a run without a record measures both and takes two."""
     from hpexp.nn import layers
-    from hpexp.train import batching, ways
+    from hpexp.train import timings, ways
 
-    monkeypatch.setenv(batching.CACHE_ENV_VAR, str(tmp_path / "batching.json"))
-    monkeypatch.setattr(batching, "_tables", {})
+    monkeypatch.setenv(timings.CACHE_ENV_VAR, str(tmp_path / "batching.json"))
+    monkeypatch.setattr(timings, "_tables", {})
     monkeypatch.setattr(ways, "_ways", {})
     monkeypatch.setattr(layers, "KERNELS", object())  # installed (never called: the timings are given)
     now = {"numpy": 2.0, "formed": 1.0, "product": 2.0, "compiled": 1.0, "compiled-2": 0.5}

@@ -190,16 +190,16 @@ WIDE = {str(k): 1.0 / k for k in (1, 2, 4, 8, 16)}  # the widest is fastest
 def new_machine(monkeypatch, cache, tables, dense=None):
     """A new process on a machine that measures `tables` (population sizes) and `dense` (a dense
     or conv layer's ways), with its own cache file and nothing remembered from before."""
-    from hpexp.train import batching, ways
+    from hpexp.train import batching, timings, ways
 
-    monkeypatch.setattr(batching, "_tables", {})
+    monkeypatch.setattr(timings, "_tables", {})
     monkeypatch.setattr(ways, "_ways", {})
     monkeypatch.setattr(batching, "measure", lambda *a: tables)
     monkeypatch.setattr(ways, "measure_dense", lambda *a: dense)
     monkeypatch.setattr(ways, "measure_back", lambda *a: dense)
     monkeypatch.setattr(ways, "measure_conv", lambda *a: dense)
     monkeypatch.setattr(ways, "measure_winners", lambda *a: dense)
-    monkeypatch.setenv(batching.CACHE_ENV_VAR, str(cache))
+    monkeypatch.setenv(timings.CACHE_ENV_VAR, str(cache))
 
 
 def same_weights(a, b):

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from threadpoolctl import threadpool_limits
 
 from hpexp.data import mnist as data
-from hpexp.train import batching, rundir
+from hpexp.train import rundir, timings
 
 __all__ = [
     "Skip",
@@ -231,7 +231,7 @@ def matrix_speed(
         "images": len(train.x),
         "batch_size": m,
     }
-    return _write(cfg, out_dir, [record], started, machine=batching.machine(), times=times)
+    return _write(cfg, out_dir, [record], started, machine=timings.machine(), times=times)
 
 
 # --- chapter 1 baselines -------------------------------------------------------------------------

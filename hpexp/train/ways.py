@@ -1,6 +1,6 @@
 """Which way each layer of one network computes, compiled (hpexp.kernels, the `fast` extra) or by
 BLAS, from a short measurement per layer shape and mini-batch size, made, cached and recorded as
-the population sizes are (hpexp.train.batching: the same tables, so a resumed run chooses as before).
+the population sizes are (hpexp.train.timings: the same tables, so a resumed run chooses as before).
 
 These ways change results by rounding (the sums run in another order), so only float32 layers
 take them; float64, the exact path (gradient checks, the book's comparisons), keeps NumPy's order
@@ -29,7 +29,7 @@ from hpexp.nn import conv, layers, optimizers
 from hpexp.nn.conv import ConvPool, ConvStack, MaxPool, patches
 from hpexp.nn.layers import Dense, weighted_input
 from hpexp.nn.network import Network
-from hpexp.train.batching import ROUNDS, STEPS, cached, clock
+from hpexp.train.timings import ROUNDS, STEPS, cached, clock
 
 __all__ = ["WAYS_MARGIN", "conv_choices", "dense_choices"]
 
@@ -104,7 +104,7 @@ def dense_choices(
 ) -> None:
     """Set `compiled`, `compiled_back` and `by_product` on each float32 dense layer of one network:
     True where that way measured faster, by WAYS_MARGIN, at this mini-batch size on this machine,
-    by the run's record `measured` first (see hpexp.train.batching.cached). A population keeps
+    by the run's record `measured` first (see hpexp.train.timings.cached). A population keeps
     BLAS's wide products and may take `by_product` only in its first layer, and only when its
     members share their input (`shared_input`: one mini-batch order for all): their K weights are
     then stepped by one product, measured as the weights of one layer of K x n_out units. A layer
