@@ -428,3 +428,34 @@ def test_the_coordinator_wakes_when_a_worker_ends_not_at_its_next_poll(tmp_path)
     assert time.monotonic() - started < 60
     process.join(5)
     assert process.exitcode == 0
+
+
+def children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    found = []
+    for task in tasks.glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def test_ctrl_c_while_the_workers_start_is_one_line(mnist_dir, tmp_path):
+    """The workers spawn before the study is ready and spend about a second importing hpexp; a
+    Ctrl-C then reached them before they handled it, and each printed a KeyboardInterrupt traceback
+    under the study's one line. They now start with SIGINT ignored and are stopped by the
+    coordinator (SIGTERM), and take Ctrl-C themselves once they can record their trials."""
+    path = write_spec(tmp_path, base=SLOW_TRIALS, n_trials=4, workers=2)
+    process = start(path, tmp_path)
+    while len(children(process.pid)) < 2:  # both spawned, neither past its imports
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.005)
+    time.sleep(0.2)  # inside their imports
+    sent = time.monotonic()
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert time.monotonic() - sent < 15
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.strip().splitlines() == [
+        "hpexp study: interrupted (SIGINT); run the same command again to resume study tiny"
+    ]

@@ -227,11 +227,13 @@ class Pool:
         return self.deadline is not None and time.time() >= self.deadline
 
     def stop(self, signum: int) -> None:
-        """Pass the signal on, give the workers STOP_WAIT seconds to record their trials, then kill."""
+        """Stop the workers, give them STOP_WAIT seconds to record their trials, then kill. Each is
+        sent SIGTERM, whatever `signum`: a worker takes it as it takes Ctrl-C, and one still starting
+        (SIGINT ignored until it has imported hpexp) ends at once."""
         running = [p for p in self.slots.values() if p is not None and p.is_alive()]
         for p in running:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signum)  # type: ignore[arg-type]
+                os.kill(p.pid, signal.SIGTERM)  # type: ignore[arg-type]
         end = time.monotonic() + STOP_WAIT
         for p in running:
             p.join(max(0.0, end - time.monotonic()))
@@ -266,8 +268,8 @@ class Spares:
     def _spawn() -> tuple[BaseProcess, Connection]:
         context = multiprocessing.get_context("spawn")
         reader, writer = context.Pipe(duplex=False)
-        with _one_blas_thread():
-            process = context.Process(target=_worker_boot, args=(reader,), name="worker")
+        with _one_blas_thread(), _children_ignore_sigint() as ignored:
+            process = context.Process(target=_worker_boot, args=(reader, ignored), name="worker")
             process.start()
         reader.close()
         return process, writer
@@ -380,11 +382,28 @@ def _signals_interrupt() -> Iterator[None]:
             signal.signal(s, handler)
 
 
-def _worker_boot(jobs: Connection) -> None:
+@contextlib.contextmanager
+def _children_ignore_sigint() -> Iterator[bool]:
+    """Processes started in the block begin with SIGINT ignored, so a Ctrl-C while they import
+    hpexp does not print their KeyboardInterrupt tracebacks (the coordinator stops them: SIGTERM).
+    Yields whether this process ignores SIGINT itself: then its workers do too, for good."""
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored or threading.current_thread() is not threading.main_thread():
+        yield ignored
+        return
+    saved = signal.signal(signal.SIGINT, signal.SIG_IGN)  # exec keeps an ignored signal ignored
+    try:
+        yield False
+    finally:
+        signal.signal(signal.SIGINT, saved)
+
+
+def _worker_boot(jobs: Connection, sigint_ignored: bool) -> None:
     """A spawned worker: wait for the coordinator's job, then run it (`_worker_main`); without one
-    (the coordinator ended first), end quietly. Until the job comes there is nothing to record, so
-    SIGINT or SIGTERM ends the process at once, with 128 + the signal."""
-    for s in _stopping_signals():
+    (the coordinator ended first), end quietly. It started with SIGINT ignored; it now takes it, as
+    the coordinator does, unless the study ignores it (`sigint_ignored`). Until the job comes there
+    is nothing to record, so SIGINT or SIGTERM ends the process at once, with 128 + the signal."""
+    for s in (signal.SIGTERM,) if sigint_ignored else (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, lambda signum, frame: os._exit(128 + signum))
     try:
         with jobs:
@@ -403,8 +422,10 @@ def _worker_main(spec_data: dict[str, Any], runs: Path, slot: int, deadline: flo
 
     def interrupt(signum: int, frame: Any) -> None:
         received.append(signum)
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, signal.SIG_IGN)
+        for s in (signal.SIGINT, signal.SIGTERM):  # the next ones do nothing: a Ctrl-C reaches a
+            # worker twice, from the terminal and from the coordinator (SIGTERM), maybe both before
+            # this runs; set to SIG_IGN, Python reported the second as "ignored due to race condition"
+            signal.signal(s, _nothing)
         raise KeyboardInterrupt
 
     for s in _stopping_signals():  # the coordinator's: it passes its SIGINT on ignored
@@ -418,6 +439,10 @@ def _worker_main(spec_data: dict[str, Any], runs: Path, slot: int, deadline: flo
             raise
         print(f"hpexp study: worker {slot} stopped: {rundir.describe(e)}", file=sys.stderr, flush=True)
         sys.exit(DISK_FULL)
+
+
+def _nothing(signum: int, frame: Any) -> None:
+    pass
 
 
 def _watch_parent() -> None:
