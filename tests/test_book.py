@@ -207,6 +207,20 @@ def test_estimate_grows_with_the_work():
     assert np.isfinite(book.estimate_seconds(compose(["+experiment=book/ch3-toy-quad-good"])))
 
 
+def test_a_resumed_run_is_estimated_by_the_epochs_it_has_left(tmp_path):
+    cfg = compose(["+experiment=book/ch1-mlp30-quad"])
+    out = tmp_path / "run"
+    assert book.estimate_left(cfg, out) == book.estimate_seconds(cfg)  # nothing yet: all of it
+    done = cfg.train.epochs // 3
+    rundir.write_summary(out, {"status": "interrupted", "epochs_run": done})
+    assert book.estimate_left(cfg, out) == book.estimate_seconds(cfg)  # no checkpoint: trains anew
+    (out / book.CHECKPOINT).write_bytes(b"")
+    left = book.estimate_left(cfg, out)
+    assert left == pytest.approx(
+        book.estimate_seconds(cfg) * (1 - (cfg.train.epochs // 3) / cfg.train.epochs)
+    )
+
+
 def test_run_selects_by_id_chapter_or_all():
     from argparse import Namespace
 

@@ -494,6 +494,16 @@ def estimate_seconds(cfg: Any) -> float:
     return cfg.train.epochs * (steps * 5e-5 + n * macs * 1e-10 + n_eval * macs * 5e-11 / every) + 1.0
 
 
+def estimate_left(cfg: Any, out: Path) -> float:
+    """`estimate_seconds` of what is left of the run in `out`: the epochs its checkpoint has done
+    are not trained again (a chapter 6 run resumed at epoch 21 of 60 was announced as a whole one)."""
+    whole = estimate_seconds(cfg)
+    if not (out / CHECKPOINT).exists():
+        return whole
+    done = rundir.read_summary(out).get("epochs_run") or 0
+    return whole * max(0.0, 1.0 - done / cfg.train.epochs)
+
+
 def _fmt(seconds: float) -> str:
     seconds = max(0, int(seconds))
     h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
@@ -743,12 +753,12 @@ def run_experiments(
     for item in plan:
         e, name, k = item[:3]
         groups.setdefault((e.id, name) if e.runner == DEFAULT_RUNNER else (e.id, name, k), []).append(item)
-    progress = Progress(sum(estimate_seconds(p[3]) for p in plan), len(groups))
+    progress = Progress(sum(estimate_left(p[3], p[4]) for p in plan), len(groups))
     skipped: list[str] = []
     for items in groups.values():
         e, name = items[0][:2]
         label = group_label(e.id, name, [i[2] for i in items])
-        hook = progress.start(label, sum(estimate_seconds(i[3]) for i in items))
+        hook = progress.start(label, sum(estimate_left(i[3], i[4]) for i in items))
         started = time.perf_counter()
         # A network another experiment (or an ensemble) has trained already is copied, not trained
         # again; just before training, so a twin finished earlier in this same command counts.
