@@ -430,12 +430,16 @@ def test_the_coordinator_wakes_when_a_worker_ends_not_at_its_next_poll(tmp_path)
     assert process.exitcode == 0
 
 
-def children(pid: int) -> list[int]:
-    tasks = Path(f"/proc/{pid}/task")
+def spawned_workers(pid: int) -> list[int]:
+    """The worker processes `pid` has spawned (its other children, such as multiprocessing's
+    resource tracker, left out)."""
     found = []
-    for task in tasks.glob("*"):
+    for task in Path(f"/proc/{pid}/task").glob("*"):
         with contextlib.suppress(OSError):
-            found += [int(c) for c in (task / "children").read_text().split()]
+            for child in (task / "children").read_text().split():
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+                if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+                    found.append(int(child))
     return found
 
 
@@ -446,7 +450,7 @@ def test_ctrl_c_while_the_workers_start_is_one_line(mnist_dir, tmp_path):
     coordinator (SIGTERM), and take Ctrl-C themselves once they can record their trials."""
     path = write_spec(tmp_path, base=SLOW_TRIALS, n_trials=4, workers=2)
     process = start(path, tmp_path)
-    while len(children(process.pid)) < 2:  # both spawned, neither past its imports
+    while len(spawned_workers(process.pid)) < 2:  # both spawned, neither past its imports
         assert process.poll() is None, process.communicate()
         time.sleep(0.005)
     time.sleep(0.2)  # inside their imports
