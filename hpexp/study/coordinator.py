@@ -64,9 +64,12 @@ def search(
     pool: AnyPool | None = None
     tracked: DictConfig | None = None
     launchers.check_launcher(spec)
-    spares = Spares(0 if launchers.is_remote(spec) else _slots(spec))  # importing while we prepare
-    with _signals_interrupt(), contextlib.closing(spares):
+    with _signals_interrupt(), contextlib.ExitStack() as stack:
         try:
+            # Workers spawned now import hpexp while the study is prepared; unused ones end with it.
+            spares = stack.enter_context(
+                contextlib.closing(Spares(0 if launchers.is_remote(spec) else _slots(spec)))
+            )
             if pbt.is_pbt(spec):
                 pbt.check(spec)
             study, _ = prepare(spec, runs, join=join)
