@@ -138,3 +138,56 @@ def test_descend_with_blas_equals_numpy(blas, monkeypatch, dtype, orders, factor
     # BLAS adds the m terms of each sum in its own order: equal to 1e-6 of their sizes in float32
     scale = factor * np.abs(w0) + np.abs(a.T) @ np.abs(b)
     assert np.all(np.abs(got - want) <= (1e-6 if dtype == "float32" else 1e-14) * scale)
+
+
+@pytest.fixture
+def dense_kernels():
+    pytest.importorskip("numba", reason="the compiled kernels need the optional `fast` extra (numba)")
+    from hpexp.kernels import dense
+
+    return dense
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(("n_out", "m"), [(1, 10), (3, 7), (8, 10), (9, 3), (30, 12), (100, 5)])
+@pytest.mark.parametrize("factor", [1.0, 0.999])
+def test_descend_with_the_compiled_kernel_equals_numpy(dense_kernels, monkeypatch, dtype, n_out, m, factor):
+    """The compiled step: four rows of W by five of b per pass, the last rows repeated where fewer
+    are left (so each row must be stepped exactly once) and zero rows past the mini-batch."""
+    from hpexp.nn import optimizers
+
+    monkeypatch.setattr(optimizers, "KERNELS", dense_kernels)
+    calls = []
+    kernel = dense_kernels.descend
+    monkeypatch.setattr(dense_kernels, "descend", lambda *args: calls.append(1) or kernel(*args))
+    rng = np.random.default_rng(2)
+    w0 = rng.normal(size=(n_out, 37)).astype(dtype)
+    a, b = rng.normal(size=(m, n_out)).astype(dtype), rng.normal(size=(m, 37)).astype(dtype)
+    w = w0.copy()
+    optimizers.descend(w, a, b, factor, compiled=True)
+    assert calls == [1]
+    want = w0 * factor - np.einsum("ki,kj->ij", a, b)  # the per-example sum of outer products
+    scale = factor * np.abs(w0) + np.abs(a.T) @ np.abs(b)
+    assert np.all(np.abs(w - want) <= (1e-6 if dtype == "float32" else 1e-14) * scale)
+
+
+def test_the_compiled_step_leaves_what_it_cannot_take_to_blas_or_numpy(dense_kernels, monkeypatch):
+    """A Fortran-ordered w, or factors of another dtype, are refused untouched (False), and
+    `descend` steps them the other way; a population's (K, p, q) weights never reach the kernel."""
+    from hpexp.nn import optimizers
+
+    rng = np.random.default_rng(3)
+    w, a, b = np.asfortranarray(rng.normal(size=(4, 6))), rng.normal(size=(5, 4)), rng.normal(size=(5, 6))
+    before = w.copy()
+    assert not dense_kernels.descend(w, a, b)
+    assert not dense_kernels.descend(np.ascontiguousarray(w), a.astype("float32"), b)
+    np.testing.assert_array_equal(w, before)
+    monkeypatch.setattr(optimizers, "KERNELS", dense_kernels)
+    monkeypatch.setattr(optimizers, "BLAS", None)
+    optimizers.descend(w, a, b, compiled=True)
+    np.testing.assert_array_equal(w, before - a.T @ b)
+    calls = []
+    monkeypatch.setattr(dense_kernels, "descend", lambda *args: calls.append(1))
+    population = rng.normal(size=(2, 4, 6))
+    optimizers.descend(population, rng.normal(size=(2, 5, 4)), b, compiled=True)
+    assert calls == []

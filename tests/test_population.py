@@ -541,6 +541,7 @@ def test_dense_layers_take_the_ways_measured_faster(monkeypatch, tmp_path):
     monkeypatch.setattr(ways, "_ways", {})
     monkeypatch.setattr(layers, "KERNELS", object())  # installed (never called: the timings are given)
     monkeypatch.setattr(optimizers, "BLAS", object())
+    monkeypatch.setattr(optimizers, "KERNELS", object())
     times = {  # compiled-2: two rows of W per pass, which a CPU with 16 vector registers prefers
         (7, 12): {"numpy": 2.0, "compiled": 1.0, "compiled-2": 0.8, "formed": 1.0, "product": 0.95},
         (5, 7): {"numpy": 1.0, "compiled": 0.95, "compiled-2": 0.96, "formed": 2.0, "product": 1.0},
@@ -548,19 +549,28 @@ def test_dense_layers_take_the_ways_measured_faster(monkeypatch, tmp_path):
         (14, 12): {"numpy": 2.0, "compiled": 0.5, "compiled-2": 0.5, "formed": 2.0, "product": 1.0},
         (10, 7): {"numpy": 2.0, "compiled": 0.5, "compiled-2": 0.5, "formed": 1.0, "product": 0.5},
     }
+    steps = {(7, 12): 0.5, (5, 7): 0.95, (14, 12): 0.1, (10, 7): 0.1}  # the compiled step
+    for shape, step in steps.items():
+        times[shape]["compiled-step"] = step
     monkeypatch.setattr(ways, "measure_dense", lambda shape, m, dtype: times[shape])
     back = {(7, 12): {"numpy": 1.0, "compiled": 0.95}, (5, 7): {"numpy": 1.0, "compiled": 0.5}}
     monkeypatch.setattr(ways, "measure_back", lambda shape, m, dtype: back[shape])
     exact = new_network(0)  # float64: NumPy's order, whatever was measured
     ways.dense_choices(exact, 10)
-    assert not any(layer.compiled or layer.compiled_back or layer.by_product for layer in exact.layers)
+    assert not any(
+        layer.compiled or layer.compiled_back or layer.by_product or layer.compiled_step
+        for layer in exact.layers
+    )
     network = new_network(0)
     for layer in network.layers:
         layer.w, layer.b = layer.w.astype("float32"), layer.b.astype("float32")
     ways.dense_choices(network, 10)
     assert [layer.compiled for layer in network.layers] == [True, False]  # 5% is inside the margin
     assert [layer.rows for layer in network.layers] == [2, 4]  # the faster of the two blockings
-    assert [layer.by_product for layer in network.layers] == [False, True]
+    # the first layer's step by the compiled product beats the formed gradient, BLAS's does not;
+    # the second's beats neither BLAS's step by the margin
+    assert [layer.by_product for layer in network.layers] == [True, True]
+    assert [layer.compiled_step for layer in network.layers] == [True, False]
     assert [layer.compiled_back for layer in network.layers] == [False, True]
     dtype = network.params[0].dtype.name
     on_disk = json.loads((tmp_path / "batching.json").read_text())[timings.machine()]
@@ -573,7 +583,10 @@ def test_dense_layers_take_the_ways_measured_faster(monkeypatch, tmp_path):
     ways.dense_choices(population, 10)  # BLAS's wide products; the step inside them where it wins
     # ... in the first layer only: the second's input differs per member (K products, not one)
     assert [layer.by_product for layer in population.layers] == [True, False]
-    assert not any(layer.compiled or layer.compiled_back for layer in population.layers)
+    # by BLAS's product: the compiled step is one network's (its table's fast time is not taken)
+    assert not any(
+        layer.compiled or layer.compiled_back or layer.compiled_step for layer in population.layers
+    )
     ways.dense_choices(population, 10, shared_input=False)  # each member its own mini-batch order
     assert not any(layer.by_product for layer in population.layers)
     population = stack([new_network(s) for s in range(2)])

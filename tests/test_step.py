@@ -52,15 +52,24 @@ def train(step, regularizer, shapes, batches, dtype):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name", list(REGULARIZERS))
-@pytest.mark.parametrize("engine", ["numpy", "blas"])
+@pytest.mark.parametrize("engine", ["numpy", "blas", "compiled"])
 def test_stepping_by_products_equals_stepping_by_formed_gradients(config, monkeypatch, dtype, name, engine):
     """Bit for bit in NumPy (the same product, then the same step); to rounding with SciPy's BLAS,
-    which adds each product's terms straight into the weights."""
+    which adds each product's terms straight into the weights, and with the compiled step."""
+    calls = []
     if engine == "blas":
         pytest.importorskip("scipy", reason="the BLAS step needs the optional `fast` extra (SciPy)")
         from hpexp.kernels import blas
 
         monkeypatch.setattr(optimizers, "BLAS", blas)
+    elif engine == "compiled":
+        pytest.importorskip("numba", reason="the compiled step needs the optional `fast` extra (numba)")
+        from hpexp.kernels import dense
+
+        kernel = dense.descend
+        monkeypatch.setattr(optimizers, "BLAS", None)
+        monkeypatch.setattr(optimizers, "KERNELS", dense)
+        monkeypatch.setattr(dense, "descend", lambda *args: calls.append(1) or kernel(*args))
     else:
         monkeypatch.setattr(optimizers, "BLAS", None)
     regularizer, eta = REGULARIZERS[name], 0.1
@@ -69,10 +78,13 @@ def test_stepping_by_products_equals_stepping_by_formed_gradients(config, monkey
     batches = [(x[i : i + 10], y[i : i + 10]) for i in range(0, 30, 10)]
     nets = [network(config, dtype) for _ in range(2)]
     for layer in nets[0].layers[1:]:
-        layer.by_product = True  # as hpexp.train.batching sets it where measured faster
+        layer.by_product = True  # as hpexp.train.ways sets them where measured faster
+        layer.compiled_step = engine == "compiled"
     (step,) = mini_batch_steps(nets[0], SGD(eta), regularizer, eta, N)
     shapes = nets[0].input_shapes(10)
     train(step, regularizer, shapes, batches, dtype)
+    if engine == "compiled":
+        assert len(calls) == 2 * len(batches)  # both dense layers, every step
     train(formed_step(nets[1], SGD(eta), regularizer, eta), regularizer, shapes, batches, dtype)
     by_products, formed = (net.flat_params for net in nets)
     assert not np.array_equal(formed, network(config, dtype).flat_params)  # it trained

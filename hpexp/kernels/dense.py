@@ -21,7 +21,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["ROWS", "back", "dot_rows", "weighted_input"]
+__all__ = ["ROWS", "back", "descend", "dot_rows", "weighted_input"]
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
@@ -171,3 +171,73 @@ def back(delta: np.ndarray, w: np.ndarray) -> np.ndarray:
     dx = np.zeros((rows, w.shape[1]), d.dtype)
     _back(d, np.ascontiguousarray(w), dx)
     return dx[:m]
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _descend(d: np.ndarray, w: np.ndarray, x: np.ndarray, factor: float) -> None:
+    rows, n_out = d.shape  # rows a multiple of 5 (zeros past the mini-batch, in d and x)
+    zero, one = d.dtype.type(0), d.dtype.type(1)
+    for j in range(0, n_out, 4):
+        # rows j..j+3 of W, the last ones repeated when fewer are left: with weight zero and factor
+        # one, a repeat writes back the value its row has just been given
+        j1, j2, j3 = min(j + 1, n_out - 1), min(j + 2, n_out - 1), min(j + 3, n_out - 1)
+        w0, w1, w2, w3 = w[j], w[j1], w[j2], w[j3]
+        e1, e2, e3 = j + 1 < n_out, j + 2 < n_out, j + 3 < n_out
+        f0, f1, f2, f3 = factor, factor if e1 else one, factor if e2 else one, factor if e3 else one
+        for b in range(0, rows, 5):
+            y0, y1, y2, y3, y4 = x[b], x[b + 1], x[b + 2], x[b + 3], x[b + 4]
+            c00, c01, c02, c03 = (
+                d[b, j],
+                d[b, j1] if e1 else zero,
+                d[b, j2] if e2 else zero,
+                d[b, j3] if e3 else zero,
+            )
+            c10, c11, c12, c13 = (
+                d[b + 1, j],
+                d[b + 1, j1] if e1 else zero,
+                d[b + 1, j2] if e2 else zero,
+                d[b + 1, j3] if e3 else zero,
+            )
+            c20, c21, c22, c23 = (
+                d[b + 2, j],
+                d[b + 2, j1] if e1 else zero,
+                d[b + 2, j2] if e2 else zero,
+                d[b + 2, j3] if e3 else zero,
+            )
+            c30, c31, c32, c33 = (
+                d[b + 3, j],
+                d[b + 3, j1] if e1 else zero,
+                d[b + 3, j2] if e2 else zero,
+                d[b + 3, j3] if e3 else zero,
+            )
+            c40, c41, c42, c43 = (
+                d[b + 4, j],
+                d[b + 4, j1] if e1 else zero,
+                d[b + 4, j2] if e2 else zero,
+                d[b + 4, j3] if e3 else zero,
+            )
+            if b > 0:  # the factor is taken once, with the first five rows
+                f0 = f1 = f2 = f3 = one
+            for i in range(w.shape[1]):
+                a0, a1, a2, a3, a4 = y0[i], y1[i], y2[i], y3[i], y4[i]
+                w0[i] = f0 * w0[i] - (c00 * a0 + c10 * a1 + c20 * a2 + c30 * a3 + c40 * a4)
+                w1[i] = f1 * w1[i] - (c01 * a0 + c11 * a1 + c21 * a2 + c31 * a3 + c41 * a4)
+                w2[i] = f2 * w2[i] - (c02 * a0 + c12 * a1 + c22 * a2 + c32 * a3 + c42 * a4)
+                w3[i] = f3 * w3[i] - (c03 * a0 + c13 * a1 + c23 * a2 + c33 * a3 + c43 * a4)
+
+
+def descend(w: np.ndarray, a: np.ndarray, b: np.ndarray, factor: float = 1.0) -> bool:
+    """w <- factor w - a^T b in place, as hpexp.nn.optimizers.descend, w (p, q), a (m, p), b (m, q):
+    each group of four rows of W takes its step from five rows of b at a time, twenty sums side by
+    side over one read of the nine rows. False (w untouched) unless w is C-ordered and a and b share
+    its dtype, for the caller to step w another way."""
+    if not w.flags.c_contiguous or a.dtype != w.dtype or b.dtype != w.dtype:
+        return False
+    m, rows = a.shape[0], -(-a.shape[0] // 5) * 5
+    if rows == m:
+        d, x = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    else:
+        d, x = np.zeros((rows, a.shape[1]), w.dtype), np.zeros((rows, b.shape[1]), w.dtype)
+        d[:m], x[:m] = a, b
+    _descend(d, w, x, w.dtype.type(factor))
+    return True

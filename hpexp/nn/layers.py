@@ -11,8 +11,8 @@ matrix: one wide product instead of K narrow ones.
 A dense layer's x W^T and delta W in training may run compiled (hpexp.kernels.dense, the `fast`
 extra) instead of BLAS, and plain SGD may step its weights inside the gradient's product
 (hpexp.nn.optimizers): faster for a few rows of x and large W, slower otherwise, by how much depends
-on the CPU, so the trainer sets `Dense.compiled`, `Dense.compiled_back` and `Dense.by_product` where
-it measured a win (hpexp.train.batching).
+on the CPU, so the trainer sets `Dense.compiled`, `Dense.compiled_back`, `Dense.by_product` and
+`Dense.compiled_step` where it measured a win (hpexp.train.ways).
 """
 
 from __future__ import annotations
@@ -47,12 +47,14 @@ class Dense:
     `compiled`: forward computes x W^T with the compiled kernel, if installed (one network only),
     `rows` rows of W per pass (4 or 2: which is faster depends on the CPU's registers).
     `compiled_back`: backward computes the input's gradient delta W so.
-    `by_product`: plain SGD's training step asks backward to leave dC/dW as its product."""
+    `by_product`: plain SGD's training step asks backward to leave dC/dW as its product, and
+    `compiled_step` steps the weights by it with the compiled kernel (one network only)."""
 
     compiled = False
     rows = 4
     compiled_back = False
     by_product = False
+    compiled_step = False
 
     def __init__(self, w: np.ndarray, b: np.ndarray, activation: Activation) -> None:
         self.w, self.b, self.activation = w, b, activation
@@ -95,7 +97,7 @@ class Dense:
         if not self._linear:
             delta = delta * self.activation.grad(self.z, self.a)
         if factored:
-            self.products = [(self.w, delta, self.x)]
+            self.products = [(self.w, delta, self.x, self.compiled_step)]
         elif _wide(self.w, self.x):
             k, n_out, n_in = self.w.shape
             rows = np.ascontiguousarray(delta.mT).reshape(k * n_out, -1)  # a view when delta is

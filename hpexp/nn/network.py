@@ -250,8 +250,9 @@ class Network:
             if delta is not None and masks[i] is not None:
                 delta *= masks[i]
 
-    def products(self, factored: Collection[int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """After a backprop `factored` so: (w, a, b) per such layer, its weights' gradient a^T b."""
+    def products(self, factored: Collection[int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]:
+        """After a backprop `factored` so: (w, a, b, compiled) per such layer, its weights' gradient
+        a^T b and whether the compiled kernel steps by it (hpexp.nn.optimizers.descend)."""
         return [p for i in factored for p in self.layers[i].products]  # type: ignore[union-attr]
 
     def formed(self, factored: Collection[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -24,12 +24,19 @@ from hpexp.nn import compiled
 __all__ = ["SGD", "descend"]
 
 BLAS = compiled.kernels("blas")  # the engine's choice; tests and benchmarks may set it
+KERNELS = compiled.kernels("dense")  # as BLAS
 
 
-def descend(w: np.ndarray, a: np.ndarray, b: np.ndarray, factor: float | np.ndarray = 1.0) -> None:
+def descend(
+    w: np.ndarray, a: np.ndarray, b: np.ndarray, factor: float | np.ndarray = 1.0, compiled: bool = False
+) -> None:
     """w <- factor w - a^T b in place: plain SGD's step by an (eta-scaled) gradient a^T b. In a
     population, w (K, p, q), a (K, m, p) and b (K, m, q), or (m, q) shared by all (the first
-    layer's input in shared order), factor one per member (K, 1, 1)."""
+    layer's input in shared order), factor one per member (K, 1, 1). `compiled`: one network's
+    step by the compiled kernel (hpexp.kernels.dense.descend), if installed, instead of BLAS."""
+    if compiled and KERNELS is not None and w.ndim == 2 and np.ndim(factor) == 0:
+        if KERNELS.descend(w, a, b, float(factor)):
+            return
     if BLAS is not None:
         if w.ndim == 2 and np.ndim(factor) == 0 and BLAS.descend(w, a, b, float(factor)):
             return
@@ -76,18 +83,18 @@ class SGD:
         grads: Sequence[np.ndarray],
         decay: Sequence[np.ndarray] = (),
         factor: float | np.ndarray = 1.0,
-        products: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] = (),
+        products: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, bool]] = (),
     ) -> None:
         """One update from `grads` = eta * g (see the module docstring); the gradients are used up.
 
         `decay` arrays (weights: views into `params`) are first multiplied by `factor`, network2's
         weight decay (Regularizer.weight_decay), which only a plain step may take in place of the
-        L2 gradient. `products` (w, a, b) are weights not in `params` whose eta * g is a^T b,
-        decayed by `factor` too (plain step only). A population's per-member momentum (K, 1, 1)
-        needs params as per-layer arrays."""
+        L2 gradient. `products` (w, a, b, compiled) are weights not in `params` whose eta * g is
+        a^T b, decayed by `factor` too and stepped by `descend` (plain step only). A population's
+        per-member momentum (K, 1, 1) needs params as per-layer arrays."""
         if self._plain:
-            for w, a, b in products:
-                descend(w, a, b, factor)
+            for w, a, b, by_kernel in products:
+                descend(w, a, b, factor, by_kernel)
             for w in decay:
                 w *= factor
             for p, g in zip(params, grads, strict=True):

@@ -10,7 +10,8 @@ whatever a measurement says. A way must win by WAYS_MARGIN.
                                          (hpexp.kernels.dense; x W^T by 4 or 2 rows of W per pass,
                                          whichever suits the CPU) rather than by BLAS, and whether
                                          plain SGD steps its weights inside the gradient's product
-                                         (hpexp.nn.optimizers.descend; in a population too)
+                                         (hpexp.nn.optimizers.descend; in a population too), by
+                                         BLAS or compiled
     conv_choices(network, batch_size)    per conv layer, whether its filter gradient runs compiled
                                          (hpexp.kernels.conv.filter_grad) rather than by BLAS, and
                                          whether its backward through max-pooling sums over the
@@ -41,7 +42,7 @@ def measure_dense(shape: tuple[int, ...], batch_size: int, dtype: str) -> dict[s
     """Seconds per product of a dense layer of weights `shape` on a mini-batch, each way there is:
     x W^T by BLAS (`numpy`) and compiled, 4 rows of W per pass (`compiled`) or 2 (`compiled-2`); the
     weights' step by the formed gradient (`formed`: the product, then the step) and inside the
-    product (`product`)."""
+    product, by BLAS (`product`) or compiled (`compiled-step`)."""
     rng = np.random.default_rng(0)
     w = rng.standard_normal(shape).astype(dtype)
     x = rng.random((batch_size, shape[1])).astype(dtype)
@@ -57,6 +58,8 @@ def measure_dense(shape: tuple[int, ...], batch_size: int, dtype: str) -> dict[s
         runs["compiled-2"] = lambda: layers.KERNELS.weighted_input(w, x, 2)  # type: ignore[union-attr]
     if optimizers.BLAS is not None:
         runs["product"] = lambda: optimizers.descend(w, delta, x)
+    if optimizers.KERNELS is not None:
+        runs["compiled-step"] = lambda: optimizers.descend(w, delta, x, compiled=True)
     return _race(runs)
 
 
@@ -102,22 +105,25 @@ def dense_choices(
     fresh: bool = False,
     shared_input: bool = True,
 ) -> None:
-    """Set `compiled`, `compiled_back` and `by_product` on each float32 dense layer of one network:
-    True where that way measured faster, by WAYS_MARGIN, at this mini-batch size on this machine,
-    by the run's record `measured` first (see hpexp.train.timings.cached). A population keeps
+    """Set `compiled`, `compiled_back`, `by_product` and `compiled_step` on each float32 dense layer
+    of one network: True where that way measured faster, by WAYS_MARGIN, at this mini-batch size on
+    this machine, by the run's record `measured` first (see hpexp.train.timings.cached). The step
+    inside the product is BLAS's unless the compiled one beats it (`compiled_step`). A population keeps
     BLAS's wide products and may take `by_product` only in its first layer, and only when its
     members share their input (`shared_input`: one mini-batch order for all): their K weights are
     then stepped by one product, measured as the weights of one layer of K x n_out units. A layer
     whose input differs per member would step by K products, which that table does not measure."""
     dense = [layer for layer in network.layers if isinstance(layer, Dense) and layer.w.dtype == np.float32]
     for layer in dense:
-        layer.compiled = layer.compiled_back = layer.by_product = False
+        layer.compiled = layer.compiled_back = layer.by_product = layer.compiled_step = False
         layer.rows = 4
     if layers.KERNELS is None and optimizers.BLAS is None:
         return
     keys = ["numpy", "formed", *["compiled"] * (layers.KERNELS is not None)]
     keys += ["product"] * (optimizers.BLAS is not None)
-    added = ["compiled-2"] * (layers.KERNELS is not None)
+    added = ["compiled-2"] * (layers.KERNELS is not None) + ["compiled-step"] * (
+        optimizers.KERNELS is not None
+    )
     # Asked every epoch, so the tables are kept (machine() takes milliseconds): in the run's record,
     # else in this process's for callers without one (benchmarks).
     record = _ways if measured is None else measured
@@ -129,7 +135,11 @@ def dense_choices(
         size = f"{shape[0]}x{shape[1]} mb{batch_size} {dtype}"
         measure_now = partial(measure_dense, shape, batch_size, dtype)
         times = cached(f"dense {size}", keys, measure_now, fresh, record, added)
-        layer.by_product = "product" in keys and times["product"] < times["formed"] * faster
+        product = times["product"] if "product" in keys else np.inf
+        # one network's step may run compiled (absent from records written before it was added)
+        step = np.inf if network.lead else times.get("compiled-step", np.inf)
+        layer.by_product = min(product, step) < times["formed"] * faster
+        layer.compiled_step = layer.by_product and step < product * faster
         if network.lead:
             continue
         rows = _rows(times) if "compiled" in keys else 0
