@@ -210,7 +210,9 @@ def profile(net, optimizer, regularizer, x: np.ndarray, y: np.ndarray, steps: in
     compiled = f"compiled ({fc.rows} rows)" if fc.compiled else "BLAS"
     filters = f"compiled ({cp.conv.rows} rows)" if cp.conv.compiled else "BLAS"
     d_conv = np.ones_like(conv_out)
-    stepped = "inside the product (gemm)" if fc.by_product else "by the formed gradient"
+    stepped = "by the formed gradient"
+    if fc.by_product:
+        stepped = f"inside the product ({'compiled' if fc.compiled_step else 'gemm'})"
 
     def formed() -> None:
         np.matmul(d_fc.T, flat, out=fc.gw)
@@ -226,7 +228,9 @@ def profile(net, optimizer, regularizer, x: np.ndarray, y: np.ndarray, steps: in
         "conv-pool layer backward": lambda: stack.backward(d_flat, False),
         f"FC(100) forward, x W^T by {compiled}": lambda: fc.forward(flat),
         "FC(100) backward": lambda: fc.backward(d_fc, True, factored=fc.by_product),
-        f"FC(100) SGD step {stepped}": lambda: descend(w, d_fc, flat) if fc.by_product else formed(),
+        f"FC(100) SGD step {stepped}": lambda: (
+            descend(w, d_fc, flat, compiled=fc.compiled_step) if fc.by_product else formed()
+        ),
         "output layer + softmax forward + backward": lambda: (out.forward(a), out.backward(d_fc[:, :10])),
         "whole step (backprop + SGD step)": lambda: step(xb, yb, None),
     }
