@@ -73,6 +73,22 @@ def batching_cache(tmp_path_factory):
         os.environ[timings.CACHE_ENV_VAR] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def converted_copies(tmp_path_factory):
+    """The datasets' converted copies (hpexp.data.converted) are made once for the session, in a
+    folder of its own, never in the user's cache; the test processes it starts share them."""
+    from hpexp.data import converted
+
+    path = tmp_path_factory.mktemp("converted")
+    previous = os.environ.get(converted.ENV_VAR)
+    os.environ[converted.ENV_VAR] = str(path)
+    yield path
+    if previous is None:
+        del os.environ[converted.ENV_VAR]
+    else:
+        os.environ[converted.ENV_VAR] = previous
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     """The real MNIST: $HPEXP_DATA_DIR (CI sets it) or hpexp's cache (filled by `hpexp data fetch`)."""

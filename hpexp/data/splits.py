@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from hpexp.data import preprocess
+from hpexp.data import converted, preprocess
 from hpexp.data.datasets import (
     VAL_KEYS,
     Info,
@@ -116,10 +116,19 @@ def load(
 
 
 def _files_key(config: Mapping[str, Any], split: str) -> tuple[Any, ...]:
-    """What a cached split is valid for: the arrays it came from (their identity changes when a
-    file changes, since reading is cached on each file's size and modification time)."""
+    """What a cached split is valid for: the files it comes from, by path, size and modification
+    time where a converted copy is kept (hpexp.data.converted, not read here), else the arrays
+    (their identity changes when a file changes, since reading is cached on each file's size and
+    modification time)."""
     keys = _keys(config, split)
+    if _converts(config) and (files := converted.identity(config, keys)) is not None:
+        return files
     return tuple((k, _Ref(a)) for k, a in read_arrays(config, keys).items())
+
+
+def _converts(config: Mapping[str, Any]) -> bool:
+    """Whether the examples are raw / data.scale, which a converted copy can hold."""
+    return (config.get("preprocess") or "scale") == "scale"
 
 
 class _Ref:
@@ -150,11 +159,16 @@ def _split(key: str, split: str, dtype: str, files: tuple[Any, ...]) -> Split:
     info = describe(config)
     n_train, n_val = sizes(config)
     train_idx, val_idx = holdout_indices(config, info)
-    arrays = read_arrays(config, _keys(config, split))
-    images, labels = (arrays[k] for k in _keys(config, split))
+    images_key, labels_key = _keys(config, split)
+    # the machine's converted copy of the images, where one is kept: its rows are x already
+    rows = converted.scaled(config, images_key, dtype) if _converts(config) else None
+    arrays = read_arrays(config, [labels_key] if rows is not None else [images_key, labels_key])
+    images: np.ndarray = arrays[images_key] if rows is None else rows
+    labels = arrays[labels_key]
     if split == "test":
         label = f"{info.name} test"
-        if example_shape(images, f"{label} images") != info.shape:
+        # (a converted copy is of a published file, whose digest fixed its shape)
+        if rows is None and example_shape(images, f"{label} images") != info.shape:
             raise DataError(
                 f"{label} images have examples of shape {images.shape[1:]}, but the training "
                 f"examples are {info.shape}"
@@ -165,12 +179,25 @@ def _split(key: str, split: str, dtype: str, files: tuple[Any, ...]) -> Split:
         index = val_idx[:n_val] if val_idx is not None else slice(0, n_val)
     else:
         index = train_idx[:n_train]
-    x = _preprocess(key)(images[index], dtype)
-    if not np.all(np.isfinite(x)):
-        raise DataError(f"{info.name} {split} examples hold NaN or infinite values")
+    if rows is None:
+        x = _preprocess(key)(images[index], dtype)
+        if not np.all(np.isfinite(x)):
+            raise DataError(f"{info.name} {split} examples hold NaN or infinite values")
+    else:  # bytes / scale, all finite; a view where the split is a run of rows
+        x = rows[_as_slice(index)]
     y = labels[index].astype(np.int64)
     x.flags.writeable = y.flags.writeable = False
     return Split(x=x, y=y)
+
+
+def _as_slice(index: np.ndarray | slice) -> np.ndarray | slice:
+    """A run of consecutive indices as a slice (rows taken by it are a view, not a copy)."""
+    if isinstance(index, slice) or len(index) == 0:
+        return index
+    first, last = int(index[0]), int(index[-1])
+    if last - first + 1 == len(index) and np.array_equal(index, np.arange(first, last + 1)):
+        return slice(first, last + 1)
+    return index
 
 
 @functools.lru_cache(maxsize=2)
