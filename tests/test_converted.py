@@ -94,14 +94,21 @@ def test_a_later_process_maps_the_copy_and_reads_no_images_file(data, tmp_path, 
         second["train"].x[0, 0] = 1.0
 
 
-def test_a_changed_file_gets_a_copy_of_its_own(data, tmp_path):
-    load_splits(data, splits=["train"])
+def test_a_changed_file_gets_a_copy_of_its_own_which_replaces_the_old(data, tmp_path):
+    """A file changed (here: touched) is converted again; its old copy is removed, while a process
+    that mapped it still reads it (Linux keeps a removed file's pages for their mappings)."""
+    load_splits(data, splits=["train"])  # converted, and the copy made
+    new_process()
+    old = load_splits(data, splits=["train"])["train"].x  # mapped from the copy
     (before,) = copies(tmp_path)
     path = data / f"{MNIST_FILES[0]}.gz"
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     new_process()
     assert_book_values(load_splits(data), data)
-    assert before in copies(tmp_path) and len(copies(tmp_path)) == 3  # a new training copy, and test's
+    after = copies(tmp_path)
+    assert before not in after and len(after) == 2  # the new training copy, and the test images'
+    assert mapped(old) == str(tmp_path / "copies" / "mnist" / before)
+    np.testing.assert_array_equal(old, raw_images(data, MNIST_FILES[0])[:50_000] / np.float32(256))
 
 
 def test_a_full_disk_converts_in_memory_with_one_warning(data, tmp_path, monkeypatch, caplog):

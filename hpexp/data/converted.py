@@ -83,9 +83,16 @@ def identity(config: Mapping[str, Any], keys: list[str]) -> tuple[Any, ...] | No
 
 
 def _copy_path(where: Path, path: Path, digest: str, scale: float, dtype: str) -> Path:
+    """NAME-DTYPE-SOURCE-VERSION.npy: SOURCE hashes the file's path, the scale and the dtype (what a
+    copy is of), VERSION its size, modification time and digest (which state of the file)."""
     stat = path.stat()
-    key = f"{VERSION}\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{digest}\0{float(scale)!r}\0{dtype}"
-    return where / f"{path.name.split('.')[0]}-{dtype}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
+    source = f"{VERSION}\0{path}\0{float(scale)!r}\0{dtype}"
+    version = f"{stat.st_size}\0{stat.st_mtime_ns}\0{digest}"
+    return where / f"{path.name.split('.')[0]}-{dtype}-{_hash(source)}-{_hash(version)}.npy"
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 def scaled(config: Mapping[str, Any], key: str, dtype: str) -> np.ndarray | None:
@@ -122,6 +129,11 @@ def _write(path: Path, x: np.ndarray) -> None:
             np.save(f, x, allow_pickle=False)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; a cache is for the user's every process
         os.replace(tmp, path)
+        # the copies of the file as it was before: no process opens them again (one that has
+        # mapped one keeps its pages until it lets go)
+        for stale in path.parent.glob(f"{path.name.rsplit('-', 1)[0]}-*.npy"):
+            if stale != path:
+                stale.unlink(missing_ok=True)
     except OSError as e:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
