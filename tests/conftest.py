@@ -64,13 +64,9 @@ def batching_cache(tmp_path_factory):
     from hpexp.train import timings
 
     path = tmp_path_factory.mktemp("batching") / "batching.json"
-    previous = os.environ.get(timings.CACHE_ENV_VAR)
-    os.environ[timings.CACHE_ENV_VAR] = str(path)
-    yield path
-    if previous is None:
-        del os.environ[timings.CACHE_ENV_VAR]
-    else:
-        os.environ[timings.CACHE_ENV_VAR] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(timings.CACHE_ENV_VAR, str(path))
+        yield path
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -80,13 +76,9 @@ def converted_copies(tmp_path_factory):
     from hpexp.data import converted
 
     path = tmp_path_factory.mktemp("converted")
-    previous = os.environ.get(converted.ENV_VAR)
-    os.environ[converted.ENV_VAR] = str(path)
-    yield path
-    if previous is None:
-        del os.environ[converted.ENV_VAR]
-    else:
-        os.environ[converted.ENV_VAR] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(converted.ENV_VAR, str(path))
+        yield path
 
 
 @pytest.fixture(scope="session")
