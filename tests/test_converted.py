@@ -76,16 +76,22 @@ def assert_book_values(got: dict, folder: Path) -> None:
         np.testing.assert_array_equal(got[split].x, rows.astype(np.float32) / np.float32(256))
 
 
-def test_a_later_process_maps_the_copy_and_reads_no_images_file(data, tmp_path, monkeypatch):
-    first = load_splits(data)
+def test_a_later_process_maps_the_copy_and_reads_no_images_file(data, tmp_path, monkeypatch, caplog):
+    with caplog.at_level(logging.INFO, logger="hpexp"):
+        first = load_splits(data)
     assert_book_values(first, data)
     assert len(copies(tmp_path)) == 2  # training and test images, float32
+    said = [r.getMessage() for r in caplog.records if "converted once" in r.getMessage()]
+    assert len(said) == 2 and all(str(tmp_path / "copies") in line for line in said)  # where, once each
     (name,) = [n for n in copies(tmp_path) if n.startswith("train-images")]
     new_process()
     read = []
     real = datasets.read_bytes
     monkeypatch.setattr(datasets, "read_bytes", lambda path, fix: read.append(path.name) or real(path, fix))
-    second = load_splits(data)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="hpexp"):
+        second = load_splits(data)
+    assert not [r for r in caplog.records if "converted once" in r.getMessage()]
     assert read and not [name for name in read if "images" in name]  # the labels only
     assert_book_values(second, data)
     # training and validation both rows of the training images' copy, mapped, not copied

@@ -113,14 +113,14 @@ def scaled(config: Mapping[str, Any], key: str, dtype: str) -> np.ndarray | None
         pass
     raw = read_arrays(config, [key])[key]  # verified against its digest
     x = fit("scale", scale, None)(raw, dtype)
-    _write(copy, x)
+    _write(copy, x, path)
     x.flags.writeable = False
     return x
 
 
-def _write(path: Path, x: np.ndarray) -> None:
-    """Save `x` to `path` by a temporary file renamed into place; a failure only warns (once per
-    folder) and leaves no temporary file behind."""
+def _write(path: Path, x: np.ndarray, source: Path) -> None:
+    """Save `x`, converted from `source`, to `path` by a temporary file renamed into place; a
+    failure only warns (once per folder) and leaves no temporary file behind."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +134,9 @@ def _write(path: Path, x: np.ndarray) -> None:
         for stale in path.parent.glob(f"{path.name.rsplit('-', 1)[0]}-*.npy"):
             if stale != path:
                 stale.unlink(missing_ok=True)
+        log.info(
+            f"data: {source.name} converted once, for later runs to map: {path} ({x.nbytes / 1e6:.0f} MB)"
+        )
     except OSError as e:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
