@@ -251,6 +251,8 @@ def data_command(argv: Sequence[str]) -> None:
         for line in datasets.verify(ds, folder):
             print(line)
     else:
+        from hpexp.data import converted
+
         ds = datasets.DATASETS[args.name]
         print(datasets.find_dir(ds, download=False).path)
         info = datasets.describe({"name": ds.name})
@@ -259,6 +261,7 @@ def data_command(argv: Sequence[str]) -> None:
             f"({', '.join(info.class_names or ())}), validation: the last {ds.holdout} training images",
             file=sys.stderr,
         )
+        print(f"converted copies: {converted.describe(ds.name)}", file=sys.stderr)
 
 
 def _delegate(module: str) -> Callable[[Sequence[str]], None]:

@@ -105,8 +105,10 @@ def test_unknown_command_and_usage(tmp_path):
     assert hpexp("--help", cwd=tmp_path).stdout.startswith("usage: hpexp")
 
 
-def test_data_where_and_verify(mnist_dir, tmp_path):
-    assert Path(hpexp("data", "where", cwd=tmp_path).stdout.strip()) == mnist_dir
+def test_data_where_and_verify(mnist_dir, tmp_path, converted_copies):
+    where = hpexp("data", "where", cwd=tmp_path)
+    assert Path(where.stdout.strip()) == mnist_dir
+    assert f"converted copies: {converted_copies / 'mnist'} (" in where.stderr  # the session's folder
     assert hpexp("data", "verify", cwd=tmp_path).stdout.count("OK") == 4
 
 

@@ -77,7 +77,7 @@ def assert_book_values(got: dict, folder: Path) -> None:
 
 
 def test_a_later_process_maps_the_copy_and_reads_no_images_file(data, tmp_path, monkeypatch, caplog):
-    with caplog.at_level(logging.INFO, logger="hpexp"):
+    with caplog.at_level(logging.DEBUG, logger="hpexp"):
         first = load_splits(data)
     assert_book_values(first, data)
     assert len(copies(tmp_path)) == 2  # training and test images, float32
@@ -89,7 +89,7 @@ def test_a_later_process_maps_the_copy_and_reads_no_images_file(data, tmp_path, 
     real = datasets.read_bytes
     monkeypatch.setattr(datasets, "read_bytes", lambda path, fix: read.append(path.name) or real(path, fix))
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="hpexp"):
+    with caplog.at_level(logging.DEBUG, logger="hpexp"):
         second = load_splits(data)
     assert not [r for r in caplog.records if "converted once" in r.getMessage()]
     assert read and not [name for name in read if "images" in name]  # the labels only
@@ -190,3 +190,18 @@ def test_two_processes_making_the_copies_at_once_agree(data, tmp_path):
     new_process()
     sums = [float(split.x.sum(dtype="float64")) for split in load_splits(data).values()]
     assert outputs[0].split() == [repr(s) for s in sums] or np.allclose(outputs[0].split(), sums, rtol=0)
+
+
+def test_a_killed_writers_temporary_file_is_removed_once_stale(data, tmp_path):
+    """A writer killed mid-copy leaves its temporary file (never mapped: only a whole copy is
+    renamed into place); the next copy made there removes it once it is older than a writer takes,
+    and leaves a live writer's alone."""
+    where = tmp_path / "copies" / "mnist"
+    where.mkdir(parents=True)
+    dead, live = where / ".train-images-x.npy.abc.tmp", where / ".t10k-images-x.npy.def.tmp"
+    for left in (dead, live):
+        left.write_bytes(b"\x93NUMPY half a copy")
+    os.utime(dead, (dead.stat().st_atime, dead.stat().st_mtime - converted.STALE - 1))
+    assert_book_values(load_splits(data), data)
+    assert not dead.exists() and live.exists()
+    assert len([name for name in copies(tmp_path) if not name.startswith(".")]) == 2

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,12 @@ from hpexp.data.files import idx_path
 from hpexp.data.preprocess import fit
 from hpexp.progress import log
 
-__all__ = ["ENV_VAR", "FOLDER", "folder", "identity", "scaled"]
+__all__ = ["ENV_VAR", "FOLDER", "describe", "folder", "identity", "scaled"]
 
 ENV_VAR = "HPEXP_CONVERTED_DIR"
 FOLDER = "converted"  # under the dataset's cache folder, by default
 VERSION = 1  # of the copies' layout: (n, features) rows, C order, as .npy
+STALE = 600.0  # seconds after which a temporary file is a killed writer's, not a live one's
 _warned: set[str] = set()  # folders already reported unwritable, once per process
 
 
@@ -52,6 +54,16 @@ def folder(name: str) -> Path | None:
     if env.lower() == "off":
         return None
     return Path(env).expanduser() / name if env else sources.cache_dir(name) / FOLDER
+
+
+def describe(name: str) -> str:
+    """Where dataset `name`'s copies are kept and what they hold, in a line (`hpexp data where`)."""
+    where = folder(name)
+    if where is None:
+        return f"none kept (${ENV_VAR}=off)"
+    copies = sorted(where.glob("*.npy")) if where.is_dir() else []
+    size = sum(p.stat().st_size for p in copies) / 1e6
+    return f"{where} ({len(copies)} file{'s' * (len(copies) != 1)}, {size:.0f} MB; delete them any time)"
 
 
 def _sources(config: Mapping[str, Any], keys: list[str]) -> list[tuple[Path, str]] | None:
@@ -124,6 +136,10 @@ def _write(path: Path, x: np.ndarray, source: Path) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # a writer killed mid-copy (kill -9, a power cut) left its temporary file: gone after STALE
+        for left in path.parent.glob(".*.npy.*.tmp"):
+            if time.time() - left.stat().st_mtime > STALE:
+                left.unlink(missing_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             np.save(f, x, allow_pickle=False)
@@ -134,7 +150,7 @@ def _write(path: Path, x: np.ndarray, source: Path) -> None:
         for stale in path.parent.glob(f"{path.name.rsplit('-', 1)[0]}-*.npy"):
             if stale != path:
                 stale.unlink(missing_ok=True)
-        log.info(
+        log.debug(
             f"data: {source.name} converted once, for later runs to map: {path} ({x.nbytes / 1e6:.0f} MB)"
         )
     except OSError as e:
