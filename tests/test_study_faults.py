@@ -234,7 +234,11 @@ def test_two_coordinators_on_one_study_never_repeat_each_other(mnist_dir, tmp_pa
     """Issue row: a second coordinator (same machine, or --join) repeated the first one's
     parameter sets exactly: both seeded their samplers alike."""
     search_space = {"optimizer.eta": {"type": "float", "low": 0.05, "high": 2.0, "log": True}}
-    path = write_spec(tmp_path, base=SLOW_TRIALS, search=search_space, n_trials=8)
+    # trials of about a second (10,000 images x 12 epochs): the first coordinator must not finish
+    # all eight in the seconds the second takes to start (SLOW_TRIALS' 0.15 s trials could, once
+    # a worker no longer spent half a second loading MNIST)
+    base = [*(o for o in SLOW_TRIALS if not o.startswith("data.n_train=")), "data.n_train=10000"]
+    path = write_spec(tmp_path, base=base, search=search_space, n_trials=8)
     spec = load_spec(str(path))
     first = start(path, tmp_path)
     while join and not (tmp_path / "studies" / "tiny" / "spec.yaml").exists():  # the study exists
