@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 
 from hpexp.data import sources
 from hpexp.data.datasets import DATASETS, _verify, find_dir, name_of, read_arrays
-from hpexp.data.files import idx_path
+from hpexp.data.files import idx_path, write_atomic
 from hpexp.data.preprocess import fit
 from hpexp.progress import log
 
@@ -91,7 +90,8 @@ def identity(config: Mapping[str, Any], keys: list[str]) -> tuple[Any, ...] | No
     found = _sources(config, keys)
     if found is None:
         return None
-    return tuple((str(path), path.stat().st_size, path.stat().st_mtime_ns, digest) for path, digest in found)
+    stats = [(path, path.stat(), digest) for path, digest in found]
+    return tuple((str(path), stat.st_size, stat.st_mtime_ns, digest) for path, stat, digest in stats)
 
 
 def _copy_path(where: Path, path: Path, digest: str, scale: float, dtype: str) -> Path:
@@ -131,20 +131,15 @@ def scaled(config: Mapping[str, Any], key: str, dtype: str) -> np.ndarray | None
 
 
 def _write(path: Path, x: np.ndarray, source: Path) -> None:
-    """Save `x`, converted from `source`, to `path` by a temporary file renamed into place; a
-    failure only warns (once per folder) and leaves no temporary file behind."""
-    tmp = None
+    """Save `x`, converted from `source`, to `path` (atomically, hpexp.data.files.write_atomic); a
+    failure only warns (once per folder), leaving no temporary file behind."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # a writer killed mid-copy (kill -9, a power cut) left its temporary file: gone after STALE
-        for left in path.parent.glob(".*.npy.*.tmp"):
+        for left in path.parent.glob(".*.npy.*"):
             if time.time() - left.stat().st_mtime > STALE:
                 left.unlink(missing_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, x, allow_pickle=False)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a cache is for the user's every process
-        os.replace(tmp, path)
+        write_atomic(path, lambda f: np.save(f, x, allow_pickle=False))
         # the copies of the file as it was before: no process opens them again (one that has
         # mapped one keeps its pages until it lets go)
         for stale in path.parent.glob(f"{path.name.rsplit('-', 1)[0]}-*.npy"):
@@ -154,8 +149,6 @@ def _write(path: Path, x: np.ndarray, source: Path) -> None:
             f"data: {source.name} converted once, for later runs to map: {path} ({x.nbytes / 1e6:.0f} MB)"
         )
     except OSError as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         if str(path.parent) not in _warned:
             _warned.add(str(path.parent))
             log.warning(

@@ -11,7 +11,9 @@ import os
 import struct
 import tempfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -64,12 +66,16 @@ def parse_idx(data: bytes, label: str, fix: str) -> np.ndarray:
     return np.frombuffer(data, dtype, offset=header).reshape(dims)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a temporary file beside `path`, then rename it: no reader sees half a file."""
+def write_atomic(path: Path, data: bytes | Callable[[BinaryIO], object]) -> None:
+    """Write a temporary file beside `path` (`data`, or what `data(file)` writes into it), then
+    rename it: no reader sees half a file, and a failed or interrupted write leaves nothing."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; data files are for everyone to read
         os.replace(tmp, path)
     except BaseException:

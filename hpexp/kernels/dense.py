@@ -153,14 +153,23 @@ def _back(d: np.ndarray, w: np.ndarray, dx: np.ndarray) -> None:
                 x4[i] += c[16] * a0 + c[17] * a1 + c[18] * a2 + c[19] * a3
 
 
+def _five_rows(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """a (m, n) as C-ordered rows of `dtype`, zero rows added up to a multiple of five (the kernels
+    take five at a time): a itself where it already is so."""
+    m, rows = a.shape[0], -(-a.shape[0] // 5) * 5
+    if rows == m:
+        return np.ascontiguousarray(a, dtype)
+    padded = np.zeros((rows, a.shape[1]), dtype)
+    padded[:m] = a
+    return padded
+
+
 def back(delta: np.ndarray, w: np.ndarray) -> np.ndarray:
     """delta W as hpexp.nn.layers.Dense.backward returns it, delta (m, n_out), W (n_out, n_in)."""
-    m, rows = delta.shape[0], -(-delta.shape[0] // 5) * 5
-    d = np.zeros((rows, delta.shape[1]), np.result_type(delta, w))
-    d[:m] = delta
-    dx = np.zeros((rows, w.shape[1]), d.dtype)
+    d = _five_rows(delta, np.result_type(delta, w))
+    dx = np.zeros((d.shape[0], w.shape[1]), d.dtype)
     _back(d, np.ascontiguousarray(w), dx)
-    return dx[:m]
+    return dx[: delta.shape[0]]
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
@@ -194,11 +203,5 @@ def descend(w: np.ndarray, a: np.ndarray, b: np.ndarray, factor: float = 1.0) ->
     its dtype, for the caller to step w another way."""
     if not w.flags.c_contiguous or a.dtype != w.dtype or b.dtype != w.dtype:
         return False
-    m, rows = a.shape[0], -(-a.shape[0] // 5) * 5
-    if rows == m:
-        d, x = np.ascontiguousarray(a), np.ascontiguousarray(b)
-    else:
-        d, x = np.zeros((rows, a.shape[1]), w.dtype), np.zeros((rows, b.shape[1]), w.dtype)
-        d[:m], x[:m] = a, b
-    _descend(d, w, x, w.dtype.type(factor))
+    _descend(_five_rows(a, w.dtype), w, _five_rows(b, w.dtype), w.dtype.type(factor))
     return True
