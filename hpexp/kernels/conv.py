@@ -1,12 +1,15 @@
 """Convolution's data movement compiled: im2col (`patches`), its adjoint (`unpatch`), 2 x 2
-max-pooling (`maxpool2`) and its gradient (`maxpool2_grad`).
+max-pooling (`maxpool2`) and its gradient (`maxpool2_grad`), with a conv-pool layer's elementwise
+work folded in: the maps' biases added in the pooling's pass, the activation's derivative applied
+and the biases' gradients summed in its backward's.
 
 Same results as hpexp.nn.conv's NumPy code (which documents the layouts), bit for bit: `patches`
 only copies, `unpatch` adds each pixel's contributions in the same (kernel row, kernel column)
-order, and pooling only compares and copies. NumPy spends most of its time there on
-many small slice operations (kh * kw of them, or four passes over strided views); compiled, each
-is one loop.
-"""
+order, pooling only compares and copies, and the bias and f'(z) take NumPy's operations in its
+order; only the biases' gradients differ, by rounding: added in float64 (NumPy: pairwise in the
+array's dtype). NumPy spends most of its time there on many small slice operations (kh * kw of
+them, or four passes over strided views) and on passes over the same small arrays; compiled,
+each is one loop."""
 
 from __future__ import annotations
 
@@ -99,7 +102,9 @@ def maxpool2(x: np.ndarray) -> np.ndarray:
 
 
 @jit
-def _maxpool2_winners(x: np.ndarray, out: np.ndarray, win: np.ndarray) -> None:
+def _maxpool2_winners(
+    x: np.ndarray, bias: np.ndarray, biased: bool, out: np.ndarray, win: np.ndarray
+) -> None:
     f, m, h, w = win.shape  # x and win map by map
     for g in range(f):
         for b in range(m):
@@ -121,27 +126,78 @@ def _maxpool2_winners(x: np.ndarray, out: np.ndarray, win: np.ndarray) -> None:
                     i = np.int8(2) if a2 == v else i
                     i = np.int8(1) if a1 == v else i
                     k[s] = np.int8(0) if a0 == v else i
+                if biased:  # the maximum plus the map's bias, as NumPy adds them after pooling
+                    bg = bias[g]
+                    for s in range(w):
+                        o[s] += bg
 
 
-def maxpool2_winners(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`maxpool2`, and which element of each region won, as int8 map by map (f, m, h, w), for
-    `maxpool2_grad`: a byte per region to read there, instead of x and the maximum again."""
+def maxpool2_winners(x: np.ndarray, bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`maxpool2` (plus `bias`, one per map, if given: (f,) or (f, 1, 1)), and which element of
+    each region won, as int8 map by map (f, m, h, w), for `maxpool2_grad`: a byte per region to read
+    there, instead of x and the maximum again."""
     m, f, height, width = x.shape
     out = np.empty((m, f, height // 2, width // 2), x.dtype)
     win = np.empty((f, m, height // 2, width // 2), np.int8)
-    _maxpool2_winners(x.transpose(1, 0, 2, 3), out, win)
+    biased = bias is not None
+    b = np.ascontiguousarray(bias, x.dtype).reshape(-1) if biased else np.zeros(1, x.dtype)
+    _maxpool2_winners(x.transpose(1, 0, 2, 3), b, biased, out, win)
     return out, win
 
 
+# The activations whose derivative `maxpool2_grad` applies, by code, each from a = f(z) as
+# hpexp.nn.activations writes it: 0 none (delta as given, or the identity's), 1 sigmoid a (1 - a),
+# 2 tanh 1 - a^2, 3 ReLU 1 where a > 0.
+ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu")
+
+
 @jit
-def _maxpool2_grad(win: np.ndarray, delta: np.ndarray, dx: np.ndarray) -> None:
-    f, m, h, w = win.shape  # win and dx map by map; delta as the layer above gives it
+def _times_grad(delta: np.ndarray, a: np.ndarray, kind: int, dz: np.ndarray) -> None:
+    """dz = delta f'(z), f' from a = f(z) by `kind`, in NumPy's order of operations; flat arrays.
+    (A pass of its own: the same branches inside the pooling's loops stop them vectorizing, 3x.)"""
+    one, zero = dz.dtype.type(1), dz.dtype.type(0)
+    if kind == 1:
+        for s in range(dz.size):
+            v = a[s]
+            dz[s] = delta[s] * (v * (one - v))
+    elif kind == 2:
+        for s in range(dz.size):
+            v = a[s]
+            dz[s] = delta[s] * (one - v * v)
+    elif kind == 3:
+        for s in range(dz.size):
+            dz[s] = delta[s] * (one if a[s] > zero else zero)
+    else:
+        for s in range(dz.size):
+            dz[s] = delta[s]
+
+
+def times_grad(delta: np.ndarray, a: np.ndarray | None, activation: str) -> np.ndarray:
+    """dC/dz = delta f'(z) for a = f(z) (`activation`, one of ACTIVATIONS), as a new C-ordered
+    array; delta itself for the identity (or no `a`)."""
+    if a is None or activation == "identity":
+        return np.ascontiguousarray(delta)
+    dz = np.empty(delta.shape, delta.dtype)
+    kind = ACTIVATIONS.index(activation)
+    _times_grad(
+        np.ascontiguousarray(delta).reshape(-1), np.ascontiguousarray(a).reshape(-1), kind, dz.reshape(-1)
+    )
+    return dz
+
+
+@jit
+def _maxpool2_grad(win: np.ndarray, dz: np.ndarray, dx: np.ndarray, gb: np.ndarray) -> None:
+    f, m, h, w = win.shape  # win and dx map by map; dz as the layer above gives it
     zero = dx.dtype.type(0)
+    sums = np.empty(w, np.float64)  # the bias's gradient: a sum per column, so the adds vectorize
     for g in range(f):
+        sums[:] = 0.0
         for b in range(m):
             for r in range(h):
-                k, dl = win[g, b, r], delta[b, g, r]
+                k, dl = win[g, b, r], dz[b, g, r]
                 d0, d1 = dx[g, b, 2 * r], dx[g, b, 2 * r + 1]
+                for s in range(w):
+                    sums[s] += dl[s]
                 # a loop per row of the regions, values loaded before the selects (a load inside
                 # one makes a branch): the compiler vectorizes it
                 for s in range(w):
@@ -152,18 +208,30 @@ def _maxpool2_grad(win: np.ndarray, delta: np.ndarray, dx: np.ndarray) -> None:
                     i, d = k[s], dl[s]
                     d1[2 * s] = d if i == 2 else zero
                     d1[2 * s + 1] = d if i == 3 else zero
+        gb[g] = sums.sum()
 
 
-def maxpool2_grad(win: np.ndarray, delta: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def maxpool2_grad(
+    win: np.ndarray,
+    delta: np.ndarray,
+    shape: tuple[int, ...],
+    a: np.ndarray | None = None,
+    activation: str = "identity",
+) -> tuple[np.ndarray, np.ndarray]:
     """dC/dx of 2 x 2 max-pooling of an x of `shape` (m, f, H, W) whose regions' winners are `win`
     (from `maxpool2_winners`), as hpexp.nn.conv.MaxPool.backward, stored map by map: the (m, f, H,
-    W) view of an (f, m, H, W) array, as a convolution's output is, so its gradient needs no copy."""
+    W) view of an (f, m, H, W) array, as a convolution's output is, so its gradient needs no copy.
+
+    With `a` = f(pooled x + b) and its `activation` (one of ACTIVATIONS), delta is dC/da and first
+    becomes dC/dz = delta f'(z), as a conv-pool layer's backward does. Also returned: the per-map
+    sums of dC/dz (a bias's gradient, (f,)), added in float64 while spreading."""
     m, f, height, width = shape
     # The kernel writes every element of every region: only a border left over needs zeros first.
     whole = height % 2 == 0 and width % 2 == 0
     dx = (np.empty if whole else np.zeros)((f, m, height, width), delta.dtype)
-    _maxpool2_grad(win, delta, dx)
-    return dx.transpose(1, 0, 2, 3)
+    gb = np.empty(f, np.float64)
+    _maxpool2_grad(win, times_grad(delta, a, activation), dx, gb)
+    return dx.transpose(1, 0, 2, 3), gb.astype(delta.dtype)
 
 
 def filter_grad(delta: np.ndarray, cols: np.ndarray, out: np.ndarray, rows: int = 4) -> None:
@@ -181,38 +249,28 @@ def filter_grad(delta: np.ndarray, cols: np.ndarray, out: np.ndarray, rows: int 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def _pooled_back(
-    z: np.ndarray,
-    out: np.ndarray,
-    delta: np.ndarray,
+    win: np.ndarray,
+    dz: np.ndarray,
     xh: np.ndarray,
     wt: np.ndarray,
     gw: np.ndarray,
+    gb: np.ndarray,
     dx: np.ndarray,
     channels: int,
     propagate: bool,
 ) -> None:
-    f, m, h, w = out.shape  # z and out map by map; delta as the layer above gives it
+    f, m, h, w = win.shape  # win map by map; dz as the layer above gives it
     kh, row = wt.shape[1], wt.shape[2]  # xh, dx (m, H, W * channels); wt, gw (f, kh, kw * channels)
     for g in range(f):
+        total = 0.0
         for b in range(m):
             for r in range(h):
-                z0, z1 = z[g, b, 2 * r], z[g, b, 2 * r + 1]
                 for s in range(w):
-                    d = delta[b, g, r, s]
-                    if d == 0:  # (ReLU's zeros: about half)
+                    d, won = dz[b, g, r, s], win[g, b, r, s]
+                    total += d
+                    if d == 0 or won == 4:  # (ReLU's zeros: about half), or a NaN: no element won
                         continue
-                    v = out[g, b, r, s]
-                    # the first element equal to the max, in row-major order, takes the gradient
-                    if z0[2 * s] == v:
-                        y, x = 2 * r, 2 * s
-                    elif z0[2 * s + 1] == v:
-                        y, x = 2 * r, 2 * s + 1
-                    elif z1[2 * s] == v:
-                        y, x = 2 * r + 1, 2 * s
-                    elif z1[2 * s + 1] == v:
-                        y, x = 2 * r + 1, 2 * s + 1
-                    else:  # NaN: no element is the max
-                        continue
+                    y, x = 2 * r + won // 2, 2 * s + won % 2  # the region's element that won
                     for i in range(kh):
                         # the patch's row i, all kw x channels values side by side (channels last);
                         # a slice, so the index is known non-negative and the loop vectorizes
@@ -223,34 +281,40 @@ def _pooled_back(
                             back, filt = dx[b, y + i, x * channels : x * channels + row], wt[g, i]
                             for k in range(row):
                                 back[k] += d * filt[k]
+        gb[g] = total
 
 
 def pooled_back(
     x: np.ndarray,
     w: np.ndarray,
-    z: np.ndarray,
-    out: np.ndarray,
+    win: np.ndarray,
     delta: np.ndarray,
+    a: np.ndarray,
+    activation: str,
     gw: np.ndarray,
     propagate: bool,
-) -> np.ndarray | None:
+) -> tuple[np.ndarray | None, np.ndarray]:
     """A conv layer's backward through 2 x 2 max-pooling in one pass over the regions' winners:
-    delta (m, f, h, w), dC/d(pooled out), reaches only the element of its region that won, so the
-    filters' gradient (into `gw`, (f, c * kh * kw)) and the input's (returned, if `propagate`) are
-    sums over the winners alone, a quarter of the positions (fewer where delta is zero), instead of
-    the dense products hpexp.nn.conv computes after spreading delta over every position.
+    delta (m, f, h, w), dC/da of the layer's output a = f(pooled z + b) (`activation`, one of
+    ACTIVATIONS), becomes dC/dz and reaches only the element of its region that won (`win`, from
+    `maxpool2_winners`), so the filters' gradient (into `gw`, (f, c * kh * kw)) and the input's
+    (returned, if `propagate`, with the bias's gradient, (f,)) are sums over the winners alone, a
+    quarter of the positions (fewer where dC/dz is zero), instead of the dense products
+    hpexp.nn.conv computes after spreading it over every position.
 
-    x (m, c, H, W) is the conv's input, w its filters, z its output (m, f, oh, ow) and `out` the
-    pooled z. Each winner adds its patch, row by row of kw x c values side by side, so both run
-    channels last (x and the filters reordered, the results back). conv-pool(40) on 20 maps at
-    mini-batch 10 (ReLU): 345 us instead of 628 for the pooling, filter and input gradients. Another
-    order of the sums than BLAS's: equal to rounding, taken where measured faster, float32."""
+    x (m, c, H, W) is the conv's input, w its filters. Each winner adds its patch, row by row of
+    kw x c values side by side, so both run channels last (x and the filters reordered, the results
+    back). conv-pool(40) on 20 maps at mini-batch 10 (ReLU): 345 us instead of 628 for the pooling,
+    filter and input gradients. Another order of the sums than BLAS's: equal to rounding, taken
+    where measured faster, float32."""
     m, c, height, width = x.shape
     f, _, kh, kw = w.shape
     xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(m, height, width * c)
     wt = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(f, kh, kw * c)
     g = np.zeros((f, kh, kw * c), gw.dtype)
+    gb = np.empty(f, np.float64)
     dx = np.zeros((m, height, width * c) if propagate else (1, 1, 1), x.dtype)
-    _pooled_back(z.transpose(1, 0, 2, 3), out.transpose(1, 0, 2, 3), delta, xh, wt, g, dx, c, propagate)
+    _pooled_back(win, times_grad(delta, a, activation), xh, wt, g, gb, dx, c, propagate)
     gw[...] = g.reshape(f, kh, kw, c).transpose(0, 3, 1, 2).reshape(f, -1)
-    return dx.reshape(m, height, width, c).transpose(0, 3, 1, 2) if propagate else None
+    back = dx.reshape(m, height, width, c).transpose(0, 3, 1, 2) if propagate else None
+    return back, gb.astype(x.dtype)

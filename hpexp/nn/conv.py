@@ -8,7 +8,9 @@ Pooling is over non-overlapping p x p regions, dropping any remainder at the bor
 
 `patches`, `unpatch` (im2col and its adjoint) and MaxPool (both ways) are the reference in NumPy;
 when the optional compiled kernels are installed (hpexp.kernels, the `fast` extra: numba) those run
-instead (for 2 x 2 pooling), with bit-for-bit the same results, unless HPEXP_KERNELS=numpy. The
+instead (for 2 x 2 pooling), with bit-for-bit the same results, unless HPEXP_KERNELS=numpy; a
+conv-pool layer's bias and activation derivative (for the activations in _COMPILED_GRADS) then run
+in the pooling's passes, its bias's gradient summed in float64 (equal to NumPy's to rounding). The
 kernels are looked up here at run time, so the engine itself imports NumPy only.
 A conv layer's filter gradient may run compiled too, where the trainer measured it faster than BLAS
 (`Conv2D.compiled`, set by hpexp.train.batching, float32 only), and so may a conv-pool layer's whole
@@ -26,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from hpexp.nn import compiled
-from hpexp.nn.activations import Activation
+from hpexp.nn.activations import Activation, Identity, ReLU, Sigmoid, Tanh
 from hpexp.nn.init import Fan, Initializer
 
 __all__ = [
@@ -187,18 +189,24 @@ class MaxPool(_Pool):
             np.maximum(out, corner, out=out)
         return out
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+        """The pooled x, plus `bias` (one per map, (f, 1, 1)) if given."""
         self.x, self.win = x, None
         if KERNELS is not None and self.size == 2:
             # and which element of each region won, a byte per region for backward to read
-            self.out, self.win = KERNELS.maxpool2_winners(x)  # type: ignore[attr-defined]
-        else:
-            self.out = self.infer(x)
-        return self.out
+            out, self.win = KERNELS.maxpool2_winners(x, bias)  # type: ignore[attr-defined]
+            return out  # type: ignore[no-any-return]
+        self.out = self.infer(x)
+        return self.out if bias is None else self.out + bias
 
     def backward(self, delta: np.ndarray, propagate: bool = True) -> np.ndarray:
-        if KERNELS is not None and self.win is not None:
-            return KERNELS.maxpool2_grad(self.win, delta, self.x.shape)  # type: ignore[attr-defined,no-any-return]
+        if self.win is not None:  # forward ran compiled: the winners are known
+            if KERNELS is not None:
+                return KERNELS.maxpool2_grad(self.win, delta, self.x.shape)[0]  # type: ignore[attr-defined,no-any-return]
+            dx = np.zeros(self.x.shape, delta.dtype)
+            for k, d_corner in enumerate(self._corners(dx)):
+                np.multiply(delta, self.win.transpose(1, 0, 2, 3) == k, out=d_corner)
+            return dx
         # One winner per region: in a tied region (a blank part of a digit gives many) the max moves
         # with any single element, so routing the gradient to all of them would multiply it.
         dx = np.zeros(self.x.shape, delta.dtype)
@@ -217,11 +225,12 @@ class L2Pool(_Pool):
     def infer(self, x: np.ndarray) -> np.ndarray:
         return np.sqrt(np.sum(_regions(x, self.size) ** 2, axis=(-2, -1)))
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+        """The pooled x, plus `bias` (one per map, (f, 1, 1)) if given."""
         self.regions = _regions(x, self.size)
         self.out = np.sqrt(np.sum(self.regions**2, axis=(-2, -1)))
         self.shape = x.shape
-        return self.out
+        return self.out if bias is None else self.out + bias
 
     def backward(self, delta: np.ndarray, propagate: bool = True) -> np.ndarray:
         safe = np.where(self.out > 0, self.out, 1.0)  # an all-zero region has no gradient
@@ -260,17 +269,31 @@ class ConvPool:
         return self.activation.value(self.pool.infer(self.conv.infer(x)) + self.b)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        self.z = self.pool.forward(self.conv.forward(x)) + self.b
+        self.z = self.pool.forward(self.conv.forward(x), self.b)
         self.a = self.activation.value(self.z)
         return self.a
 
     def backward(self, delta: np.ndarray, propagate: bool = True) -> np.ndarray | None:
+        win, activation = getattr(self.pool, "win", None), _COMPILED_GRADS.get(type(self.activation))
+        if KERNELS is not None and win is not None and activation is not None:
+            # compiled: dC/dz = delta f'(z) and the bias's gradient in the pooling's backward
+            conv = self.conv
+            if self.by_winners:
+                back, gb = KERNELS.pooled_back(  # type: ignore[attr-defined]
+                    conv.x, conv.w, win, delta, self.a, activation, conv.grad_matrix(), propagate
+                )
+            else:
+                spread, gb = KERNELS.maxpool2_grad(win, delta, self.pool.x.shape, self.a, activation)  # type: ignore[attr-defined]
+                back = conv.backward(spread, propagate)
+            self.gb[...] = gb.reshape(self.gb.shape)
+            return back  # type: ignore[no-any-return]
         dz = delta * self.activation.grad(self.z, self.a)
         self.gb[...] = dz.sum(axis=(0, 2, 3)).reshape(self.gb.shape)
-        if self.by_winners and KERNELS is not None and isinstance(self.pool, MaxPool) and self.pool.size == 2:
-            conv, pool = self.conv, self.pool
-            return KERNELS.pooled_back(conv.x, conv.w, pool.x, pool.out, dz, conv.grad_matrix(), propagate)  # type: ignore[attr-defined,no-any-return]
         return self.conv.backward(self.pool.backward(dz), propagate)
+
+
+# The activations whose derivative the compiled pooling's backward applies (hpexp.kernels.conv)
+_COMPILED_GRADS: dict[type, str] = {Identity: "identity", Sigmoid: "sigmoid", Tanh: "tanh", ReLU: "relu"}
 
 
 class Flatten:
