@@ -283,7 +283,8 @@ class ConvPool:
                     conv.x, conv.w, win, delta, self.a, activation, conv.grad_matrix(), propagate
                 )
             else:
-                spread, gb = KERNELS.maxpool2_grad(win, delta, self.pool.x.shape, self.a, activation)  # type: ignore[attr-defined]
+                shape = self.pool.x.shape  # type: ignore[union-attr]
+                spread, gb = KERNELS.maxpool2_grad(win, delta, shape, self.a, activation)  # type: ignore[attr-defined]
                 back = conv.backward(spread, propagate)
             self.gb[...] = gb.reshape(self.gb.shape)
             return back  # type: ignore[no-any-return]
