@@ -31,7 +31,7 @@ from hpexp.nn.network import Masks, Network
 from hpexp.nn.optimizers import SGD
 from hpexp.nn.population import member_params, select, stack_fields
 from hpexp.nn.regularizers import Regularizer
-from hpexp.train import batching, ways
+from hpexp.train import allocator, batching, ways
 from hpexp.train.checkpoint import State
 from hpexp.train.schedules import Constant, Schedule
 from hpexp.train.step import mini_batch_steps, split
@@ -167,7 +167,7 @@ def train_epoch(
     it in chunks of `chunk` members (None: all at once), with the same result whatever the chunk
     (to rounding for a chunk of one, which steps as one network). Dense and conv layers compute as the run's
     record `measured` says (hpexp.train.ways.dense_choices, conv_choices), else as this machine
-    measured.
+    measured. The process's malloc keeps freed memory from then on (hpexp.train.allocator).
     """
     n = len(y) if order is None else order.shape[-1]
     if regularizer.dropout and rng is None:
@@ -188,6 +188,7 @@ def train_epoch(
                 for whole, trained in zip(network.params, part.params, strict=True):
                     whole[rows] = trained
         return
+    allocator.keep_freed_memory()  # each step's large arrays: the heap's, not fresh pages each time
     shared_input = order is None or order.ndim == 1  # a population's members see the same mini-batches
     ways.dense_choices(network, batch_size, measured, shared_input=shared_input)  # where measured faster
     ways.conv_choices(network, batch_size, measured)
