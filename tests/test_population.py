@@ -394,9 +394,9 @@ def test_measurements_time_cpu_where_blas_has_one_thread_and_the_wall_otherwise(
 
 def test_population_sizes_are_timed_computing_as_their_epochs_do(monkeypatch, tmp_path):
     """The population-size table timed every K with BLAS's products while epochs take the ways
-    measured faster (one network's compiled products, a population's step inside its first layer's
-    product), so it could rate one network, or a population, slower than its epochs run. Each K is
-    now timed with its epochs' ways."""
+    measured faster (one network's compiled products, a population's first layer's compiled x W^T
+    and step inside its product), so it could rate one network, or a population, slower than its
+    epochs run. Each K is now timed with its epochs' ways."""
     from hpexp.nn import layers, optimizers
     from hpexp.train import batching, timings, ways
 
@@ -418,7 +418,7 @@ def test_population_sizes_are_timed_computing_as_their_epochs_do(monkeypatch, tm
         (True, True, True)
     ] * 2
     assert [(layer.compiled, layer.by_product) for layer in population.layers] == [
-        (False, True),
+        (True, True),  # the members' first layers as one wide layer: its x W^T compiled
         (False, False),
     ]
 
@@ -532,7 +532,8 @@ def test_one_members_values_are_scalars_of_the_populations_dtype():
 def test_dense_layers_take_the_ways_measured_faster(monkeypatch, tmp_path):
     """Per layer shape and mini-batch size, measured once per machine as the population sizes
     are: x W^T and delta W compiled or by BLAS, the weights' step inside the gradient's product or
-    after it."""
+    after it; in a population sharing its input, its first layer's x W^T and step as those of one
+    layer of K x n_out units."""
     from hpexp.nn import layers, optimizers
     from hpexp.train import timings, ways
 
@@ -580,15 +581,15 @@ def test_dense_layers_take_the_ways_measured_faster(monkeypatch, tmp_path):
     ways.dense_choices(population, 10)  # float64: NumPy's order here too
     assert not any(layer.by_product for layer in population.layers)
     population = stack([network, network])  # float32
-    ways.dense_choices(population, 10)  # BLAS's wide products; the step inside them where it wins
+    ways.dense_choices(population, 10)  # the first layer as one of 2 x 7 units, as measured so
     # ... in the first layer only: the second's input differs per member (K products, not one)
     assert [layer.by_product for layer in population.layers] == [True, False]
+    assert [layer.compiled for layer in population.layers] == [True, False]
+    assert population.layers[0].rows == 4  # (14, 12): the two blockings tie
     # by BLAS's product: the compiled step is one network's (its table's fast time is not taken)
-    assert not any(
-        layer.compiled or layer.compiled_back or layer.compiled_step for layer in population.layers
-    )
+    assert not any(layer.compiled_back or layer.compiled_step for layer in population.layers)
     ways.dense_choices(population, 10, shared_input=False)  # each member its own mini-batch order
-    assert not any(layer.by_product for layer in population.layers)
+    assert not any(layer.by_product or layer.compiled for layer in population.layers)
     population = stack([new_network(s) for s in range(2)])
     monkeypatch.setattr(layers, "KERNELS", None)
     monkeypatch.setattr(optimizers, "BLAS", None)
@@ -625,3 +626,33 @@ def test_a_run_recorded_before_a_way_was_added_chooses_among_the_ways_it_had(mon
     assert all(record[case] == before for case in cases)  # the record is kept as it was
     ways.dense_choices(network, 10, {})
     assert [(layer.compiled, layer.rows) for layer in network.layers] == [(True, 2), (True, 2)]
+
+
+@pytest.mark.parametrize("rows", [4, 2])
+def test_a_population_sharing_its_input_computes_its_first_layer_compiled_as_its_members_do(rows):
+    """x W^T of K members' first layers by the compiled kernel, the K weight matrices as one wide
+    one: each member's z equals its own network's (by BLAS) to 1e-6 of the terms' sizes (float32),
+    in the population's layout, K not a multiple of the kernel's rows of W."""
+    from hpexp.nn import layers
+
+    kernels = pytest.importorskip("hpexp.kernels.dense", reason="the compiled kernels need the `fast` extra")
+    nets = [new_network(seed) for seed in range(3)]
+    for net in nets:
+        for layer in net.layers:
+            layer.w, layer.b = layer.w.astype("float32"), layer.b.astype("float32")
+    population = stack(nets)
+    x = np.random.default_rng(4).random((10, 12)).astype("float32")
+    first = population.layers[0]
+    first.compiled, first.rows = True, rows
+    calls = []
+    real = kernels.weighted_input
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(layers, "KERNELS", kernels)
+        patch.setattr(kernels, "weighted_input", lambda *a: calls.append(a[0].shape) or real(*a))
+        got = first.forward(x)
+    assert calls == [(3 * 7, 12)]  # one product for the three members
+    assert got.shape == (3, 10, 7) and got.dtype == np.float32
+    for k, net in enumerate(nets):
+        want = net.layers[0].forward(x)  # this network alone, by BLAS
+        scale = np.abs(x) @ np.abs(net.layers[0].w.T)
+        assert np.all(np.abs(got[k] - want) <= 1e-6 * (scale + 1))

@@ -44,8 +44,9 @@ def weighted_input(w: np.ndarray, x: np.ndarray) -> np.ndarray:
 class Dense:
     """A fully-connected layer a = f(x W^T + b) with W of shape (n_out, n_in) and b of shape (1, n_out).
 
-    `compiled`: forward computes x W^T with the compiled kernel, if installed (one network only),
-    `rows` rows of W per pass (4 or 2: which is faster depends on the CPU's registers).
+    `compiled`: forward computes x W^T with the compiled kernel, if installed (one network, or a
+    population's members meeting one shared input as one wide layer), `rows` rows of W per pass
+    (4 or 2: which is faster depends on the CPU's registers).
     `compiled_back`: backward computes the input's gradient delta W so.
     `by_product`: plain SGD's training step asks backward to leave dC/dW as its product, and
     `compiled_step` steps the weights by it with the compiled kernel (one network only)."""
@@ -80,8 +81,13 @@ class Dense:
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self.x = x
-        if self.compiled and KERNELS is not None:
+        if self.compiled and KERNELS is not None and self.w.ndim == 2:
             self.z = KERNELS.weighted_input(self.w, x, self.rows)
+        elif self.compiled and KERNELS is not None and _wide(self.w, x):
+            # the members' weights as one layer of K x n_out units: (K n_out, m), seen as (K, m, n_out)
+            k, n_out, n_in = self.w.shape
+            z = KERNELS.weighted_input(self.w.reshape(k * n_out, n_in, copy=False), x, self.rows)
+            self.z = z.mT.reshape(k, n_out, -1).mT
         else:
             self.z = weighted_input(self.w, x)
         self.z += self.b

@@ -108,11 +108,12 @@ def dense_choices(
     """Set `compiled`, `compiled_back`, `by_product` and `compiled_step` on each float32 dense layer
     of one network: True where that way measured faster, by WAYS_MARGIN, at this mini-batch size on
     this machine, by the run's record `measured` first (see hpexp.train.timings.cached). The step
-    inside the product is BLAS's unless the compiled one beats it (`compiled_step`). A population keeps
-    BLAS's wide products and may take `by_product` only in its first layer, and only when its
-    members share their input (`shared_input`: one mini-batch order for all): their K weights are
-    then stepped by one product, measured as the weights of one layer of K x n_out units. A layer
-    whose input differs per member would step by K products, which that table does not measure."""
+    inside the product is BLAS's unless the compiled one beats it (`compiled_step`). In a population
+    only the first layer chooses, and only when its members share their input (`shared_input`: one
+    mini-batch order for all): it is then one layer of K x n_out units, measured as such, whose
+    x W^T may run compiled and whose K weights may be stepped by one product (BLAS's). A layer
+    whose input differs per member computes K products, which that table does not measure: BLAS's
+    batched ones, its gradient formed."""
     dense = [layer for layer in network.layers if isinstance(layer, Dense) and layer.w.dtype == np.float32]
     for layer in dense:
         layer.compiled = layer.compiled_back = layer.by_product = layer.compiled_step = False
@@ -140,10 +141,10 @@ def dense_choices(
         step = np.inf if network.lead else times.get("compiled-step", np.inf)
         layer.by_product = min(product, step) < times["formed"] * faster
         layer.compiled_step = layer.by_product and step < product * faster
-        if network.lead:
-            continue
         rows = _rows(times) if "compiled" in keys else 0
         layer.compiled, layer.rows = rows > 0, rows or 4
+        if network.lead:
+            continue
         if layers.KERNELS is not None:  # a table of its own: records written before it keep theirs
             back = partial(measure_back, shape, batch_size, dtype)
             times = cached(f"dense-back {size}", ["numpy", "compiled"], back, fresh, record)
