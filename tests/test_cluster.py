@@ -234,7 +234,9 @@ def test_workers_lost_mid_study_and_a_late_joiner(cluster, tmp_path):
     """w1's machine dies while it trains a trial, then w2's; a worker that joins only then finishes
     the study: both lost trials are failed and run again, and exactly n_trials complete."""
     name, storage = unique_name("dask_kill"), f"dask://127.0.0.1:{cluster.port}"
-    base = ["network=mlp30", "data.n_train=1000", "data.n_validation=200", "train.batch_size=10"]
+    # epochs of 3,000 images (about 0.1 s): a trial seen past its first epoch is still training
+    # when its machine is killed a poll later (with 1,000, one finished in that window once)
+    base = ["network=mlp30", "data.n_train=3000", "data.n_validation=200", "train.batch_size=10"]
     path = write_spec(tmp_path, name, base=[*base, "train.epochs=8"], n_trials=10, workers=3)
     runs = tmp_path / "runs"
     cmd = [sys.executable, "-m", "hpexp.cli", "study", str(path), "--runs", str(runs), "--storage", storage]
