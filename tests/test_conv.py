@@ -419,9 +419,6 @@ def test_a_compiled_conv_pool_layer_equals_numpy(kernels, monkeypatch, activatio
         assert have.shape == want.shape and np.array_equal(have, want)
     tol = 1e-6 if dtype == "float32" else 1e-13
     assert np.all(np.abs(got[3] - gb) <= tol * np.abs(dz).sum(axis=(0, 2, 3)).reshape(gb.shape))
-    np.testing.assert_allclose(
-        gb, dz.astype(np.float64).sum(axis=(0, 2, 3)).reshape(gb.shape), rtol=1e-4, atol=1e-5
-    )
     if isinstance(activation, ReLU):
         assert (out == 0).any()  # zeros occurred
 

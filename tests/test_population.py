@@ -650,7 +650,7 @@ def test_a_population_sharing_its_input_computes_its_first_layer_compiled_as_its
         patch.setattr(layers, "KERNELS", kernels)
         patch.setattr(kernels, "weighted_input", lambda *a: calls.append(a[0].shape) or real(*a))
         got = first.forward(x)
-    assert calls == [(3 * 7, 12)]  # one product for the three members
+    assert calls == [(3, 7, 12)]  # one call for the three members, as one W of 21 rows
     assert got.shape == (3, 10, 7) and got.dtype == np.float32
     for k, net in enumerate(nets):
         want = net.layers[0].forward(x)  # this network alone, by BLAS

@@ -111,10 +111,12 @@ def dot_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray, rows: int = 4) -> No
 
 def weighted_input(w: np.ndarray, x: np.ndarray, rows: int = 4) -> np.ndarray:
     """x W^T as hpexp.nn.layers.weighted_input, W (n_out, n_in), x (m, n_in): z (m, n_out), stored
-    as W x^T (feature-major), as BLAS's way returns it; `rows` of W per pass (see dot_rows)."""
-    z = np.empty((w.shape[0], x.shape[0]), np.result_type(w, x))
-    dot_rows(w, x, z, rows)
-    return z.T
+    as W x^T (feature-major), as BLAS's way returns it; `rows` of W per pass (see dot_rows). K
+    members' W (K, n_out, n_in) meeting one x are one W of K x n_out rows: z (K, m, n_out)."""
+    flat = w.reshape(-1, w.shape[-1])
+    z = np.empty((flat.shape[0], x.shape[0]), np.result_type(w, x))
+    dot_rows(flat, x, z, rows)
+    return z.reshape(*w.shape[:-1], -1).mT
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

@@ -81,13 +81,8 @@ class Dense:
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self.x = x
-        if self.compiled and KERNELS is not None and self.w.ndim == 2:
+        if self.compiled and KERNELS is not None and (self.w.ndim == 2 or _wide(self.w, x)):
             self.z = KERNELS.weighted_input(self.w, x, self.rows)
-        elif self.compiled and KERNELS is not None and _wide(self.w, x):
-            # the members' weights as one layer of K x n_out units: (K n_out, m), seen as (K, m, n_out)
-            k, n_out, n_in = self.w.shape
-            z = KERNELS.weighted_input(self.w.reshape(k * n_out, n_in, copy=False), x, self.rows)
-            self.z = z.mT.reshape(k, n_out, -1).mT
         else:
             self.z = weighted_input(self.w, x)
         self.z += self.b
