@@ -22,12 +22,12 @@ from hpexp.study.spec import load_spec
 from hpexp.train import rundir
 from hpexp.train.runner import ConfigError
 
-SLOW_TRIALS = [  # a few seconds per trial, so a trial can be caught between epochs
+SLOW_TRIALS = [  # about 1 s per trial (35 ms an epoch), so trials can be caught between epochs
     "network=mlp30",
-    "data.n_train=1000",
+    "data.n_train=5000",
     "data.n_validation=200",
     "train.batch_size=10",
-    "train.epochs=12",
+    "train.epochs=30",
 ]
 
 
@@ -234,11 +234,9 @@ def test_two_coordinators_on_one_study_never_repeat_each_other(mnist_dir, tmp_pa
     """Issue row: a second coordinator (same machine, or --join) repeated the first one's
     parameter sets exactly: both seeded their samplers alike."""
     search_space = {"optimizer.eta": {"type": "float", "low": 0.05, "high": 2.0, "log": True}}
-    # trials of about a second (10,000 images x 12 epochs): the first coordinator must not finish
-    # all eight in the seconds the second takes to start (SLOW_TRIALS' 0.15 s trials could, once
-    # a worker no longer spent half a second loading MNIST)
-    base = [*(o for o in SLOW_TRIALS if not o.startswith("data.n_train=")), "data.n_train=10000"]
-    path = write_spec(tmp_path, base=base, search=search_space, n_trials=8)
+    # SLOW_TRIALS' 1 s trials: the first coordinator must not finish all eight in the seconds the
+    # second takes to start
+    path = write_spec(tmp_path, base=SLOW_TRIALS, search=search_space, n_trials=8)
     spec = load_spec(str(path))
     first = start(path, tmp_path)
     while join and not (tmp_path / "studies" / "tiny" / "spec.yaml").exists():  # the study exists
@@ -445,6 +443,55 @@ def spawned_workers(pid: int) -> list[int]:
                 if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
                     found.append(int(child))
     return found
+
+
+SPAWN_UNDER_CTRL_C = """
+import os, signal, sys, time
+from pathlib import Path
+from hpexp.study import coordinator
+
+def bits(pid, field):
+    line = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith(field))
+    return int(line.split()[1], 16) >> (signal.SIGINT - 1) & 1
+
+with coordinator._signals_interrupt():
+    spares = coordinator.Spares(2)  # the first starts multiprocessing's resource tracker
+    try:
+        with coordinator._children_hold_sigint():  # as around each worker's start
+            os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C then
+            time.sleep(0.05)
+            print("held to the block's end", flush=True)
+    except coordinator.Interrupted as e:
+        print("interrupted", e.signum, "mask", bits(os.getpid(), "SigBlk"), flush=True)
+for process, jobs in spares.waiting:  # before they have imported hpexp (about a second)
+    print("worker blocked", bits(process.pid, "SigBlk"), "ignored", bits(process.pid, "SigIgn"), flush=True)
+for process, jobs in spares.waiting:  # the Ctrl-C reaches them too: held until they can take it
+    os.kill(process.pid, signal.SIGINT)
+for process, jobs in spares.waiting:
+    process.join(20)
+    print("worker exit", process.exitcode, flush=True)
+    process.kill()
+"""
+
+
+def test_ctrl_c_while_workers_are_started_is_not_lost():
+    """The coordinator ignored SIGINT while it started a worker (so the worker began with it
+    ignored): a Ctrl-C in that window was lost and the study ran on to its end, exit status 0. Now
+    the signal is blocked there and delivered when the block ends; the workers begin with it
+    blocked (multiprocessing's resource tracker, started with the first, would unblock it), not
+    ignored, and end quietly with 130 once they can take it (`_worker_boot`). In a process of its
+    own, so that the resource tracker is not already running."""
+    done = subprocess.run(
+        [sys.executable, "-c", SPAWN_UNDER_CTRL_C], capture_output=True, text=True, timeout=90
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "held to the block's end",
+        f"interrupted {int(signal.SIGINT)} mask 0",
+        *["worker blocked 1 ignored 0"] * 2,
+        *["worker exit 130"] * 2,
+    ], done.stderr
+    assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr
 
 
 def test_ctrl_c_while_the_workers_start_is_one_line(mnist_dir, tmp_path):

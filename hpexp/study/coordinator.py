@@ -25,6 +25,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -232,7 +233,7 @@ class Pool:
     def stop(self, signum: int) -> None:
         """Stop the workers, give them STOP_WAIT seconds to record their trials, then kill. Each is
         sent SIGTERM, whatever `signum`: a worker takes it as it takes Ctrl-C, and one still starting
-        (SIGINT ignored until it has imported hpexp) ends at once."""
+        (SIGINT blocked until it has imported hpexp) ends at once."""
         running = [p for p in self.slots.values() if p is not None and p.is_alive()]
         for p in running:
             with contextlib.suppress(ProcessLookupError):
@@ -271,7 +272,7 @@ class Spares:
     def _spawn() -> tuple[BaseProcess, Connection]:
         context = multiprocessing.get_context("spawn")
         reader, writer = context.Pipe(duplex=False)
-        with _one_blas_thread(), _children_ignore_sigint() as ignored:
+        with _one_blas_thread(), _children_hold_sigint() as ignored:
             process = context.Process(target=_worker_boot, args=(reader, ignored), name="worker")
             process.start()
         reader.close()
@@ -386,28 +387,38 @@ def _signals_interrupt() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _children_ignore_sigint() -> Iterator[bool]:
-    """Processes started in the block begin with SIGINT ignored, so a Ctrl-C while they import
-    hpexp does not print their KeyboardInterrupt tracebacks (the coordinator stops them: SIGTERM).
-    Yields whether this process ignores SIGINT itself: then its workers do too, for good."""
+def _children_hold_sigint() -> Iterator[bool]:
+    """Processes started in the block begin with SIGINT blocked (a thread's signal mask survives
+    fork and exec), so a Ctrl-C while they import hpexp waits until they can take it
+    (`_worker_boot`) instead of printing their KeyboardInterrupt tracebacks. A Ctrl-C reaching the
+    coordinator in the block is held to its end (`rundir.signals_held`): not lost, as when SIGINT
+    was ignored here and a study interrupted while it started a worker ran on to its end, and not
+    raised halfway through a process's start. Yields whether this process ignores SIGINT itself:
+    then its workers do too, for good."""
     ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     if ignored or threading.current_thread() is not threading.main_thread():
         yield ignored
         return
-    saved = signal.signal(signal.SIGINT, signal.SIG_IGN)  # exec keeps an ignored signal ignored
-    try:
-        yield False
-    finally:
-        signal.signal(signal.SIGINT, saved)
+    # multiprocessing's resource tracker, started with the first process, unblocks SIGINT once
+    # it has started: started first.
+    resource_tracker.ensure_running()
+    with rundir.signals_held():
+        saved = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            yield False
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, saved)
 
 
 def _worker_boot(jobs: Connection, sigint_ignored: bool) -> None:
     """A spawned worker: wait for the coordinator's job, then run it (`_worker_main`); without one
-    (the coordinator ended first), end quietly. It started with SIGINT ignored; it now takes it, as
+    (the coordinator ended first), end quietly. It started with SIGINT blocked; it now takes it, as
     the coordinator does, unless the study ignores it (`sigint_ignored`). Until the job comes there
-    is nothing to record, so SIGINT or SIGTERM ends the process at once, with 128 + the signal."""
+    is nothing to record, so SIGINT or SIGTERM ends the process at once, with 128 + the signal (a
+    Ctrl-C held since it was spawned, as soon as it is unblocked)."""
     for s in (signal.SIGTERM,) if sigint_ignored else (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, lambda signum, frame: os._exit(128 + signum))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         with jobs:
             job = jobs.recv()
