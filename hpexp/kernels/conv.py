@@ -106,6 +106,7 @@ def _maxpool2_winners(
     x: np.ndarray, bias: np.ndarray, biased: bool, out: np.ndarray, win: np.ndarray
 ) -> None:
     f, m, h, w = win.shape  # x and win map by map
+    codes = np.empty(w, np.int32)
     for g in range(f):
         bg = bias[g] if biased else x.dtype.type(0)
         for b in range(m):
@@ -113,7 +114,9 @@ def _maxpool2_winners(
                 x0, x1, o, k = x[g, b, 2 * r], x[g, b, 2 * r + 1], out[b, g, r], win[g, b, r]
                 # one loop, the four values loaded before the selects, so it vectorizes (a loop for
                 # the maximum, another for the winner and a third for the bias took 33 us for
-                # conv1's maps at mini-batch 10, this one 27)
+                # conv1's maps at mini-batch 10, this one 31); the winners as int32, narrowed to
+                # bytes after: stored as bytes from this loop, it vectorized with AVX-512 only
+                # (27 us) and not with AVX2 (80 us, against 35)
                 for s in range(w):
                     a0, a1, a2, a3 = x0[2 * s], x0[2 * s + 1], x1[2 * s], x1[2 * s + 1]
                     v = a0 if (a0 != a0) | (a0 > a1) else a1  # as _maxpool2
@@ -121,12 +124,14 @@ def _maxpool2_winners(
                     v = v if (v != v) | (v > a3) else a3
                     # which element won: the first equal to the max in row-major order (0-3),
                     # none (4) for a NaN
-                    i = np.int8(3) if a3 == v else np.int8(4)
-                    i = np.int8(2) if a2 == v else i
-                    i = np.int8(1) if a1 == v else i
-                    k[s] = np.int8(0) if a0 == v else i
+                    i = np.int32(3) if a3 == v else np.int32(4)
+                    i = np.int32(2) if a2 == v else i
+                    i = np.int32(1) if a1 == v else i
+                    codes[s] = np.int32(0) if a0 == v else i
                     # plus the map's bias, as NumPy adds it after pooling (none: -0.0 stays)
                     o[s] = v + bg if biased else v
+                for s in range(w):
+                    k[s] = codes[s]
 
 
 def maxpool2_winners(x: np.ndarray, bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
