@@ -406,7 +406,7 @@ def test_population_sizes_are_timed_computing_as_their_epochs_do(monkeypatch, tm
     monkeypatch.setattr(layers, "KERNELS", object())  # installed (never called: the timings are given)
     monkeypatch.setattr(optimizers, "BLAS", object())
     compiled = {"numpy": 2.0, "compiled": 1.0, "compiled-2": 1.5, "formed": 1.0, "product": 0.5}
-    monkeypatch.setattr(ways, "measure_dense", lambda shape, m, dtype: compiled)
+    monkeypatch.setattr(ways, "measure_dense", lambda shape, m, dtype, *how: compiled)
     monkeypatch.setattr(ways, "measure_back", lambda shape, m, dtype: {"numpy": 1.0, "compiled": 0.5})
     timed = []
     monkeypatch.setattr(batching, "mini_batch_steps", lambda network, *a: timed.append(network) or [])
@@ -553,7 +553,7 @@ def test_dense_layers_take_the_ways_measured_faster(monkeypatch, tmp_path):
     steps = {(7, 12): 0.5, (5, 7): 0.95, (14, 12): 0.1, (10, 7): 0.1}  # the compiled step
     for shape, step in steps.items():
         times[shape]["compiled-step"] = step
-    monkeypatch.setattr(ways, "measure_dense", lambda shape, m, dtype: times[shape])
+    monkeypatch.setattr(ways, "measure_dense", lambda shape, m, dtype, *how: times[shape])
     back = {(7, 12): {"numpy": 1.0, "compiled": 0.95}, (5, 7): {"numpy": 1.0, "compiled": 0.5}}
     monkeypatch.setattr(ways, "measure_back", lambda shape, m, dtype: back[shape])
     exact = new_network(0)  # float64: NumPy's order, whatever was measured
@@ -601,6 +601,88 @@ def test_dense_layers_take_the_ways_measured_faster(monkeypatch, tmp_path):
     )
 
 
+def test_a_run_with_weight_decay_chooses_its_steps_by_steps_that_decay(monkeypatch, tmp_path):
+    """BLAS's gemm multiplies the weights by the decay factor in a pass of its own (its beta), which
+    on some CPUs doubles the step of a large layer: the step by product measured without it won,
+    and a run with L2 weight decay then stepped slower than by its formed gradient. A run with decay
+    chooses from tables measured with it (their own), one without from the others."""
+    from hpexp.nn import layers, optimizers
+    from hpexp.train import timings, ways
+
+    monkeypatch.setenv(timings.CACHE_ENV_VAR, str(tmp_path / "batching.json"))
+    monkeypatch.setattr(timings, "_tables", {})
+    monkeypatch.setattr(ways, "_ways", {})
+    monkeypatch.setattr(layers, "KERNELS", None)
+    monkeypatch.setattr(optimizers, "KERNELS", None)
+    monkeypatch.setattr(optimizers, "BLAS", object())  # installed (never called: the timings are given)
+    asked = []
+
+    def measure(shape, m, dtype, decay=False, members=False):
+        asked.append((shape, decay, members))
+        return {"numpy": 1.0, "formed": 1.0, "product": 2.0 if decay else 0.5}
+
+    monkeypatch.setattr(ways, "measure_dense", measure)
+    network = new_network(0)
+    for layer in network.layers:
+        layer.w, layer.b = layer.w.astype("float32"), layer.b.astype("float32")
+    ways.dense_choices(network, 10)
+    assert [layer.by_product for layer in network.layers] == [True, True]
+    ways.dense_choices(network, 10, decay=True)
+    assert [layer.by_product for layer in network.layers] == [False, False]
+    shapes = [(7, 12), (5, 7)]
+    assert asked == [(shape, decay, False) for decay in (False, True) for shape in shapes]
+    population = stack([network, network])
+    ways.dense_choices(population, 10, decay=True)  # its product decays in NumPy first: a table of its own
+    assert asked[-1] == ((14, 12), True, True)
+    cases = json.loads((tmp_path / "batching.json").read_text())[timings.machine()]
+    decaying = ["dense 7x12 mb10 float32 decay", "dense 14x12 mb10 float32 decay members"]
+    assert {"dense 7x12 mb10 float32", *decaying} <= set(cases)
+
+
+@pytest.mark.parametrize("members", [False, True])
+def test_the_decaying_steps_measured_decay_the_weights(monkeypatch, members):
+    """measure_dense with `decay` steps as a run with L2 weight decay does: one network's product
+    and compiled step take the factor; a population's product multiplies the weights first and
+    takes none. Without `decay`, no factor."""
+    from hpexp.nn import optimizers
+    from hpexp.train import ways
+
+    log, taken = [], {}
+    monkeypatch.setattr(optimizers, "BLAS", object())
+    monkeypatch.setattr(optimizers, "KERNELS", object())
+    monkeypatch.setattr(optimizers, "descend", lambda w, a, b, factor=1.0, compiled=False: log.append(factor))
+
+    def race(runs):  # each way once, recording the factors its steps took
+        for name, run in runs.items():
+            log.clear()
+            run()
+            taken[name] = log[:]
+        return dict.fromkeys(runs, 1.0)
+
+    monkeypatch.setattr(ways, "_race", race)
+    ways.measure_dense((4, 6), 3, "float32", decay=True, members=members)
+    assert taken["product"] == [1.0 if members else ways.DECAY]
+    assert taken["compiled-step"] == [ways.DECAY] and ways.DECAY != 1.0
+    ways.measure_dense((4, 6), 3, "float32")
+    assert taken["product"] == taken["compiled-step"] == [1.0]
+
+
+def test_train_epoch_measures_with_decay_where_the_run_decays(monkeypatch):
+    """train_epoch asks for the decaying tables when its plain SGD steps with L2 weight decay, not
+    without L2 (lmbda 0) or with momentum (which takes L2 as a gradient term)."""
+    from hpexp.nn.optimizers import SGD
+    from hpexp.nn.regularizers import Regularizer
+    from hpexp.train import loop, ways
+
+    seen = []
+    monkeypatch.setattr(ways, "dense_choices", lambda *a, decay=False, **k: seen.append(decay))
+    rng = np.random.default_rng(0)
+    x, y = rng.random((20, 12)), rng.integers(0, 4, 20)
+    for optimizer, lmbda in [(SGD(0.1), 1.0), (SGD(0.1), 0.0), (SGD(0.1, momentum=0.5), 1.0)]:
+        loop.train_epoch(new_network(0), optimizer, Regularizer(lmbda=lmbda), x, y, 10, 0.1)
+    assert seen == [True, False, False]
+
+
 def test_a_run_recorded_before_a_way_was_added_chooses_among_the_ways_it_had(monkeypatch, tmp_path):
     """A run's record written before the two-row product existed ("dense" tables without
     compiled-2) keeps choosing as it did, four rows of W per pass, though the machine now measures
@@ -613,7 +695,7 @@ def test_a_run_recorded_before_a_way_was_added_chooses_among_the_ways_it_had(mon
     monkeypatch.setattr(ways, "_ways", {})
     monkeypatch.setattr(layers, "KERNELS", object())  # installed (never called: the timings are given)
     now = {"numpy": 2.0, "formed": 1.0, "product": 2.0, "compiled": 1.0, "compiled-2": 0.5}
-    monkeypatch.setattr(ways, "measure_dense", lambda shape, m, dtype: now)
+    monkeypatch.setattr(ways, "measure_dense", lambda shape, m, dtype, *how: now)
     monkeypatch.setattr(ways, "measure_back", lambda shape, m, dtype: {"numpy": 1.0, "compiled": 2.0})
     network = new_network(0)
     for layer in network.layers:

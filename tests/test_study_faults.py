@@ -477,10 +477,10 @@ for process, jobs in spares.waiting:
 def test_ctrl_c_while_workers_are_started_is_not_lost():
     """The coordinator ignored SIGINT while it started a worker (so the worker began with it
     ignored): a Ctrl-C in that window was lost and the study ran on to its end, exit status 0. Now
-    the signal is blocked there and delivered when the block ends; the workers begin with it
-    blocked (multiprocessing's resource tracker, started with the first, would unblock it), not
-    ignored, and end quietly with 130 once they can take it (`_worker_boot`). In a process of its
-    own, so that the resource tracker is not already running."""
+    the signal is held there and raised when the block ends; the workers begin with it blocked
+    (multiprocessing's resource tracker, started with the first, would unblock it), not ignored,
+    and end quietly with 130 once they can take it (`_worker_boot`). In a process of its own, so
+    that the resource tracker is not already running."""
     done = subprocess.run(
         [sys.executable, "-c", SPAWN_UNDER_CTRL_C], capture_output=True, text=True, timeout=90
     )
@@ -497,8 +497,8 @@ def test_ctrl_c_while_workers_are_started_is_not_lost():
 def test_ctrl_c_while_the_workers_start_is_one_line(mnist_dir, tmp_path):
     """The workers spawn before the study is ready and spend about a second importing hpexp; a
     Ctrl-C then reached them before they handled it, and each printed a KeyboardInterrupt traceback
-    under the study's one line. They now start with SIGINT ignored and are stopped by the
-    coordinator (SIGTERM), and take Ctrl-C themselves once they can record their trials."""
+    under the study's one line. They now start with SIGINT blocked and take it once they can (a
+    Ctrl-C held since they started ends them quietly), or are stopped by the coordinator (SIGTERM)."""
     path = write_spec(tmp_path, base=SLOW_TRIALS, n_trials=4, workers=2)
     process = start(path, tmp_path)
     while len(spawned_workers(process.pid)) < 2:  # both spawned, neither past its imports

@@ -400,7 +400,8 @@ def _children_hold_sigint() -> Iterator[bool]:
         yield ignored
         return
     # multiprocessing's resource tracker, started with the first process, unblocks SIGINT once
-    # it has started: started first.
+    # it has started: started first (an undocumented module: tests/test_study_faults.py's
+    # test_ctrl_c_while_workers_are_started_is_not_lost fails if it changes).
     resource_tracker.ensure_running()
     with rundir.signals_held():
         saved = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})

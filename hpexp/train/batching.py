@@ -76,7 +76,7 @@ def _case_steps(
         optimizer = stack_fields([SGD(0.1 + i / 100) for i in range(k)], (1, 1), dtype)
         regularizer = stack_fields([Regularizer(lmbda=1.0 + i) for i in range(k)], (1, 1), dtype)
         eta = optimizer.eta
-    ways.dense_choices(network, batch_size)  # as its epochs compute (members sharing their input)
+    ways.dense_choices(network, batch_size, decay=True)  # as its epochs compute (shared input, L2)
     steps = mini_batch_steps(network, optimizer, regularizer, eta, 50_000)
     x, y, order, position = data
     batches = len(y) // batch_size

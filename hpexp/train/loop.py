@@ -190,7 +190,8 @@ def train_epoch(
         return
     allocator.keep_freed_memory()  # each step's large arrays: the heap's, not fresh pages each time
     shared_input = order is None or order.ndim == 1  # a population's members see the same mini-batches
-    ways.dense_choices(network, batch_size, measured, shared_input=shared_input)  # where measured faster
+    decay = optimizer.plain and regularizer.weight_decay(eta, n) is not None  # as the steps take it
+    ways.dense_choices(network, batch_size, measured, shared_input=shared_input, decay=decay)  # where faster
     ways.conv_choices(network, batch_size, measured)
     steps = mini_batch_steps(network, optimizer, regularizer, eta, n, chunk)
     shapes, dropping = network.input_shapes(batch_size), regularizer.dropout

@@ -35,31 +35,47 @@ from hpexp.train.timings import ROUNDS, STEPS, cached, clock
 __all__ = ["WAYS_MARGIN", "conv_choices", "dense_choices"]
 
 WAYS_MARGIN = 0.1  # a compiled product or the step by product must win by this much
+DECAY = 1 - 1e-4  # a weight-decay factor for the measurements (any but 1 takes the decaying paths)
 _ways: dict[str, dict[str, float]] = {}  # this process's layer tables, for callers without a record
 
 
-def measure_dense(shape: tuple[int, ...], batch_size: int, dtype: str) -> dict[str, float]:
+def measure_dense(
+    shape: tuple[int, ...], batch_size: int, dtype: str, decay: bool = False, members: bool = False
+) -> dict[str, float]:
     """Seconds per product of a dense layer of weights `shape` on a mini-batch, each way there is:
     x W^T by BLAS (`numpy`) and compiled, 4 rows of W per pass (`compiled`) or 2 (`compiled-2`); the
     weights' step by the formed gradient (`formed`: the product, then the step) and inside the
-    product, by BLAS (`product`) or compiled (`compiled-step`)."""
+    product, by BLAS (`product`) or compiled (`compiled-step`). With `decay` each step first
+    multiplies the weights by a factor, as L2's weight decay does: the formed gradient's step and
+    a population's (`members`) in a NumPy pass of its own, one network's by BLAS's gemm (its beta:
+    on some CPUs twice the product's time for large W) or inside the compiled step."""
     rng = np.random.default_rng(0)
     w = rng.standard_normal(shape).astype(dtype)
     x = rng.random((batch_size, shape[1])).astype(dtype)
     delta, g = 1e-9 * rng.standard_normal((batch_size, shape[0])).astype(dtype), np.empty_like(w)
+    factor = DECAY if decay else 1.0
 
     def formed() -> None:
         np.matmul(delta.T, x, out=g)
+        if decay:
+            w.__imul__(factor)
         w.__isub__(g)
+
+    def product() -> None:
+        if members and decay:  # as hpexp.kernels.blas.descend_members: decay, then one gemm
+            w.__imul__(factor)
+            optimizers.descend(w, delta, x)
+        else:
+            optimizers.descend(w, delta, x, factor)
 
     runs: dict[str, Callable[[], object]] = {"numpy": lambda: weighted_input(w, x), "formed": formed}
     if layers.KERNELS is not None:
         runs["compiled"] = lambda: layers.KERNELS.weighted_input(w, x, 4)  # type: ignore[union-attr]
         runs["compiled-2"] = lambda: layers.KERNELS.weighted_input(w, x, 2)  # type: ignore[union-attr]
     if optimizers.BLAS is not None:
-        runs["product"] = lambda: optimizers.descend(w, delta, x)
+        runs["product"] = product
     if optimizers.KERNELS is not None:
-        runs["compiled-step"] = lambda: optimizers.descend(w, delta, x, compiled=True)
+        runs["compiled-step"] = lambda: optimizers.descend(w, delta, x, factor, compiled=True)
     return _race(runs)
 
 
@@ -104,16 +120,18 @@ def dense_choices(
     measured: dict[str, dict[str, float]] | None = None,
     fresh: bool = False,
     shared_input: bool = True,
+    decay: bool = False,
 ) -> None:
     """Set `compiled`, `compiled_back`, `by_product` and `compiled_step` on each float32 dense layer
     of one network: True where that way measured faster, by WAYS_MARGIN, at this mini-batch size on
     this machine, by the run's record `measured` first (see hpexp.train.timings.cached). The step
-    inside the product is BLAS's unless the compiled one beats it (`compiled_step`). In a population
-    only the first layer chooses, and only when its members share their input (`shared_input`: one
-    mini-batch order for all): it is then one layer of K x n_out units, measured as such, whose
-    x W^T may run compiled and whose K weights may be stepped by one product (BLAS's). A layer
-    whose input differs per member computes K products, which that table does not measure: BLAS's
-    batched ones, its gradient formed."""
+    inside the product is BLAS's unless the compiled one beats it (`compiled_step`). With `decay`
+    (plain SGD's L2 weight decay) the steps are measured multiplying the weights by a factor too, as
+    the run's will, in tables of their own. In a population only the first layer chooses, and only
+    when its members share their input (`shared_input`: one mini-batch order for all): it is then
+    one layer of K x n_out units, measured as such, whose x W^T may run compiled and whose K
+    weights may be stepped by one product (BLAS's). A layer whose input differs per member computes
+    K products, which that table does not measure: BLAS's batched ones, its gradient formed."""
     dense = [layer for layer in network.layers if isinstance(layer, Dense) and layer.w.dtype == np.float32]
     for layer in dense:
         layer.compiled = layer.compiled_back = layer.by_product = layer.compiled_step = False
@@ -134,8 +152,10 @@ def dense_choices(
             continue  # per-member input: nothing to choose (BLAS's batched products, formed)
         shape, dtype = (math.prod(layer.w.shape[:-1]), layer.w.shape[-1]), layer.w.dtype.name
         size = f"{shape[0]}x{shape[1]} mb{batch_size} {dtype}"
-        measure_now = partial(measure_dense, shape, batch_size, dtype)
-        times = cached(f"dense {size}", keys, measure_now, fresh, record, added)
+        members = bool(network.lead)
+        measure_now = partial(measure_dense, shape, batch_size, dtype, decay, members)
+        case = f"dense {size}{' decay' if decay else ''}{' members' if decay and members else ''}"
+        times = cached(case, keys, measure_now, fresh, record, added)
         product = times["product"] if "product" in keys else np.inf
         # one network's step may run compiled (absent from records written before it was added)
         step = np.inf if network.lead else times.get("compiled-step", np.inf)
