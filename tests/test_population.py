@@ -637,6 +637,11 @@ def test_a_run_with_weight_decay_chooses_its_steps_by_steps_that_decay(monkeypat
     cases = json.loads((tmp_path / "batching.json").read_text())[timings.machine()]
     decaying = ["dense 7x12 mb10 float32 decay", "dense 14x12 mb10 float32 decay members"]
     assert {"dense 7x12 mb10 float32", *decaying} <= set(cases)
+    # a run's record written before the decaying tables: the run goes on choosing as it did
+    record = {f"dense {n}x{k} mb10 float32": {"numpy": 1.0, "formed": 1.0, "product": 0.5} for n, k in shapes}
+    ways.dense_choices(network, 10, record, decay=True)
+    assert [layer.by_product for layer in network.layers] == [True, True]
+    assert not any(case.endswith("decay") for case in record)
 
 
 @pytest.mark.parametrize("members", [False, True])
