@@ -647,29 +647,38 @@ def test_a_run_with_weight_decay_chooses_its_steps_by_steps_that_decay(monkeypat
 @pytest.mark.parametrize("members", [False, True])
 def test_the_decaying_steps_measured_decay_the_weights(monkeypatch, members):
     """measure_dense with `decay` steps as a run with L2 weight decay does: one network's product
-    and compiled step take the factor; a population's product multiplies the weights first and
-    takes none. Without `decay`, no factor."""
+    and compiled step take the factor; a population's product multiplies the weights by it first
+    (seen between two of its steps, the stand-in descend leaving them as they are) and takes none.
+    Without `decay`, no factor and no multiplying."""
     from hpexp.nn import optimizers
     from hpexp.train import ways
 
     log, taken = [], {}
     monkeypatch.setattr(optimizers, "BLAS", object())
     monkeypatch.setattr(optimizers, "KERNELS", object())
-    monkeypatch.setattr(optimizers, "descend", lambda w, a, b, factor=1.0, compiled=False: log.append(factor))
+    monkeypatch.setattr(
+        optimizers, "descend", lambda w, a, b, factor=1.0, compiled=False: log.append((factor, w.copy()))
+    )
 
-    def race(runs):  # each way once, recording the factors its steps took
+    def race(runs):  # each way twice, recording the factors its steps took and the weights they saw
         for name, run in runs.items():
             log.clear()
+            run()
             run()
             taken[name] = log[:]
         return dict.fromkeys(runs, 1.0)
 
     monkeypatch.setattr(ways, "_race", race)
     ways.measure_dense((4, 6), 3, "float32", decay=True, members=members)
-    assert taken["product"] == [1.0 if members else ways.DECAY]
-    assert taken["compiled-step"] == [ways.DECAY] and ways.DECAY != 1.0
+    (f1, w1), (f2, w2) = taken["product"]
+    assert f1 == f2 == (1.0 if members else ways.DECAY) and ways.DECAY != 1.0
+    np.testing.assert_allclose(w2, w1 * ways.DECAY if members else w1, rtol=1e-7)
+    assert not np.array_equal(w2, w1) if members else np.array_equal(w2, w1)
+    assert [f for f, _ in taken["compiled-step"]] == [ways.DECAY] * 2
     ways.measure_dense((4, 6), 3, "float32")
-    assert taken["product"] == taken["compiled-step"] == [1.0]
+    (f1, w1), (f2, w2) = taken["product"]
+    assert f1 == f2 == 1.0 and np.array_equal(w2, w1)
+    assert [f for f, _ in taken["compiled-step"]] == [1.0] * 2
 
 
 def test_train_epoch_measures_with_decay_where_the_run_decays(monkeypatch):
