@@ -52,12 +52,13 @@ def _tanh(z: np.ndarray, scale: float, shift: float, out: np.ndarray) -> None:
 def _apply(z: np.ndarray, scale: float, shift: float) -> np.ndarray:
     if z.dtype != np.float32:
         raise TypeError(f"the compiled activations take float32 arrays, got {z.dtype}")
-    # a transposed view (a dense layer's z, feature-major) is taken as the C-ordered array it is
-    flip = not z.flags.c_contiguous and z.flags.f_contiguous
-    src = z.T if flip else np.ascontiguousarray(z)
+    # a dense layer's z is a transposed view (feature-major, a population's member by member):
+    # taken as the C-ordered array it is, the result returned in the same layout
+    flip = z.ndim >= 2 and not z.flags.c_contiguous and z.mT.flags.c_contiguous
+    src = z.mT if flip else np.ascontiguousarray(z)
     out = np.empty(src.shape, np.float32)
     _tanh(src.reshape(-1), scale, shift, out.reshape(-1))
-    return out.T if flip else out
+    return out.mT if flip else out
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
