@@ -28,12 +28,14 @@ def close(got, want, w, x, dtype):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize(
-    ("n_out", "n_in", "m"), [(100, 2880, 10), (7, 13, 3), (1, 5, 1), (10, 1000, 11), (4, 3, 5)]
+    ("n_out", "n_in", "m"),
+    [(100, 2880, 10), (7, 13, 3), (1, 5, 1), (10, 1000, 11), (4, 3, 5), (7, 2500, 13), (3, 1500, 9), (1, 1100, 1)],
 )
 @pytest.mark.parametrize("rows", [4, 2])
 def test_compiled_weighted_input_equals_numpy(kernels, dtype, n_out, n_in, m, rows):
     """Layers not a multiple of `rows` and mini-batches not a multiple of 5 take the kernel's
-    repeated last rows."""
+    repeated last rows; inputs longer than a span (SPAN bytes: two rows per pass take the sums in
+    spans, each added once to what the earlier left) with them too."""
     rng = np.random.default_rng(0)
     w = rng.normal(size=(n_out, n_in)).astype(dtype)
     x = rng.uniform(0, 1, (m, n_in)).astype(dtype)
