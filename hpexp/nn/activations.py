@@ -5,7 +5,8 @@ passed back in so the derivative can reuse it (sigmoid' = a(1 - a) needs no seco
 
 The sigmoid and tanh of float32 arrays run compiled when the optional kernels are installed
 (hpexp.kernels.activations, the `fast` extra; not with HPEXP_KERNELS=numpy): equal to NumPy's to
-rounding, several times faster. float64, the exact path, is NumPy's.
+rounding, faster on every CPU measured (4x with AVX2, whose NumPy tanh is slow; 1.7x with AVX-512).
+float64, the exact path, is NumPy's.
 """
 
 from __future__ import annotations
