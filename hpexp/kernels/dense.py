@@ -10,10 +10,10 @@ took 275, and 94 us instead of 57 for 100 x 2880). That is on a CPU with 32 vect
 (AVX-512); with 16 (AVX2, on an AMD EPYC) the twenty sums and nine rows do not fit and spill, and
 two rows of W against five of x run faster (100 x 2880: 94 us against 127; BLAS 129), over
 spans of 1024 values at a time, so that the five rows of x stay in L1 while every pair of W's rows
-meets them (AVX2: 100 x 2880 75 -> 69 us, the filters' gradient 20 x 5760 x 25 89 -> 63, 1000 x 1000
-268 -> 234). Both are kept (`rows`, 4 or 2), and with more rows of x BLAS wins again, so the engine
-measures which to use (hpexp.train.ways). The sums run in another order than BLAS's (fastmath lets the compiler
-split them): equal to rounding. delta W, whose sums run down W's
+meets them (AVX2: 100 x 2880 75 -> 69 us, the filters' gradient 20 x 5760 x 25 89 -> 63, 1000 x
+1000 268 -> 234). Both are kept (`rows`, 4 or 2), and with more rows of x BLAS wins again, so the
+engine measures which to use (hpexp.train.ways). The sums run in another order than BLAS's
+(fastmath lets the compiler split them): equal to rounding. delta W, whose sums run down W's
 columns, is taken the other way round: each row of delta W gathers four rows of W at a time, five
 rows of delta W side by side (1000 x 1000 at mini-batch 10: 294 us instead of BLAS's 412). And plain
 SGD's step inside the gradient's product, W <- factor W - delta^T x (`descend`, as SciPy's gemm
