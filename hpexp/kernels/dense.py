@@ -36,7 +36,9 @@ def _dot_rows2(a: np.ndarray, b: np.ndarray, out: np.ndarray, span: int) -> None
     q = b.shape[0]
     # Two rows of a at a time against five of b, over `span` columns at a time: the five rows'
     # spans stay in L1 while every pair of a's rows meets them (each whole row, 11.5 KB for 2880
-    # values, came from L2 each time: that traffic, not the multiply-adds, set the pace)
+    # values, came from L2 each time: that traffic, not the multiply-adds, set the pace); each span's
+    # sums added to out, each element once (a repeated last row or column is not added again)
+    out[:, :] = 0
     for k0 in range(0, n, span):
         k1 = min(k0 + span, n)
         for j in range(0, q, 5):
@@ -59,11 +61,6 @@ def _dot_rows2(a: np.ndarray, b: np.ndarray, out: np.ndarray, span: int) -> None
                     s12 += v * b2[k]
                     s13 += v * b3[k]
                     s14 += v * b4[k]
-                if k0 == 0:  # written: a repeated row or column writes its value twice
-                    out[i, j], out[i, j1], out[i, j2], out[i, j3], out[i, j4] = s00, s01, s02, s03, s04
-                    out[i1, j], out[i1, j1], out[i1, j2], out[i1, j3], out[i1, j4] = s10, s11, s12, s13, s14
-                    continue
-                # added: each element once
                 _add_row(out[i], j, q, s00, s01, s02, s03, s04)
                 if i1 > i:
                     _add_row(out[i1], j, q, s10, s11, s12, s13, s14)
