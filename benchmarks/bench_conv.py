@@ -198,9 +198,10 @@ def profile(net, optimizer, regularizer, x: np.ndarray, y: np.ndarray, steps: in
     cp = stack.layers[0]
     xb, yb = x[:BATCH], y[:BATCH]
     img = xb.reshape(BATCH, 1, 28, 28)
-    cols = patches(img, 5, 5)
-    conv_out = cp.conv.forward(img)
-    pooled = cp.pool.forward(conv_out)
+    parity = cp.parity(img)  # the maps' rows as the layer stores them (hpexp.nn.conv)
+    cols = patches(img, 5, 5, parity)
+    conv_out = cp.conv.forward(img, parity)
+    pooled = cp.pool.forward(conv_out, parity=parity)
     d_pooled = np.ones_like(pooled)
     flat = stack.forward(xb)
     d_flat = np.ones_like(flat)
@@ -219,9 +220,9 @@ def profile(net, optimizer, regularizer, x: np.ndarray, y: np.ndarray, steps: in
         np.subtract(w, fc.gw, out=w)
 
     parts: dict[str, Callable[[], object]] = {
-        "im2col (patches, a copy)": lambda: patches(img, 5, 5),
+        "im2col (patches, a copy)": lambda: patches(img, 5, 5, parity),
         "conv matmul (20 x 25) @ (25 x 10*24*24)": lambda: cp.conv.matrix() @ cols,
-        "max-pool forward": lambda: cp.pool.forward(conv_out),
+        "max-pool forward": lambda: cp.pool.forward(conv_out, parity=parity),
         "max-pool backward": lambda: cp.pool.backward(d_pooled),
         f"conv filter grad (20x5760 @ 5760x25) {filters}": lambda: cp.conv.backward(d_conv, False),
         "conv-pool layer forward": lambda: stack.forward(xb),

@@ -12,7 +12,7 @@ from conftest import SMALL
 from threadpoolctl import threadpool_limits
 
 from hpexp.nn.activations import Identity, ReLU, Sigmoid, Tanh
-from hpexp.nn.conv import Conv2D, ConvPool, ConvPoolSpec, ConvStack, Flatten, L2Pool, MaxPool
+from hpexp.nn.conv import Conv2D, ConvPool, ConvPoolSpec, ConvStack, Flatten, L2Pool, MaxPool, parity_order
 from hpexp.nn.init import Fan, Network3
 from hpexp.nn.network import DenseSpec, shapes
 from hpexp.train import rundir
@@ -321,63 +321,117 @@ def maps_first(a):
     return np.ascontiguousarray(a.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
 
 
+def test_parity_order_is_the_even_rows_then_the_odd_ones():
+    assert parity_order(5).tolist() == [0, 2, 4, 1, 3]
+    assert parity_order(6).tolist() == [0, 2, 4, 1, 3, 5]
+    assert parity_order(1).tolist() == [0]
+
+
+def in_parity_order(a):
+    """a (..., H, W) with its rows stored as a conv-pool layer's float32 maps are: even, then odd."""
+    return np.concatenate([a[..., 0::2, :], a[..., 1::2, :]], axis=-2)
+
+
+@pytest.mark.parametrize("parity", [False, True])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize(
     ("shape", "kernel"), [((3, 1, 9, 8), (5, 5)), ((2, 4, 7, 6), (3, 2)), ((1, 2, 5, 5), (5, 5))]
 )
-def test_compiled_im2col_and_its_adjoint_equal_numpy_bit_for_bit(kernels, monkeypatch, shape, kernel, dtype):
+def test_compiled_im2col_and_its_adjoint_equal_numpy_bit_for_bit(
+    kernels, monkeypatch, shape, kernel, dtype, parity
+):
+    """Both ways, with each image's rows of patches in order or in parity order (those the rows in
+    order, moved: the adjoint then adds the same gradients onto the same pixels)."""
     from hpexp.nn import conv
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=shape).astype(dtype)
     monkeypatch.setattr(conv, "KERNELS", None)
-    want = conv.patches(x, *kernel)
+    want = conv.patches(x, *kernel, parity)
     d = rng.normal(size=want.shape).astype(dtype)
-    want_back = conv.unpatch(d, shape, *kernel)
+    want_back = conv.unpatch(d, shape, *kernel, parity)
     for given in (x, maps_first(x)):
-        got = kernels.patches(given, *kernel)
+        got = kernels.patches(given, *kernel, parity)
         assert got.dtype == want.dtype and np.array_equal(got, want)
-    got_back = kernels.unpatch(d, shape, *kernel)
+    got_back = kernels.unpatch(d, shape, *kernel, parity)
     assert got_back.shape == want_back.shape and np.array_equal(got_back, want_back)
+    if parity:  # the same patches and pixels' gradients as in order, the rows moved
+        (kh, kw), (m, c, height, width) = kernel, shape
+        grid = (c * kh * kw, m, height - kh + 1, width - kw + 1)
+        in_order = conv.patches(x, *kernel).reshape(grid)
+        assert np.array_equal(got.reshape(grid), in_parity_order(in_order))
+        d_in_order = np.empty(grid, dtype)
+        d_in_order[..., parity_order(grid[2]), :] = d.reshape(grid)
+        assert np.array_equal(got_back, conv.unpatch(d_in_order.reshape(d.shape), shape, *kernel))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("shape", [(3, 4, 8, 8), (2, 3, 9, 7)])  # 9 x 7: a border row and column left over
-def test_compiled_max_pool_gradient_equals_numpy_with_ties_bit_for_bit(kernels, monkeypatch, shape, dtype):
+@pytest.mark.parametrize(
+    ("shape", "parity"),
+    # 9 x 7: a border row and column left over
+    [((3, 4, 8, 8), False), ((2, 3, 9, 7), False), ((3, 4, 8, 8), True), ((2, 3, 6, 10), True)],
+)
+def test_compiled_max_pool_gradient_equals_numpy_with_ties_bit_for_bit(
+    kernels, monkeypatch, shape, parity, dtype
+):
+    """Given the maps' rows in parity order, the pooling is the same as of the rows in order, and
+    the gradient the same, its rows moved as the input's were."""
     from hpexp.nn import conv
 
     rng = np.random.default_rng(1)
-    x = maps_first(np.round(rng.uniform(0, 2, shape)).astype(dtype))  # 0, 1, 2: many tied regions
+    in_order = np.round(rng.uniform(0, 2, shape)).astype(dtype)  # 0, 1, 2: many tied regions
+    x = maps_first(in_parity_order(in_order) if parity else in_order)
     delta = rng.normal(size=(shape[0], shape[1], shape[2] // 2, shape[3] // 2)).astype(dtype)
     pool = MaxPool(2)
     monkeypatch.setattr(conv, "KERNELS", None)
-    out = pool.forward(x)
+    out = pool.forward(maps_first(in_order))
     want = pool.backward(delta)
+    if parity:
+        assert np.array_equal(pool.forward(x, parity=True), out)
+        want = in_parity_order(want)
+        assert np.array_equal(pool.backward(delta), want)
     monkeypatch.setattr(conv, "KERNELS", kernels)
-    assert np.array_equal(pool.forward(x), out)
+    assert np.array_equal(pool.forward(x, parity=parity), out)
     got = pool.backward(delta)
     assert np.array_equal(got, want)
     assert np.count_nonzero(got) == np.count_nonzero(delta)  # one winner per region, ties or not
-    got, win = kernels.maxpool2_winners(np.ascontiguousarray(x))
-    assert np.array_equal(got, out) and np.array_equal(kernels.maxpool2_grad(win, delta, shape)[0], want)
+    got, win = kernels.maxpool2_winners(np.ascontiguousarray(x), parity=parity)
+    assert np.array_equal(got, out)
+    assert np.array_equal(kernels.maxpool2_grad(win, delta, shape, parity=parity)[0], want)
 
 
+@pytest.mark.parametrize("parity", [False, True])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_compiled_max_pool_equals_numpy_bit_for_bit_with_signed_zeros_and_nan(kernels, monkeypatch, dtype):
+def test_compiled_max_pool_equals_numpy_bit_for_bit_with_signed_zeros_and_nan(
+    kernels, monkeypatch, dtype, parity
+):
     """np.maximum's rules, in the NumPy code's order: of two equal values the later is kept (so
-    -0.0 then 0.0 pools to 0.0), and a NaN anywhere in a region makes its maximum NaN."""
+    -0.0 then 0.0 pools to 0.0), and a NaN anywhere in a region makes its maximum NaN; with the
+    rows in parity order too (the regions' elements then read from two runs of the map)."""
     from hpexp.nn import conv
 
     rng = np.random.default_rng(5)
-    x = maps_first(rng.choice(np.array([-0.0, 0.0, 1.0, -1.0, np.nan], dtype), size=(3, 4, 9, 7)))
+    in_order = rng.choice(np.array([-0.0, 0.0, 1.0, -1.0, np.nan], dtype), size=(3, 4, 10, 8))
+    x = maps_first(in_parity_order(in_order) if parity else in_order)
     pool = MaxPool(2)
     monkeypatch.setattr(conv, "KERNELS", None)
-    want = pool.infer(x)
+    want = pool.infer(maps_first(in_order))
     monkeypatch.setattr(conv, "KERNELS", kernels)
-    for got in (pool.infer(x), pool.forward(x), kernels.maxpool2(np.ascontiguousarray(x))):
+    given = (
+        pool.infer(x, parity),
+        pool.forward(x, parity=parity),
+        kernels.maxpool2(np.ascontiguousarray(x), parity),
+    )
+    for got in given:
         assert got.shape == want.shape and np.array_equal(got, want, equal_nan=True)
         assert np.array_equal(np.signbit(got), np.signbit(want))
     assert np.isnan(want).any() and (np.signbit(want) & (want == 0)).any()  # the cases occurred
+
+
+def test_maps_in_parity_order_need_an_even_height_and_width(kernels):
+    for shape in [(1, 1, 8, 7), (1, 1, 7, 8)]:
+        with pytest.raises(ValueError, match=f"even height and width, got {shape[2]} x {shape[3]}"):
+            kernels.maxpool2(np.zeros(shape), parity=True)
 
 
 @dataclass(frozen=True)
@@ -393,14 +447,21 @@ class Softsign:
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("activation", [Sigmoid(), Tanh(), ReLU(), Identity(), Softsign()])
-@pytest.mark.parametrize("shape", [(4, 2, 12, 12), (3, 1, 11, 9)])  # 11 x 9: a border left over
-def test_a_compiled_conv_pool_layer_equals_numpy(kernels, monkeypatch, activation, shape, dtype):
+@pytest.mark.parametrize(
+    ("shape", "parity"),
+    # maps 10 x 11 and 9 x 8 (3 x 2 filters): a border left over; in parity order, even sizes
+    [((4, 2, 12, 12), False), ((3, 1, 11, 9), False), ((3, 1, 10, 9), True), ((3, 1, 8, 13), True)],
+)
+def test_a_compiled_conv_pool_layer_equals_numpy(kernels, monkeypatch, activation, shape, parity, dtype):
     """Forward with the bias added in the pooling's pass, backward with f'(z) applied and the bias's
     gradient summed in the pooling's backward: the output and the input's and filters' gradients bit
     for bit, the bias's gradient (float64 sums) to 1e-6 (float32; 1e-13 float64) of its terms' sizes.
-    Rounded inputs make tied regions and ReLU's zeros; a larger f(z) keeps sigmoid off 1/2."""
+    Rounded inputs make tied regions and ReLU's zeros; a larger f(z) keeps sigmoid off 1/2. Both
+    engines with the maps' rows in order, or both in parity order (BLAS then sums the filters'
+    gradient over the positions in that order), whatever dtype."""
     from hpexp.nn import conv
 
+    monkeypatch.setattr(ConvPool, "parity", lambda self, x: parity)
     rng = np.random.default_rng(8)
     x = np.round(rng.uniform(0, 2, shape)).astype(dtype)
     w = rng.normal(size=(5, shape[1], 3, 2)).astype(dtype)
@@ -421,6 +482,42 @@ def test_a_compiled_conv_pool_layer_equals_numpy(kernels, monkeypatch, activatio
     assert np.all(np.abs(got[3] - gb) <= tol * np.abs(dz).sum(axis=(0, 2, 3)).reshape(gb.shape))
     if isinstance(activation, ReLU):
         assert (out == 0).any()  # zeros occurred
+
+
+def test_a_conv_pool_layer_stores_its_maps_in_parity_order_with_compiled_max_pooling_in_float32(
+    kernels, monkeypatch
+):
+    """Only there (maps of an even height and width), and then equal to the NumPy layer (rows in order) to
+    rounding: BLAS sums the filters' gradient over the positions in another order."""
+    from hpexp.nn import conv
+
+    rng = np.random.default_rng(11)
+    w, b = rng.normal(size=(6, 2, 5, 5)), rng.normal(size=(6, 1, 1))
+    x = rng.uniform(0, 1, (5, 2, 16, 16))  # 12 x 12 maps
+
+    def layer(dtype, pool=None, x=x):
+        x = x.astype(dtype)
+        return ConvPool(w.astype(dtype), b.astype(dtype), Sigmoid(), pool or MaxPool(2)), x
+
+    monkeypatch.setattr(conv, "KERNELS", kernels)
+    assert ConvPool.parity(*layer("float32"))
+    assert not ConvPool.parity(*layer("float64"))
+    assert not ConvPool.parity(*layer("float32", L2Pool(2)))
+    assert not ConvPool.parity(*layer("float32", MaxPool(3)))
+    assert not ConvPool.parity(*layer("float32", x=x[..., :15]))  # maps 11 wide
+    assert not ConvPool.parity(*layer("float32", x=x[..., :15, :]))  # maps 11 high
+    results = []
+    for engine in (None, kernels):
+        monkeypatch.setattr(conv, "KERNELS", engine)
+        cp, x32 = layer("float32")
+        out = cp.forward(x32)
+        assert cp.pool.parity == (engine is not None)
+        delta = np.random.default_rng(12).normal(size=out.shape).astype(np.float32)
+        results.append((out, cp.backward(delta), cp.conv.gw.copy(), cp.infer(x32)))
+    for want, have in zip(*results, strict=True):
+        assert have.dtype == np.float32
+        np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6)
+    assert not np.array_equal(results[0][2], results[1][2])  # the test tests: another order of the sums
 
 
 def test_max_pool_backward_reads_the_compiled_forwards_winners_without_the_kernels(kernels, monkeypatch):

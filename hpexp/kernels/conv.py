@@ -32,44 +32,64 @@ jit = numba.njit(cache=True, nogil=True)
 
 
 @jit
-def _patches(x: np.ndarray, cols: np.ndarray) -> None:
+def _patches(x: np.ndarray, cols: np.ndarray, parity: bool) -> None:
     m, c, _, _ = x.shape
     _, kh, kw, _, oh, ow = cols.shape
+    half = (oh + 1) // 2  # in parity order, where the odd rows start
     for ch in range(c):
         for i in range(kh):
             for j in range(kw):
                 for b in range(m):
                     for r in range(oh):
+                        at = r // 2 + half * (r % 2) if parity else r
                         for s in range(ow):
-                            cols[ch, i, j, b, r, s] = x[b, ch, i + r, j + s]
+                            cols[ch, i, j, b, at, s] = x[b, ch, i + r, j + s]
 
 
-def patches(x: np.ndarray, kh: int, kw: int) -> np.ndarray:
+def patches(x: np.ndarray, kh: int, kw: int, parity: bool = False) -> np.ndarray:
     m, c, height, width = x.shape
     oh, ow = height - kh + 1, width - kw + 1
     cols = np.empty((c, kh, kw, m, oh, ow), x.dtype)
-    _patches(x, cols)
+    _patches(x, cols, parity)
     return cols.reshape(c * kh * kw, m * oh * ow)
 
 
 @jit
-def _unpatch(d: np.ndarray, dx: np.ndarray) -> None:
+def _unpatch(d: np.ndarray, dx: np.ndarray, parity: bool) -> None:
     c, kh, kw, m, oh, ow = d.shape
+    half = (oh + 1) // 2
     for ch in range(c):
         for b in range(m):
             for i in range(kh):
                 for j in range(kw):
                     for r in range(oh):
+                        at = r // 2 + half * (r % 2) if parity else r
                         for s in range(ow):
-                            dx[b, ch, i + r, j + s] += d[ch, i, j, b, r, s]
+                            dx[b, ch, i + r, j + s] += d[ch, i, j, b, at, s]
 
 
-def unpatch(dcols: np.ndarray, shape: tuple[int, ...], kh: int, kw: int) -> np.ndarray:
+def unpatch(dcols: np.ndarray, shape: tuple[int, ...], kh: int, kw: int, parity: bool = False) -> np.ndarray:
     m, c, height, width = shape
     oh, ow = height - kh + 1, width - kw + 1
     dx = np.zeros((m, c, height, width), dcols.dtype)
-    _unpatch(dcols.reshape(c, kh, kw, m, oh, ow), dx)
+    _unpatch(dcols.reshape(c, kh, kw, m, oh, ow), dx, parity)
     return dx
+
+
+def _maps(x: np.ndarray, parity: bool) -> np.ndarray:
+    """x (m, f, H, W) as the pooling kernels take it, map by map: (f, m, H, W), a view of a
+    convolution's output. With its rows in parity order (hpexp.nn.conv; H and W even): (f, m, 2,
+    H W / 2), each map's even rows as one row and its odd rows as another (a reshape: a view, or a
+    copy where a map is not contiguous). Region (r, s) of a map is then region (0, r w + s) of its
+    two rows: pooled so, the maps' loops run over rows of h w regions instead of w (conv-pool(20)
+    at mini-batch 10, AVX2: 37 -> 19 us forward, 21 -> 12 backward)."""
+    maps = x.transpose(1, 0, 2, 3)
+    if not parity:
+        return maps
+    f, m, height, width = maps.shape
+    if height % 2 or width % 2:
+        raise ValueError(f"maps in parity order need an even height and width, got {height} x {width}")
+    return maps.reshape(f, m, 2, height * width // 2)
 
 
 @jit
@@ -92,12 +112,14 @@ def _maxpool2(x: np.ndarray, out: np.ndarray) -> None:
                     o[s] = v if (v != v) | (v > c) else c
 
 
-def maxpool2(x: np.ndarray) -> np.ndarray:
+def maxpool2(x: np.ndarray, parity: bool = False) -> np.ndarray:
     """2 x 2 max-pooling of x (m, f, H, W), as hpexp.nn.conv.MaxPool.infer, into a new (m, f, h, w)
-    array; x is read map by map, as a convolution's output is stored."""
+    array; x is read map by map, as a convolution's output is stored, its rows in parity order if
+    `parity` (see _maps)."""
     m, f, height, width = x.shape
     out = np.empty((m, f, height // 2, width // 2), x.dtype)
-    _maxpool2(x.transpose(1, 0, 2, 3), out)
+    maps = _maps(x, parity)
+    _maxpool2(maps, out.reshape(m, f, maps.shape[2] // 2, -1))
     return out
 
 
@@ -134,7 +156,9 @@ def _maxpool2_winners(
                     k[s] = codes[s]
 
 
-def maxpool2_winners(x: np.ndarray, bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def maxpool2_winners(
+    x: np.ndarray, bias: np.ndarray | None = None, parity: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """`maxpool2` (plus `bias`, one per map, if given: (f,) or (f, 1, 1)), and which element of
     each region won, as int8 map by map (f, m, h, w), for `maxpool2_grad`: a byte per region to read
     there, instead of x and the maximum again."""
@@ -143,7 +167,9 @@ def maxpool2_winners(x: np.ndarray, bias: np.ndarray | None = None) -> tuple[np.
     win = np.empty((f, m, height // 2, width // 2), np.int8)
     biased = bias is not None
     b = np.ascontiguousarray(bias, x.dtype).reshape(-1) if biased else np.zeros(1, x.dtype)
-    _maxpool2_winners(x.transpose(1, 0, 2, 3), b, biased, out, win)
+    maps = _maps(x, parity)
+    rows = maps.shape[2] // 2  # rows of regions as the kernel sees them
+    _maxpool2_winners(maps, b, biased, out.reshape(m, f, rows, -1), win.reshape(f, m, rows, -1))
     return out, win
 
 
@@ -219,10 +245,12 @@ def maxpool2_grad(
     shape: tuple[int, ...],
     a: np.ndarray | None = None,
     activation: str = "identity",
+    parity: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """dC/dx of 2 x 2 max-pooling of an x of `shape` (m, f, H, W) whose regions' winners are `win`
     (from `maxpool2_winners`), as hpexp.nn.conv.MaxPool.backward, stored map by map: the (m, f, H,
-    W) view of an (f, m, H, W) array, as a convolution's output is, so its gradient needs no copy.
+    W) view of an (f, m, H, W) array, as a convolution's output is, so its gradient needs no copy;
+    its rows in parity order if `parity`, as x's were (see _maps).
 
     With `a` = f(pooled x + b) and its `activation` (one of ACTIVATIONS), delta is dC/da and first
     becomes dC/dz = delta f'(z), as a conv-pool layer's backward does. Also returned: the per-map
@@ -232,7 +260,10 @@ def maxpool2_grad(
     whole = height % 2 == 0 and width % 2 == 0
     dx = (np.empty if whole else np.zeros)((f, m, height, width), delta.dtype)
     gb = np.empty(f, np.float64)
-    _maxpool2_grad(win, times_grad(delta, a, activation), dx, gb)
+    maps = _maps(dx.transpose(1, 0, 2, 3), parity)
+    rows = maps.shape[2] // 2
+    dz = times_grad(delta, a, activation).reshape(m, f, rows, -1)
+    _maxpool2_grad(win.reshape(f, m, rows, -1), dz, maps, gb)
     return dx.transpose(1, 0, 2, 3), gb.astype(delta.dtype)
 
 

@@ -180,7 +180,7 @@ def measure_conv(
     mini-batch of `in_shape` (c, h, w) images: by BLAS (`numpy`) and compiled, 4 rows of delta per
     pass (`compiled`) or 2 (`compiled-2`)."""
     rng = np.random.default_rng(0)
-    cols = patches(rng.random((batch_size, *in_shape)).astype(dtype), *shape[-2:])
+    cols = patches(rng.random((batch_size, *in_shape)).astype(dtype), shape[-2], shape[-1])
     d = rng.standard_normal((shape[0], cols.shape[1])).astype(dtype)
     g = np.empty((shape[0], cols.shape[0]), dtype)
     runs: dict[str, Callable[[], object]] = {"numpy": lambda: g.__setitem__(..., (cols @ d.T).T)}
