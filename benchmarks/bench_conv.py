@@ -198,7 +198,7 @@ def profile(net, optimizer, regularizer, x: np.ndarray, y: np.ndarray, steps: in
     cp = stack.layers[0]
     xb, yb = x[:BATCH], y[:BATCH]
     img = xb.reshape(BATCH, 1, 28, 28)
-    parity = cp.parity(img)  # the maps' rows as the layer stores them (hpexp.nn.conv)
+    parity = cp.parity_for(img)  # the maps' rows as the layer stores them (hpexp.nn.conv)
     cols = patches(img, 5, 5, parity)
     conv_out = cp.conv.forward(img, parity)
     pooled = cp.pool.forward(conv_out, parity=parity)

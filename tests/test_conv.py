@@ -461,7 +461,7 @@ def test_a_compiled_conv_pool_layer_equals_numpy(kernels, monkeypatch, activatio
     gradient over the positions in that order), whatever dtype."""
     from hpexp.nn import conv
 
-    monkeypatch.setattr(ConvPool, "parity", lambda self, x: parity)
+    monkeypatch.setattr(ConvPool, "parity_for", lambda self, x: parity)
     rng = np.random.default_rng(8)
     x = np.round(rng.uniform(0, 2, shape)).astype(dtype)
     w = rng.normal(size=(5, shape[1], 3, 2)).astype(dtype)
@@ -500,12 +500,12 @@ def test_a_conv_pool_layer_stores_its_maps_in_parity_order_with_compiled_max_poo
         return ConvPool(w.astype(dtype), b.astype(dtype), Sigmoid(), pool or MaxPool(2)), x
 
     monkeypatch.setattr(conv, "KERNELS", kernels)
-    assert ConvPool.parity(*layer("float32"))
-    assert not ConvPool.parity(*layer("float64"))
-    assert not ConvPool.parity(*layer("float32", L2Pool(2)))
-    assert not ConvPool.parity(*layer("float32", MaxPool(3)))
-    assert not ConvPool.parity(*layer("float32", x=x[..., :15]))  # maps 11 wide
-    assert not ConvPool.parity(*layer("float32", x=x[..., :15, :]))  # maps 11 high
+    assert ConvPool.parity_for(*layer("float32"))
+    assert not ConvPool.parity_for(*layer("float64"))
+    assert not ConvPool.parity_for(*layer("float32", L2Pool(2)))
+    assert not ConvPool.parity_for(*layer("float32", MaxPool(3)))
+    assert not ConvPool.parity_for(*layer("float32", x=x[..., :15]))  # maps 11 wide
+    assert not ConvPool.parity_for(*layer("float32", x=x[..., :15, :]))  # maps 11 high
     results = []
     for engine in (None, kernels):
         monkeypatch.setattr(conv, "KERNELS", engine)

@@ -8,7 +8,7 @@ Pooling is over non-overlapping p x p regions, dropping any remainder at the bor
 A conv-pool layer with the compiled 2 x 2 max-pooling in float32 stores its convolution's maps
 with their rows in parity order (`parity_order`: the even rows, then the odd ones), so that the
 pooling reads each map's regions as two flat runs of the map instead of a pair of short rows at a
-time (conv-pool(20) at mini-batch 10, AVX2: the pooling 37 -> 15 us, its gradient 21 -> 11); the
+time (conv-pool(20) at mini-batch 10, AVX2: the pooling 38 -> 20 us, its gradient 22 -> 17); the
 patches, their adjoint and both poolings take that order as `parity`. The sums are the same, taken
 in another order by BLAS (equal to rounding), so float64, the exact path, keeps the rows in order.
 
@@ -304,7 +304,7 @@ class ConvPool:
         self.conv.bind(params[:1], grads[:1])
         (self.b,), (self.gb,) = params[1:], grads[1:]
 
-    def parity(self, x: np.ndarray) -> bool:
+    def parity_for(self, x: np.ndarray) -> bool:
         """Whether the convolution of x stores its maps' rows in parity order for the pooling: with
         the compiled 2 x 2 max-pooling, in float32 (see the module's docstring), for maps of an
         even height and width (each map's regions then two flat runs, no border between them)."""
@@ -320,11 +320,11 @@ class ConvPool:
         )
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        parity = self.parity(x)
+        parity = self.parity_for(x)
         return self.activation.value(self.pool.infer(self.conv.infer(x, parity), parity) + self.b)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        parity = self.parity(x)
+        parity = self.parity_for(x)
         self.z = self.pool.forward(self.conv.forward(x, parity), self.b, parity)
         self.a = self.activation.value(self.z)
         return self.a
