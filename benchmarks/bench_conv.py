@@ -200,9 +200,11 @@ def profile(net, optimizer, regularizer, x: np.ndarray, y: np.ndarray, steps: in
     img = xb.reshape(BATCH, 1, 28, 28)
     parity = cp.parity_for(img)  # the maps' rows as the layer stores them (hpexp.nn.conv)
     cols = patches(img, 5, 5, parity)
+    in_order = cp.conv.forward(img)  # the maps' rows in order, for the pooling's comparison
+    in_order_pool = type(cp.pool)(cp.pool.size)
+    d_pooled = np.ones_like(in_order_pool.forward(in_order))
     conv_out = cp.conv.forward(img, parity)
-    pooled = cp.pool.forward(conv_out, parity=parity)
-    d_pooled = np.ones_like(pooled)
+    cp.pool.forward(conv_out, parity=parity)
     flat = stack.forward(xb)
     d_flat = np.ones_like(flat)
     a = fc.forward(flat)
@@ -211,6 +213,7 @@ def profile(net, optimizer, regularizer, x: np.ndarray, y: np.ndarray, steps: in
     compiled = f"compiled ({fc.rows} rows)" if fc.compiled else "BLAS"
     filters = f"compiled ({cp.conv.rows} rows)" if cp.conv.compiled else "BLAS"
     d_conv = np.ones_like(conv_out)
+    stored = ", the maps' rows in parity order" if parity else ""
     stepped = "by the formed gradient"
     if fc.by_product:
         stepped = f"inside the product ({'compiled' if fc.compiled_step else 'gemm'})"
@@ -222,8 +225,10 @@ def profile(net, optimizer, regularizer, x: np.ndarray, y: np.ndarray, steps: in
     parts: dict[str, Callable[[], object]] = {
         "im2col (patches, a copy)": lambda: patches(img, 5, 5, parity),
         "conv matmul (20 x 25) @ (25 x 10*24*24)": lambda: cp.conv.matrix() @ cols,
-        "max-pool forward": lambda: cp.pool.forward(conv_out, parity=parity),
-        "max-pool backward": lambda: cp.pool.backward(d_pooled),
+        f"max-pool forward{stored}": lambda: cp.pool.forward(conv_out, parity=parity),
+        f"max-pool backward{stored}": lambda: cp.pool.backward(d_pooled),
+        "max-pool forward, the maps' rows in order": lambda: in_order_pool.forward(in_order),
+        "max-pool backward, the maps' rows in order": lambda: in_order_pool.backward(d_pooled),
         f"conv filter grad (20x5760 @ 5760x25) {filters}": lambda: cp.conv.backward(d_conv, False),
         "conv-pool layer forward": lambda: stack.forward(xb),
         "conv-pool layer backward": lambda: stack.backward(d_flat, False),
