@@ -83,8 +83,8 @@ def _maps(x: np.ndarray, parity: bool) -> np.ndarray:
     H W / 2), each map's even rows as one row and its odd rows as another (a reshape: a view, or a
     copy where a map is not contiguous). Region (r, s) of a map is then region (0, r w + s) of its
     two rows: pooled so, the maps' loops run over rows of h w regions instead of w (conv-pool(20)'s
-    maps at mini-batch 10, AVX2 / AVX-512: forward 38 -> 20 / 33 -> 16 us, backward 22 -> 17 /
-    26 -> 17)."""
+    maps at mini-batch 10, AVX2 / AVX-512: forward 37 -> 19 / 33 -> 16 us, backward 22 -> 19 /
+    26 -> 17; benchmarks/bench_conv.py's profile)."""
     maps = x.transpose(1, 0, 2, 3)
     if not parity:
         return maps

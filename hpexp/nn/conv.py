@@ -8,7 +8,7 @@ Pooling is over non-overlapping p x p regions, dropping any remainder at the bor
 A conv-pool layer with the compiled 2 x 2 max-pooling in float32 stores its convolution's maps
 with their rows in parity order (`parity_order`: the even rows, then the odd ones), so that the
 pooling reads each map's regions as two flat runs of the map instead of a pair of short rows at a
-time (conv-pool(20) at mini-batch 10, AVX2: the pooling 38 -> 20 us, its gradient 22 -> 17); the
+time (conv-pool(20) at mini-batch 10, AVX2: the pooling 37 -> 19 us, its gradient 22 -> 19); the
 patches, their adjoint and both poolings take that order as `parity`. The sums are the same, taken
 in another order by BLAS (equal to rounding), so float64, the exact path, keeps the rows in order.
 
