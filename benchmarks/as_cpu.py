@@ -6,7 +6,9 @@
 before Skylake-SP). OpenBLAS takes its Haswell kernels (OPENBLAS_CORETYPE; its choice on Zen too),
 NumPy its AVX2 loops (NPY_DISABLE_CPU_FEATURES: its AVX-512 targets), and numba compiles with
 this CPU's AVX-512 features turned off, tuned for Zen 3 (NUMBA_CPU_NAME, NUMBA_CPU_FEATURES),
-into a cache of its own (NUMBA_CACHE_DIR). A kernel that vectorizes with AVX-512 only, or a way
+into a cache of its own (NUMBA_CACHE_DIR). PyTorch, where installed (bench_conv's comparison), takes
+its AVX2 kernels too: ATen's (ATEN_CPU_CAPABILITY), oneDNN's (ONEDNN_MAX_CPU_ISA) and MKL's
+(MKL_ENABLE_INSTRUCTIONS). A kernel that vectorizes with AVX-512 only, or a way
 whose register blocking spills with 16 registers, shows here; another CPU's caches, clock and
 memory do not (this machine's stay). hpexp's measured choices are cached per BLAS kernel
 (hpexp.train.timings), so these runs choose their ways for themselves, not by this machine's.
@@ -22,6 +24,9 @@ from pathlib import Path
 from numpy.lib.introspect import opt_func_info
 
 CPUS = {"avx2": ("Haswell", "znver3")}  # name: (OpenBLAS core, LLVM CPU)
+TORCH = {  # name: PyTorch's switches (ATen, oneDNN, MKL)
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+}
 DROPPED = ("avx512", "avx10", "amx", "evex512")  # features the emulated CPUs lack
 
 
@@ -56,6 +61,7 @@ def main() -> None:
     os.environ |= {
         "OPENBLAS_CORETYPE": blas_core,
         "NPY_DISABLE_CPU_FEATURES": " ".join(numpy_targets_past_avx2()),
+        **TORCH[args.cpu],
     }
     try:
         features = features_without(DROPPED)
@@ -64,7 +70,8 @@ def main() -> None:
     else:
         os.environ |= {"NUMBA_CPU_NAME": llvm_cpu, "NUMBA_CPU_FEATURES": features}
         os.environ["NUMBA_CACHE_DIR"] = str(cache)
-    print(f"as_cpu {args.cpu}: OpenBLAS {blas_core}; NumPy, numba ({llvm_cpu}) without AVX-512", flush=True)
+    without = f"OpenBLAS {blas_core}; NumPy, numba ({llvm_cpu}), PyTorch without AVX-512"
+    print(f"as_cpu {args.cpu}: {without}", flush=True)
     os.execvp(args.command[0], args.command)
 
 
