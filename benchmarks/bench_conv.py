@@ -193,6 +193,7 @@ def profile(net, optimizer, regularizer, x: np.ndarray, y: np.ndarray, steps: in
 
     ways.dense_choices(net, BATCH)
     ways.conv_choices(net, BATCH)
+    ways.activation_choices(net, BATCH)
     (step,) = mini_batch_steps(net, optimizer, regularizer, 1e-6, N_EPOCH)
     stack, fc, out = net.layers
     cp = stack.layers[0]

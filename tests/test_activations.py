@@ -93,3 +93,21 @@ def test_float32_runs_compiled_and_float64_on_numpys_path(kernels, monkeypatch, 
     monkeypatch.setattr(activations, "KERNELS", None)  # HPEXP_KERNELS=numpy, or no numba
     activation.value(z.astype(np.float32))
     assert calls == [np.float32]
+
+
+@pytest.mark.parametrize("activation", [Sigmoid(), Tanh()])
+def test_compiled_false_takes_numpys_path_in_float32(kernels, monkeypatch, activation):
+    """The per-layer choice (hpexp.train.ways.activation_choices): NumPy's float32 path bit for
+    bit, the kernel never called; equal to the compiled activation as a value (the choice is no
+    part of what the activation is)."""
+    calls = []
+    name = type(activation).__name__.lower()
+    kernel = getattr(kernels, name)
+    monkeypatch.setattr(activations, "KERNELS", kernels)
+    monkeypatch.setattr(kernels, name, lambda z: calls.append(z.dtype) or kernel(z))
+    z = np.random.default_rng(2).normal(scale=3, size=(10, 100)).astype(np.float32)
+    numpy_way = type(activation)(compiled=False)
+    want = sigmoid(z) if name == "sigmoid" else np.tanh(z)
+    assert np.array_equal(numpy_way.value(z), want) and calls == []
+    assert not np.array_equal(activation.value(z), want) and calls == [np.float32]  # the kernel's
+    assert numpy_way == activation and hash(numpy_way) == hash(activation)

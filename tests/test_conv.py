@@ -705,6 +705,54 @@ def test_conv_layers_take_the_filter_gradient_measured_faster(monkeypatch, tmp_p
     assert not any(layer.conv.compiled or layer.by_winners for layer in network.layers[0].layers)
 
 
+def test_activations_take_the_way_measured_faster_per_layer(monkeypatch, tmp_path):
+    """Each conv-pool and dense layer's sigmoid compiled or NumPy's, as measured for the values a
+    mini-batch gives it (conv2 at 10: 10 x 20 x 12 x 12, 10 x 40 x 4 x 4, 10 x 100), by the run's
+    record; float64, and no kernels installed, always NumPy's; the output layer's identity as is."""
+    from hpexp.nn import activations
+    from hpexp.train import timings, ways
+
+    monkeypatch.setenv(timings.CACHE_ENV_VAR, str(tmp_path / "batching.json"))
+    monkeypatch.setattr(timings, "_tables", {})
+    monkeypatch.setattr(ways, "_ways", {})
+    monkeypatch.setattr(activations, "KERNELS", object())  # installed (never called: times given)
+    times = {
+        28800: {"numpy": 2.0, "compiled": 1.0},
+        6400: {"numpy": 1.0, "compiled": 0.95},  # inside the margin: NumPy's
+        1000: {"numpy": 1.0, "compiled": 0.5},
+    }
+    asked = []
+    monkeypatch.setattr(
+        ways, "measure_activation", lambda act, n, dtype: asked.append((type(act), n, dtype)) or times[n]
+    )
+    exact, _, _ = conv_network(["network=conv2"])  # float64: NumPy's, whatever was measured
+    ways.activation_choices(exact, 10)
+    conv_layers, fc, out = exact.layers[0].layers, exact.layers[1], exact.layers[2]
+    assert not any(layer.activation.compiled for layer in [*conv_layers, fc]) and not asked
+    network, _, _ = conv_network(["network=conv2"], dtype="float32")
+    measured = {}
+    ways.activation_choices(network, 10, measured)
+    conv_layers, fc, out = network.layers[0].layers, network.layers[1], network.layers[2]
+    assert [layer.activation.compiled for layer in conv_layers] == [True, False]
+    assert fc.activation.compiled and isinstance(out.activation, Identity)
+    assert asked == [(Sigmoid, 28800, "float32"), (Sigmoid, 6400, "float32"), (Sigmoid, 1000, "float32")]
+    assert measured["activation Sigmoid 28800 float32"] == times[28800]
+    ways.activation_choices(network, 10, measured)  # the record's tables: nothing measured again
+    assert len(asked) == 3
+    monkeypatch.setattr(activations, "KERNELS", None)  # without the `fast` extra: NumPy's
+    ways.activation_choices(network, 10, measured)
+    assert not any(layer.activation.compiled for layer in [*conv_layers, fc])
+
+
+def test_an_activation_measures_both_ways():
+    pytest.importorskip("numba", reason="the compiled kernels need the optional `fast` extra (numba)")
+    from hpexp.train import ways
+
+    for activation in (Sigmoid(), Tanh()):
+        times = ways.measure_activation(activation, 1000, "float32")
+        assert set(times) == {"numpy", "compiled"} and all(0 < t < 0.01 for t in times.values())
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize(
     ("filters", "shape", "kernel", "propagate"),

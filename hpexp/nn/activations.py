@@ -4,14 +4,18 @@ Every activation has the same two methods: `value(z)` and `grad(z, a)`, where `a
 passed back in so the derivative can reuse it (sigmoid' = a(1 - a) needs no second exponential).
 
 The sigmoid and tanh of float32 arrays run compiled when the optional kernels are installed
-(hpexp.kernels.activations, the `fast` extra; not with HPEXP_KERNELS=numpy): equal to NumPy's to
-rounding, faster on every CPU measured (4x with AVX2, whose NumPy tanh is slow; 1.7x with AVX-512).
-float64, the exact path, is NumPy's.
+(hpexp.kernels.activations, the `fast` extra; not with HPEXP_KERNELS=numpy), equal to NumPy's to
+rounding, unless `compiled=False`. Whether the kernel wins depends on the CPU and the array's size
+(`python benchmarks/bench_costs.py`, 28,800 values: the sigmoid 17.1 -> 11.4 us with AVX-512, 39.9
+-> 14.2 with AVX2, where NumPy's float32 tanh is slow; tanh 34.9 -> 14.2 with AVX2, but 10.8 -> 11.4
+with AVX-512, and for a few hundred values NumPy's tanh wins on both), so training sets `compiled`
+per layer from a measurement (hpexp.train.ways.activation_choices). float64, the exact path, is
+NumPy's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -40,10 +44,13 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Sigmoid:
-    """The book's neuron: sigma(z), with sigma'(z) = sigma(z)(1 - sigma(z))."""
+    """The book's neuron: sigma(z), with sigma'(z) = sigma(z)(1 - sigma(z)).
+    `compiled`: float32 by the compiled kernel, if installed (see the module's docstring)."""
+
+    compiled: bool = field(default=True, compare=False, repr=False)
 
     def value(self, z: np.ndarray) -> np.ndarray:
-        if KERNELS is not None and z.dtype == np.float32:
+        if self.compiled and KERNELS is not None and z.dtype == np.float32:
             return KERNELS.sigmoid(z)  # type: ignore[no-any-return]
         return sigmoid(z)
 
@@ -53,10 +60,12 @@ class Sigmoid:
 
 @dataclass(frozen=True)
 class Tanh:
-    """tanh(z), with tanh'(z) = 1 - tanh(z)^2."""
+    """tanh(z), with tanh'(z) = 1 - tanh(z)^2. `compiled`: as Sigmoid's."""
+
+    compiled: bool = field(default=True, compare=False, repr=False)
 
     def value(self, z: np.ndarray) -> np.ndarray:
-        if KERNELS is not None and z.dtype == np.float32:
+        if self.compiled and KERNELS is not None and z.dtype == np.float32:
             return KERNELS.tanh(z)  # type: ignore[no-any-return]
         return np.tanh(z)
 

@@ -77,6 +77,7 @@ def _case_steps(
         regularizer = stack_fields([Regularizer(lmbda=1.0 + i) for i in range(k)], (1, 1), dtype)
         eta = optimizer.eta
     ways.dense_choices(network, batch_size, decay=True)  # as its epochs compute (shared input, L2)
+    ways.activation_choices(network, batch_size)
     steps = mini_batch_steps(network, optimizer, regularizer, eta, 50_000)
     x, y, order, position = data
     batches = len(y) // batch_size

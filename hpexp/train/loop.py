@@ -165,9 +165,10 @@ def train_epoch(
     Each mini-batch is one step of hpexp.train.step (n = training-set size, the book's convention
     for the penalty), through dropout masks drawn from `rng` if dropout is on; a population takes
     it in chunks of `chunk` members (None: all at once), with the same result whatever the chunk
-    (to rounding for a chunk of one, which steps as one network). Dense and conv layers compute as the run's
-    record `measured` says (hpexp.train.ways.dense_choices, conv_choices), else as this machine
-    measured. The process's malloc keeps freed memory from then on (hpexp.train.allocator).
+    (to rounding for a chunk of one, which steps as one network). Dense and conv layers and their
+    activations compute as the run's record `measured` says (hpexp.train.ways: dense_choices,
+    conv_choices, activation_choices), else as this machine measured. The process's malloc keeps
+    freed memory from then on (hpexp.train.allocator).
     """
     n = len(y) if order is None else order.shape[-1]
     if regularizer.dropout and rng is None:
@@ -193,6 +194,7 @@ def train_epoch(
     decay = optimizer.plain and regularizer.weight_decay(eta, n) is not None  # as the steps take it
     ways.dense_choices(network, batch_size, measured, shared_input=shared_input, decay=decay)  # where faster
     ways.conv_choices(network, batch_size, measured)
+    ways.activation_choices(network, batch_size, measured)
     steps = mini_batch_steps(network, optimizer, regularizer, eta, n, chunk)
     shapes, dropping = network.input_shapes(batch_size), regularizer.dropout
     for xb, yb in _batches(x, y, order, batch_size):

@@ -16,23 +16,29 @@ whatever a measurement says. A way must win by WAYS_MARGIN.
                                          (hpexp.kernels.conv.filter_grad) rather than by BLAS, and
                                          whether its backward through max-pooling sums over the
                                          winners only (hpexp.kernels.conv.pooled_back)
+    activation_choices(network, batch_size)
+                                         per dense and conv-pool layer, whether its sigmoid or tanh
+                                         runs compiled (hpexp.kernels.activations) rather than by
+                                         NumPy, for as many values as a mini-batch gives it
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
 
-from hpexp.nn import conv, layers, optimizers
+from hpexp.nn import activations, conv, layers, optimizers
+from hpexp.nn.activations import Sigmoid, Tanh
 from hpexp.nn.conv import ConvPool, ConvStack, MaxPool, patches
 from hpexp.nn.layers import Dense, weighted_input
 from hpexp.nn.network import Network
 from hpexp.train.timings import ROUNDS, STEPS, cached, clock
 
-__all__ = ["WAYS_MARGIN", "conv_choices", "dense_choices"]
+__all__ = ["WAYS_MARGIN", "activation_choices", "conv_choices", "dense_choices"]
 
 WAYS_MARGIN = 0.1  # a compiled product or the step by product must win by this much
 DECAY = 1 - 1e-4  # a weight-decay factor for the measurements (any but 1 takes the decaying paths)
@@ -246,3 +252,44 @@ def conv_choices(
             measure_now = partial(measure_winners, layer, in_shape, batch_size, propagate)
             times = cached(case, ["numpy", "winners"], measure_now, fresh, record)
             layer.by_winners = times["winners"] < times["numpy"] * faster
+
+
+def measure_activation(activation: Sigmoid | Tanh, n: int, dtype: str) -> dict[str, float]:
+    """Seconds per `activation` of n values: NumPy's (`numpy`) and the compiled kernel's."""
+    z = np.random.default_rng(0).normal(0.0, 2.0, n).astype(dtype)
+    numpy_way, kernel_way = replace(activation, compiled=False), replace(activation, compiled=True)
+    return _race({"numpy": lambda: numpy_way.value(z), "compiled": lambda: kernel_way.value(z)})
+
+
+def activation_choices(
+    network: Network,
+    batch_size: int,
+    measured: dict[str, dict[str, float]] | None = None,
+    fresh: bool = False,
+) -> None:
+    """Set `compiled` on the sigmoid or tanh of each float32 dense and conv-pool layer: True where
+    the compiled kernel measured faster, by WAYS_MARGIN, for the values a mini-batch of
+    `batch_size` gives the layer (a population's members together), as `dense_choices` (by the
+    run's record first). Each layer gets an activation of its own (layers may share one)."""
+    chosen: list[tuple[Dense | ConvPool, int]] = []  # each layer, with its values per mini-batch
+    for layer in network.layers:
+        if isinstance(layer, Dense):
+            chosen.append((layer, math.prod(layer.w.shape[:-2]) * batch_size * layer.w.shape[-2]))
+        elif isinstance(layer, ConvStack):
+            for pool_layer, (_, height, width) in zip(layer.layers, layer.in_shapes, strict=True):
+                kh, kw = pool_layer.conv.kernel
+                p = pool_layer.pool.size
+                maps = pool_layer.w.shape[0] * ((height - kh + 1) // p) * ((width - kw + 1) // p)
+                chosen.append((pool_layer, batch_size * maps))
+    record = _ways if measured is None else measured
+    for unit, n in chosen:
+        activation, dtype = unit.activation, unit.w.dtype.name
+        if not isinstance(activation, Sigmoid | Tanh):
+            continue
+        compiled = False
+        if activations.KERNELS is not None and dtype == "float32":
+            measure_now = partial(measure_activation, activation, n, dtype)
+            case = f"activation {type(activation).__name__} {n} {dtype}"
+            times = cached(case, ["numpy", "compiled"], measure_now, fresh, record)
+            compiled = times["compiled"] < times["numpy"] * (1 - WAYS_MARGIN)
+        unit.activation = replace(activation, compiled=compiled)
